@@ -1,0 +1,4 @@
+//! Heddle's dataplane: safe DPDK wrappers, the switch pipeline, PMD workers and the node
+//! daemon behind `heddle-switch`.
+
+pub mod switch;

@@ -1,0 +1,1 @@
+//! Hugepage discovery and EAL memory arguments.
