@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Heddle's whole test suite, from a fresh Debian 12 machine (root): installs what it needs,
+# reserves hugepages, then runs format, lint, unit and real-peer integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deploy/scripts/install-deps.sh
+deploy/scripts/hugepages.sh 3072
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Unit tests run in parallel; they need no hugepages or peers.
+cargo test --workspace --exclude heddle-tests
+# Integration tests start real DPDK processes on the two CPUs: one at a time.
+cargo build --workspace --bins
+cargo test -p heddle-tests -- --test-threads=1
