@@ -21,6 +21,7 @@ if [[ ! -d "$SYSFS" ]]; then
 fi
 
 have=$(cat "$SYSFS/nr_hugepages")
+before=$have
 if ((have < want)); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "hugepages.sh: $have 2 MiB pages reserved, $want wanted; run as root to reserve more." >&2
@@ -50,6 +51,11 @@ for node in /sys/devices/system/node/node*/hugepages/hugepages-${PAGE_KB}kB; do
 done
 
 if ((have < want)); then
-    echo "hugepages.sh: the kernel reserved only $have of $want 2 MiB pages ($((have * 2)) of $MIB MiB); free memory or reboot, then retry." >&2
+    # Do not leave a partial raise behind (it could pin most of the machine's memory):
+    # go back to what was reserved before this run, never below it.
+    if ((have > before)); then
+        echo "$before" >"$SYSFS/nr_hugepages" || true
+    fi
+    echo "hugepages.sh: the kernel could reserve only $have of $want 2 MiB pages ($((have * 2)) of $MIB MiB); left the reservation at $(cat "$SYSFS/nr_hugepages") pages. Free memory (or reboot) and retry, or ask for less." >&2
     exit 1
 fi

@@ -15,14 +15,10 @@ PACKAGES=(
     ethtool
     jq
     procps          # pgrep/ps used by scripts
-    util-linux      # mount, nsenter
+    util-linux      # mount, findmnt, setpriv
+    coreutils       # stdbuf -oL, which the test harness wraps dpdk-testpmd in
     "$@"
 )
-
-if [[ $(id -u) -ne 0 ]]; then
-    echo "install-deps.sh: must run as root (it installs Debian packages)." >&2
-    exit 1
-fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -33,6 +29,10 @@ for p in "${PACKAGES[@]}"; do
 done
 
 if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-deps.sh: missing ${missing[*]}; run as root to install them." >&2
+        exit 1
+    fi
     echo "install-deps.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
