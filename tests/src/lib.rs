@@ -93,6 +93,7 @@ pub mod env;
 pub mod netns;
 pub mod raw;
 pub mod stats;
+pub mod switch;
 pub mod testpmd;
 
 pub use env::{
@@ -102,4 +103,7 @@ pub use env::{
 pub use netns::{Netns, VethPair};
 pub use raw::{ethernet_frame, frame_vlan, Frame, RawSocket};
 pub use stats::{latest_port_stats, parse_port_stats_blocks, PortStats};
+pub use switch::{
+    config_yaml, run_expect_failure, run_with_config, workspace_binary, SwitchProcess,
+};
 pub use testpmd::{Control, ForwardMode, PortSpec, Testpmd, TestpmdBuilder};

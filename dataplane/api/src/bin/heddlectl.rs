@@ -111,8 +111,8 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                 print_json(&ports);
             } else {
                 println!(
-                    "{:<20} {:>5} {:>5} {:<12} {:<16} {:<18} {:<5} {}",
-                    "NAME", "INDEX", "DPDK", "DRIVER", "VLANS", "MAC", "LINK", "DEVARGS"
+                    "{:<20} {:>5} {:>5} {:<12} {:<16} {:<18} {:<5} DEVARGS",
+                    "NAME", "INDEX", "DPDK", "DRIVER", "VLANS", "MAC", "LINK"
                 );
                 for p in ports {
                     println!(

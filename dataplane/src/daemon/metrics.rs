@@ -1,0 +1,144 @@
+//! Prometheus text exposition of the switch counters.
+
+use std::fmt::Write;
+
+use heddle_api::StatsReply;
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders `stats` in the Prometheus text format (version 0.0.4).
+pub fn render(stats: &StatsReply) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let per_port = |f: &dyn Fn(&heddle_api::PortStats) -> u64| {
+        stats
+            .ports
+            .iter()
+            .map(|p| (format!("port=\"{}\"", label(&p.name)), f(p) as f64))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "heddle_port_rx_packets_total",
+        "Frames received by the switch on the port.",
+        "counter",
+        per_port(&|p| p.rx_packets),
+    );
+    family(
+        "heddle_port_rx_bytes_total",
+        "Bytes received by the switch on the port.",
+        "counter",
+        per_port(&|p| p.rx_bytes),
+    );
+    family(
+        "heddle_port_tx_packets_total",
+        "Frames sent by the switch out of the port.",
+        "counter",
+        per_port(&|p| p.tx_packets),
+    );
+    family(
+        "heddle_port_tx_bytes_total",
+        "Bytes sent by the switch out of the port.",
+        "counter",
+        per_port(&|p| p.tx_bytes),
+    );
+    family(
+        "heddle_port_rx_missed_total",
+        "Frames the device dropped for lack of RX descriptors.",
+        "counter",
+        per_port(&|p| p.device.imissed),
+    );
+    let drops = stats
+        .ports
+        .iter()
+        .flat_map(|p| {
+            p.drops.iter().map(move |(r, v)| {
+                (
+                    format!("port=\"{}\",reason=\"{}\"", label(&p.name), r),
+                    *v as f64,
+                )
+            })
+        })
+        .collect();
+    family(
+        "heddle_port_drops_total",
+        "Frames dropped by the switch, by reason.",
+        "counter",
+        drops,
+    );
+    let pmd = |f: &dyn Fn(&heddle_api::PmdStats) -> f64| {
+        stats
+            .pmd
+            .iter()
+            .map(|w| (format!("worker=\"{}\",cpu=\"{}\"", w.worker, w.cpu), f(w)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "heddle_pmd_busy_cycles_total",
+        "TSC cycles spent in iterations that moved packets.",
+        "counter",
+        pmd(&|w| w.busy_cycles as f64),
+    );
+    family(
+        "heddle_pmd_idle_cycles_total",
+        "TSC cycles spent polling empty queues.",
+        "counter",
+        pmd(&|w| w.idle_cycles as f64),
+    );
+    family(
+        "heddle_pmd_packets_total",
+        "Packets processed by the worker.",
+        "counter",
+        pmd(&|w| w.packets as f64),
+    );
+    family(
+        "heddle_pmd_cycles_per_packet",
+        "Busy cycles per packet since start.",
+        "gauge",
+        pmd(&|w| w.cycles_per_packet),
+    );
+    family(
+        "heddle_fdb_entries",
+        "Entries in the forwarding database.",
+        "gauge",
+        vec![(String::new(), stats.fdb.entries as f64)],
+    );
+    family(
+        "heddle_fdb_learned_total",
+        "MACs learned.",
+        "counter",
+        vec![(String::new(), stats.fdb.learned as f64)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labels_escaped_and_one_sample_per_port() {
+        let mut s = StatsReply::default();
+        s.ports.push(heddle_api::PortStats {
+            name: "a\"b".into(),
+            rx_packets: 7,
+            ..Default::default()
+        });
+        s.ports[0].drops.insert("tx_full".into(), 3);
+        let text = render(&s);
+        assert!(
+            text.contains("heddle_port_rx_packets_total{port=\"a\\\"b\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("heddle_port_drops_total{port=\"a\\\"b\",reason=\"tx_full\"} 3"));
+        assert!(text.contains("# TYPE heddle_fdb_entries gauge"));
+    }
+}

@@ -1,0 +1,504 @@
+//! The control side of the switch: the port table, how ports are created and removed
+//! under running workers, and the read-outs (stats, FDB) the API serves.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use heddle_api::{
+    parse_mac, FdbEntry, FdbStats, MacText, PmdStats, PortMode as ApiMode, PortOrigin, PortSpec,
+    PortStats, PortStatus, StatsReply,
+};
+
+use super::state::PortStore;
+use super::worker::{Dataplane, Shared};
+use crate::dpdk::io::{empty_paths, PortPath, TxLock};
+use crate::dpdk::{Eal, EthPort, Mempool, PortInfo, QueueConfig};
+use crate::switch::config::{PortMode, Snapshot, SwitchPort};
+use crate::switch::io::{PortIndex, MAX_PORTS};
+use crate::switch::vlan::{Vlan, VlanSet};
+
+/// Why a port request was refused. The HTTP layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The spec is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The name or device is taken by a different port.
+    #[error("{0}")]
+    Conflict(String),
+    /// DPDK refused the device.
+    #[error("{0}")]
+    Device(String),
+    /// The switch is full.
+    #[error("the switch holds {MAX_PORTS} ports already: remove one first")]
+    Full,
+    /// Saving the port table failed (the change was rolled back).
+    #[error("cannot save the port table: {0}")]
+    Store(String),
+}
+
+struct PortEntry {
+    spec: PortSpec,
+    origin: PortOrigin,
+    index: PortIndex,
+    info: PortInfo,
+    queues: QueueConfig,
+    tx_lock: Option<Arc<TxLock>>,
+    /// (worker, rx queue) pairs.
+    rx_assign: Vec<(usize, u16)>,
+    /// Declared after everything the workers might still use; dropped last.
+    eth: EthPort,
+}
+
+/// A PMD worker's placement.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerPlace {
+    /// EAL lcore id.
+    pub lcore: u32,
+    /// CPU.
+    pub cpu: u32,
+}
+
+/// The switch as the control plane holds it.
+pub struct SwitchCtl {
+    shared: Arc<Shared>,
+    eal: &'static Eal,
+    pool: Arc<Mempool>,
+    workers: Vec<WorkerPlace>,
+    ports: BTreeMap<String, PortEntry>,
+    /// Persisted ports that failed to come back; kept so they are not lost.
+    unrestored: Vec<PortSpec>,
+    store: PortStore,
+    rings: (u16, u16),
+    ageing: u32,
+    started: Instant,
+}
+
+fn to_vlan(v: u16) -> Result<Vlan, PortError> {
+    Vlan::new(v).ok_or_else(|| {
+        PortError::Invalid(format!(
+            "VLAN {v} is outside 1-4094: pick a VLAN between 1 and 4094"
+        ))
+    })
+}
+
+fn switch_mode(spec: &PortSpec) -> Result<PortMode, PortError> {
+    Ok(match &spec.mode {
+        ApiMode::Access { vlan } => PortMode::Access {
+            vlan: to_vlan(*vlan)?,
+        },
+        ApiMode::Trunk { vlans, native_vlan } => {
+            let mut allowed = VlanSet::new();
+            for r in vlans {
+                let (a, b) = r.bounds();
+                for v in a..=b {
+                    allowed.insert(to_vlan(v)?);
+                }
+            }
+            let native = native_vlan.map(to_vlan).transpose()?;
+            if let Some(n) = native {
+                allowed.insert(n);
+            }
+            PortMode::Trunk { allowed, native }
+        }
+    })
+}
+
+impl SwitchCtl {
+    /// A switch with no ports, whose workers are not yet launched.
+    pub fn new(
+        shared: Arc<Shared>,
+        eal: &'static Eal,
+        pool: Arc<Mempool>,
+        workers: Vec<WorkerPlace>,
+        store: PortStore,
+        rings: (u16, u16),
+        ageing: u32,
+    ) -> SwitchCtl {
+        SwitchCtl {
+            shared,
+            eal,
+            pool,
+            workers,
+            ports: BTreeMap::new(),
+            unrestored: Vec::new(),
+            store,
+            rings,
+            ageing,
+            started: Instant::now(),
+        }
+    }
+
+    /// The empty configuration workers start from.
+    pub fn empty_dataplane(workers: usize) -> Dataplane {
+        Dataplane {
+            switch: Snapshot::build(std::iter::empty()),
+            paths: (0..workers).map(|_| Arc::new(empty_paths())).collect(),
+            rx: vec![Vec::new(); workers],
+        }
+    }
+
+    /// Shared state (for the worker launcher).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Number of ports.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Number of PMD workers.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Creates a port, or returns the existing one when the same spec is already there.
+    pub fn add_port(
+        &mut self,
+        spec: PortSpec,
+        origin: PortOrigin,
+    ) -> Result<PortStatus, PortError> {
+        super::config::validate_port(&spec).map_err(PortError::Invalid)?;
+        let mode = switch_mode(&spec)?;
+        if let Some(existing) = self.ports.get(&spec.name) {
+            if existing.spec == spec {
+                return Ok(self.status(existing));
+            }
+            return Err(PortError::Conflict(format!(
+                "duplicate port {:?}: a port with that name exists with another spec; remove it first (heddlectl del-port {})",
+                spec.name, spec.name
+            )));
+        }
+        let device = EthPort::device_name(&spec.devargs);
+        if let Some(other) = self
+            .ports
+            .values()
+            .find(|p| EthPort::device_name(&p.spec.devargs) == device)
+        {
+            return Err(PortError::Conflict(format!(
+                "duplicate port device {device:?}: port {:?} already uses it; give each port its own device name (e.g. net_vhost1)",
+                other.spec.name
+            )));
+        }
+        let index = (0..MAX_PORTS as PortIndex)
+            .find(|i| !self.ports.values().any(|p| p.index == *i))
+            .ok_or(PortError::Full)?;
+
+        let mut eth =
+            EthPort::probe(&spec.devargs).map_err(|e| PortError::Device(e.to_string()))?;
+        let info = eth.info().map_err(|e| PortError::Device(e.to_string()))?;
+        let nworkers = self.workers.len() as u16;
+        let queues = QueueConfig {
+            rx_queues: spec.queues.unwrap_or(1).min(info.max_rx_queues.max(1)),
+            tx_queues: nworkers.min(info.max_tx_queues.max(1)),
+            rx_ring: self.rings.0,
+            tx_ring: self.rings.1,
+        };
+        eth.start(queues, &self.pool)
+            .map_err(|e| PortError::Device(e.to_string()))?;
+
+        // Spread RX queues over the least-loaded workers.
+        let mut load: Vec<usize> = (0..self.workers.len())
+            .map(|w| {
+                self.ports
+                    .values()
+                    .map(|p| p.rx_assign.iter().filter(|(x, _)| *x == w).count())
+                    .sum()
+            })
+            .collect();
+        let mut rx_assign = Vec::new();
+        for q in 0..queues.rx_queues {
+            let w = (0..load.len()).min_by_key(|w| load[*w]).unwrap_or(0);
+            load[w] += 1;
+            rx_assign.push((w, q));
+        }
+        let tx_lock = (queues.tx_queues < nworkers).then(|| Arc::new(TxLock::default()));
+        let entry = PortEntry {
+            spec: spec.clone(),
+            origin,
+            index,
+            info,
+            queues,
+            tx_lock,
+            rx_assign,
+            eth,
+        };
+        let status = self.status(&entry);
+        if let (Some(mac), PortMode::Access { vlan }) =
+            (spec.mac.as_deref().and_then(parse_mac), &mode)
+        {
+            self.shared.fdb.add_static(*vlan, mac, index);
+        }
+        self.ports.insert(spec.name.clone(), entry);
+        self.publish();
+        if origin == PortOrigin::Api {
+            if let Err(e) = self.persist() {
+                // Roll back: the caller is told it failed, so it must not exist.
+                self.remove_entry(&spec.name);
+                return Err(PortError::Store(e.to_string()));
+            }
+        }
+        tracing::info!(port = %spec.name, index, devargs = %spec.devargs, "port added");
+        Ok(status)
+    }
+
+    /// Removes a port; `Ok(false)` when there was none by that name.
+    pub fn remove_port(&mut self, name: &str) -> Result<bool, PortError> {
+        let Some(origin) = self.ports.get(name).map(|p| p.origin) else {
+            let before = self.unrestored.len();
+            self.unrestored.retain(|s| s.name != name);
+            if before != self.unrestored.len() {
+                self.persist()
+                    .map_err(|e| PortError::Store(e.to_string()))?;
+                return Ok(true);
+            }
+            return Ok(false);
+        };
+        self.remove_entry(name);
+        if origin == PortOrigin::Api {
+            self.persist()
+                .map_err(|e| PortError::Store(e.to_string()))?;
+        }
+        tracing::info!(port = %name, "port removed");
+        Ok(true)
+    }
+
+    fn remove_entry(&mut self, name: &str) {
+        let Some(entry) = self.ports.remove(name) else {
+            return;
+        };
+        // Workers stop using the port once they pick up the new generation; only then is it
+        // stopped and closed (when `entry` drops) and its FDB entries and counters cleared.
+        self.publish();
+        self.shared.fdb.flush_port(entry.index);
+        for c in &self.shared.counters {
+            c.reset_port(entry.index);
+        }
+        drop(entry);
+    }
+
+    /// Remembers persisted ports that could not be restored, so they are saved again.
+    pub fn keep_unrestored(&mut self, spec: PortSpec) {
+        self.unrestored.push(spec);
+    }
+
+    fn persist(&self) -> std::io::Result<()> {
+        let mut specs: Vec<PortSpec> = self
+            .ports
+            .values()
+            .filter(|p| p.origin == PortOrigin::Api)
+            .map(|p| p.spec.clone())
+            .collect();
+        specs.extend(self.unrestored.iter().cloned());
+        self.store.save(&specs)
+    }
+
+    /// Builds and swaps in a new configuration, then waits until every running worker has
+    /// picked it up (so nothing still touches what the new one dropped).
+    fn publish(&self) {
+        let mut ports = Vec::new();
+        let nworkers = self.workers.len();
+        let mut paths: Vec<Box<[Option<PortPath>]>> =
+            (0..nworkers).map(|_| empty_paths()).collect();
+        let mut rx = vec![Vec::new(); nworkers];
+        for p in self.ports.values() {
+            ports.push(SwitchPort {
+                index: p.index,
+                name: p.spec.name.clone(),
+                mode: switch_mode(&p.spec).expect("validated when the port was added"),
+            });
+            for (w, table) in paths.iter_mut().enumerate() {
+                table[p.index as usize] = Some(PortPath {
+                    eth: p.eth.id(),
+                    txq: (w as u16) % p.queues.tx_queues,
+                    tx_lock: p.tx_lock.clone(),
+                });
+            }
+            for &(w, q) in &p.rx_assign {
+                rx[w].push((p.index, q));
+            }
+        }
+        let dp = Dataplane {
+            switch: Snapshot::build(ports),
+            paths: paths.into_iter().map(Arc::new).collect(),
+            rx,
+        };
+        self.shared.current.store(Arc::new(dp));
+        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wait_quiescent(generation);
+    }
+
+    fn wait_quiescent(&self, generation: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (w, seen) in self.shared.seen.iter().enumerate() {
+            loop {
+                let s = seen.0.load(Ordering::Acquire);
+                // u64::MAX: the worker has stopped (or not started: it reads the newest
+                // generation when it does).
+                if s >= generation {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    tracing::error!(
+                        worker = w,
+                        generation,
+                        "PMD worker did not pick up the new configuration in 5 s"
+                    );
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn status(&self, p: &PortEntry) -> PortStatus {
+        PortStatus {
+            spec: p.spec.clone(),
+            index: p.index,
+            dpdk_port: p.eth.id(),
+            driver: p.info.driver.clone(),
+            link_up: p.eth.link().up,
+            rx_queues: p.queues.rx_queues,
+            tx_queues: p.queues.tx_queues,
+            origin: p.origin,
+        }
+    }
+
+    /// All ports.
+    pub fn ports(&self) -> Vec<PortStatus> {
+        self.ports.values().map(|p| self.status(p)).collect()
+    }
+
+    /// One port.
+    pub fn port(&self, name: &str) -> Option<PortStatus> {
+        self.ports.get(name).map(|p| self.status(p))
+    }
+
+    /// Advances the coarse clock and ages the FDB. Called once a second.
+    pub fn tick(&self) {
+        let now = self.started.elapsed().as_secs() as u32;
+        self.shared.clock.store(now, Ordering::Relaxed);
+        self.shared.fdb.age(now, self.ageing);
+    }
+
+    /// Counters for the API and metrics.
+    pub fn stats(&self) -> StatsReply {
+        let mut ports = Vec::new();
+        for p in self.ports.values() {
+            let sum = crate::switch::counters::sum_port(&self.shared.counters, p.index);
+            let dev = p.eth.stats().unwrap_or_default();
+            ports.push(PortStats {
+                name: p.spec.name.clone(),
+                rx_packets: sum.rx_packets,
+                rx_bytes: sum.rx_bytes,
+                tx_packets: sum.tx_packets,
+                tx_bytes: sum.tx_bytes,
+                drops: sum
+                    .drops_by_name()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                device: heddle_api::DeviceStats {
+                    ipackets: dev.ipackets,
+                    opackets: dev.opackets,
+                    imissed: dev.imissed,
+                    ierrors: dev.ierrors,
+                    oerrors: dev.oerrors,
+                    rx_nombuf: dev.rx_nombuf,
+                },
+            });
+        }
+        let pmd = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(w, place)| {
+                let c = self.shared.counters[w].pmd.snapshot();
+                let busy_iters = c.iterations.saturating_sub(c.idle_iterations);
+                let total = (c.busy_cycles + c.idle_cycles).max(1) as f64;
+                PmdStats {
+                    worker: w as u32,
+                    lcore: place.lcore,
+                    cpu: place.cpu,
+                    iterations: c.iterations,
+                    idle_iterations: c.idle_iterations,
+                    busy_cycles: c.busy_cycles,
+                    idle_cycles: c.idle_cycles,
+                    packets: c.packets,
+                    cycles_per_packet: if c.packets == 0 {
+                        0.0
+                    } else {
+                        c.busy_cycles as f64 / c.packets as f64
+                    },
+                    busy_percent: c.busy_cycles as f64 * 100.0 / total,
+                    packets_per_burst: if busy_iters == 0 {
+                        0.0
+                    } else {
+                        c.packets as f64 / busy_iters as f64
+                    },
+                }
+            })
+            .collect();
+        let f = crate::switch::counters::sum_fdb(&self.shared.counters);
+        StatsReply {
+            ports,
+            pmd,
+            fdb: FdbStats {
+                entries: self.shared.fdb.len() as u64,
+                capacity: self.shared.fdb.capacity() as u64,
+                learned: f.learned,
+                moves: f.moves,
+                full: f.full,
+                aged: self.shared.fdb.aged_total(),
+            },
+            tsc_hz: self.eal.tsc_hz(),
+        }
+    }
+
+    /// The FDB with port names.
+    pub fn fdb(&self) -> Vec<FdbEntry> {
+        let now = self.shared.clock.load(Ordering::Relaxed);
+        let names: BTreeMap<PortIndex, &str> = self
+            .ports
+            .values()
+            .map(|p| (p.index, p.spec.name.as_str()))
+            .collect();
+        let mut out: Vec<FdbEntry> = self
+            .shared
+            .fdb
+            .entries()
+            .into_iter()
+            .map(|e| FdbEntry {
+                vlan: e.vlan.get(),
+                mac: MacText(e.mac).to_string(),
+                port: names
+                    .get(&e.port)
+                    .map_or_else(|| format!("#{}", e.port), |n| (*n).to_owned()),
+                is_static: e.is_static,
+                age_seconds: if e.is_static {
+                    0
+                } else {
+                    now.saturating_sub(e.last_seen)
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| (a.vlan, &a.mac).cmp(&(b.vlan, &b.mac)));
+        out
+    }
+
+    /// Stops the workers and closes every port (in that order).
+    pub fn shutdown(&mut self, lcores: &[u32]) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for &l in lcores {
+            self.eal.wait(l);
+        }
+        let names: Vec<String> = self.ports.keys().cloned().collect();
+        for n in names {
+            if let Some(e) = self.ports.remove(&n) {
+                drop(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! [`PacketIo`] over DPDK ethdev ports, one instance per PMD worker.
+//!
+//! Each worker transmits on its own TX queue of every port when the device has one queue per
+//! worker. When a device has fewer TX queues than there are workers, the queue is shared
+//! and a small spin lock ([`TxLock`]) is taken around `rte_eth_tx_burst`, only for that port.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{Mbuf, Mempool};
+use crate::switch::io::{Burst, PacketIo, PortIndex, MAX_PORTS};
+
+/// Spin lock for a TX queue shared between workers. Uncontended it is one atomic swap.
+#[derive(Debug, Default)]
+pub struct TxLock(AtomicBool);
+
+impl TxLock {
+    #[inline]
+    fn lock(&self) {
+        while self
+            .0
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[inline]
+    fn unlock(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// How one worker reaches one port: the ethdev id and its TX queue, with the lock to take
+/// when that queue is shared.
+#[derive(Debug, Clone)]
+pub struct PortPath {
+    /// DPDK port id.
+    pub eth: u16,
+    /// This worker's TX queue on the port.
+    pub txq: u16,
+    /// Present when other workers transmit on the same queue.
+    pub tx_lock: Option<Arc<TxLock>>,
+}
+
+/// The per-worker table of port paths, indexed by [`PortIndex`]. Built by the control plane
+/// for each configuration snapshot.
+pub type PortPaths = Box<[Option<PortPath>]>;
+
+/// An empty path table.
+pub fn empty_paths() -> PortPaths {
+    vec![None; MAX_PORTS].into_boxed_slice()
+}
+
+/// The DPDK [`PacketIo`] of one PMD worker.
+pub struct DpdkIo {
+    paths: Arc<PortPaths>,
+    pool: Arc<Mempool>,
+}
+
+impl DpdkIo {
+    /// An I/O for a worker with this path table and buffer pool (for flood copies).
+    pub fn new(paths: Arc<PortPaths>, pool: Arc<Mempool>) -> DpdkIo {
+        DpdkIo { paths, pool }
+    }
+
+    /// Switches to the path table of a new configuration snapshot.
+    pub fn set_paths(&mut self, paths: Arc<PortPaths>) {
+        self.paths = paths;
+    }
+}
+
+impl PacketIo for DpdkIo {
+    type Pkt = Mbuf;
+
+    #[inline]
+    fn rx_burst(&mut self, port: PortIndex, queue: u16, out: &mut Burst<Mbuf>) {
+        let Some(Some(path)) = self.paths.get(port as usize) else {
+            return;
+        };
+        let room = out.room() as u16;
+        let have = out.len();
+        // SAFETY: `out` has `room` free slots after its `have` packets; Mbuf is
+        // repr(transparent) over `rte_mbuf *`, so the driver writes up to `room` valid owned
+        // mbuf pointers there. The port is started and stays so until every worker has moved
+        // past this snapshot (the control plane waits for that before stopping a port).
+        let n = unsafe {
+            dpdk_sys::heddle_rte_eth_rx_burst(
+                path.eth,
+                queue,
+                out.as_mut_ptr().add(have).cast::<*mut dpdk_sys::rte_mbuf>(),
+                room,
+            )
+        };
+        // SAFETY: the driver initialised `n <= room` slots after the first `have`.
+        unsafe { out.set_len(have + n as usize) };
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, port: PortIndex, burst: &mut Burst<Mbuf>) -> usize {
+        let len = burst.len();
+        if len == 0 {
+            return 0;
+        }
+        let sent = match self.paths.get(port as usize) {
+            Some(Some(path)) => {
+                if let Some(lock) = &path.tx_lock {
+                    lock.lock();
+                }
+                // SAFETY: the burst's first `len` slots are owned mbufs laid out as an
+                // `rte_mbuf *` array; the driver takes ownership of the first `sent`. The
+                // queue is this worker's own, or the lock above serialises it.
+                let sent = unsafe {
+                    dpdk_sys::heddle_rte_eth_tx_burst(
+                        path.eth,
+                        path.txq,
+                        burst.as_mut_ptr().cast::<*mut dpdk_sys::rte_mbuf>(),
+                        len as u16,
+                    )
+                } as usize;
+                if let Some(lock) = &path.tx_lock {
+                    lock.unlock();
+                }
+                sent
+            }
+            _ => 0,
+        };
+        let unsent = &mut burst.as_mut_slice()[sent..];
+        Mbuf::free_bulk(unsent);
+        // SAFETY: the first `sent` mbufs now belong to the driver and the rest were freed in
+        // bulk just above, so the burst owns nothing: it is emptied without dropping any.
+        unsafe { burst.set_len(0) };
+        sent
+    }
+
+    #[inline]
+    fn copy(&mut self, pkt: &Mbuf) -> Option<Mbuf> {
+        pkt.copy(&self.pool)
+    }
+}

@@ -1,0 +1,446 @@
+//! heddle-switch against real peers: dpdk-testpmd virtio-user pods on vhost-user ports, a
+//! trunk uplink on `net_af_packet` over a veth into a network namespace, restart with the
+//! port table restored from disk, and configs it must refuse.
+//!
+//! Needs root, dpdk-testpmd and about 1 GiB of free 2 MiB hugepages, and the binaries built
+//! (`cargo build --workspace --bins`); `deploy/test.sh` does all of it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use heddle_api::{PortMode, PortSpec, StatsReply};
+use heddle_tests::raw::{parse_mac, ETH_P_TEST};
+use heddle_tests::{
+    config_yaml, ethernet_frame, exclusive_cpus, require_dpdk_peers, run_expect_failure,
+    run_with_config, wait_until, ForwardMode, Netns, RawSocket, SwitchProcess, Testpmd, VethPair,
+};
+
+const MAC_A: &str = "02:00:00:00:01:0a";
+const MAC_B: &str = "02:00:00:00:01:0b";
+const MAC_C: &str = "02:00:00:00:02:0c";
+
+fn vhost_port(name: &str, dev: u32, sock: &Path, vlan: u16, mac: &str) -> String {
+    format!(
+        "  - {{name: {name}, devargs: \"net_vhost{dev},iface={}\", mode: access, vlan: {vlan}, mac: \"{mac}\"}}\n",
+        sock.display()
+    )
+}
+
+fn port_stats(s: &StatsReply) -> BTreeMap<String, heddle_api::PortStats> {
+    s.ports
+        .iter()
+        .map(|p| (p.name.clone(), p.clone()))
+        .collect()
+}
+
+fn port_names(client: &heddle_api::Client) -> Result<Vec<String>> {
+    Ok(client.ports()?.into_iter().map(|p| p.spec.name).collect())
+}
+
+/// `|a - b| <= max(abs, a / 1000)`.
+fn close(a: u64, b: u64, abs: u64) -> bool {
+    a.abs_diff(b) <= abs.max(a / 1000)
+}
+
+#[test]
+fn pods_on_one_vlan_exchange_traffic_and_another_vlan_sees_none() -> Result<()> {
+    require_dpdk_peers(1100)?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let (sa, sb, sc) = (
+        dir.path().join("a.sock"),
+        dir.path().join("b.sock"),
+        dir.path().join("c.sock"),
+    );
+    let ports = vhost_port("pod-a", 0, &sa, 100, MAC_A)
+        + &vhost_port("pod-b", 1, &sb, 100, MAC_B)
+        + &vhost_port("pod-c", 2, &sc, 200, MAC_C);
+    let switch = SwitchProcess::start_with_ports(dir.path(), &ports)?;
+    let client = switch.client();
+
+    // One generator holds pods a and b (two virtio-user ports addressed to each other).
+    let mut gen = Testpmd::builder("gen-ab")
+        .cpu(0)
+        .virtio_user(&sa, MAC_A, false)
+        .virtio_user(&sb, MAC_B, false)
+        .forward_mode(ForwardMode::Mac)
+        .eth_peer(0, MAC_B)
+        .eth_peer(1, MAC_A)
+        .spawn()?;
+    let mut pod_c = Testpmd::builder("pod-c")
+        .cpu(0)
+        .virtio_user(&sc, MAC_C, false)
+        .forward_mode(ForwardMode::RxOnly)
+        .auto_start(true)
+        .spawn()?;
+    gen.wait_ready(Duration::from_secs(15))?;
+    pod_c.wait_ready(Duration::from_secs(15))?;
+    gen.wait_link_up(0, Duration::from_secs(5))?;
+    gen.wait_link_up(1, Duration::from_secs(5))?;
+    // A broadcast from pod c must stay inside VLAN 200, where no one else listens.
+    pod_c.command("start tx_first")?;
+
+    gen.start_tx_first()?;
+    wait_until(
+        "traffic through the switch",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            let s = gen.port_stats()?;
+            Ok((s[&0].rx_packets > 5_000 && s[&1].rx_packets > 5_000).then_some(()))
+        },
+    )?;
+    gen.stop()?;
+    let g = gen.settled_port_stats(Duration::from_millis(300), Duration::from_secs(5))?;
+    let c = pod_c.settled_port_stats(Duration::from_millis(300), Duration::from_secs(5))?;
+    let s = wait_until(
+        "switch counters to settle",
+        Duration::from_secs(5),
+        Duration::from_millis(300),
+        {
+            let mut last: Option<StatsReply> = None;
+            move || {
+                let now = client.stats()?;
+                let done = last
+                    .as_ref()
+                    .is_some_and(|l| port_stats(l) == port_stats(&now));
+                last = Some(now.clone());
+                Ok(done.then_some(now))
+            }
+        },
+    )?;
+    let sp = port_stats(&s);
+    eprintln!("generator {g:?}\npod-c {c:?}\nswitch {sp:#?}");
+
+    for (gport, name, peer) in [(0u16, "pod-a", "pod-b"), (1, "pod-b", "pod-a")] {
+        ensure!(
+            g[&gport].rx_packets > 5_000,
+            "{name} received only {}",
+            g[&gport].rx_packets
+        );
+        ensure!(
+            close(g[&gport].tx_packets, sp[name].rx_packets, 64),
+            "{name} sent {} but the switch received {} from it",
+            g[&gport].tx_packets,
+            sp[name].rx_packets
+        );
+        ensure!(
+            close(sp[name].tx_packets, g[&gport].rx_packets, 64),
+            "the switch sent {} to {name} but it received {}",
+            sp[name].tx_packets,
+            g[&gport].rx_packets
+        );
+        ensure!(
+            sp[peer].rx_packets >= sp[name].tx_packets,
+            "{name} got more than {peer} sent: the switch duplicated frames"
+        );
+    }
+    ensure!(c[&0].tx_packets > 0, "pod-c sent nothing");
+    ensure!(
+        c[&0].rx_packets == 0,
+        "pod-c on VLAN 200 received {} frames",
+        c[&0].rx_packets
+    );
+    ensure!(
+        sp["pod-c"].tx_packets == 0,
+        "the switch sent {} frames into VLAN 200",
+        sp["pod-c"].tx_packets
+    );
+    ensure!(
+        sp["pod-c"].rx_packets == c[&0].tx_packets,
+        "the switch lost pod-c's frames"
+    );
+    ensure!(
+        sp["pod-c"]
+            .drops
+            .get("no_destination")
+            .copied()
+            .unwrap_or(0)
+            == c[&0].tx_packets,
+        "pod-c's broadcasts must be counted as no_destination: {:?}",
+        sp["pod-c"].drops
+    );
+    let pmd = &s.pmd[0];
+    ensure!(pmd.packets >= sp["pod-a"].rx_packets + sp["pod-b"].rx_packets);
+    ensure!(
+        pmd.busy_cycles > 0 && pmd.cycles_per_packet > 0.0,
+        "PMD accounting is empty: {pmd:?}"
+    );
+
+    let fdb = switch.client().fdb()?;
+    for (mac, port) in [(MAC_A, "pod-a"), (MAC_B, "pod-b"), (MAC_C, "pod-c")] {
+        ensure!(
+            fdb.iter()
+                .any(|e| e.mac == mac && e.port == port && e.is_static),
+            "static FDB entry {mac} -> {port} missing: {fdb:?}"
+        );
+    }
+    let metrics = switch.client().metrics()?;
+    ensure!(metrics.contains(&format!(
+        "heddle_port_tx_packets_total{{port=\"pod-b\"}} {}",
+        sp["pod-b"].tx_packets
+    )));
+    Ok(())
+}
+
+#[test]
+fn trunk_uplink_tags_pod_traffic_and_admits_only_its_vlans() -> Result<()> {
+    require_dpdk_peers(700)?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let ns = Netns::unique("heddle-up-")?;
+    let veth = VethPair::unique(Some(&ns))?;
+    let sock = dir.path().join("pod.sock");
+    let ports = vhost_port("pod", 0, &sock, 100, MAC_A)
+        + &format!(
+            "  - {{name: uplink, devargs: \"net_af_packet0,iface={}\", mode: trunk, vlans: [100, \"300-310\"]}}\n",
+            veth.host()
+        );
+    let switch = SwitchProcess::start_with_ports(dir.path(), &ports)?;
+    let outside = RawSocket::open(veth.peer(), Some(&ns))?;
+    outside.drain()?;
+
+    // The pod sends one burst to a MAC nobody has: flooded on VLAN 100, i.e. out of the trunk.
+    let mut pod = Testpmd::builder("pod")
+        .cpu(0)
+        .virtio_user(&sock, MAC_A, false)
+        .forward_mode(ForwardMode::RxOnly)
+        .eth_peer(0, "02:00:00:00:00:ee")
+        .txpkts("64")
+        .spawn()?;
+    pod.wait_ready(Duration::from_secs(15))?;
+    pod.wait_link_up(0, Duration::from_secs(5))?;
+    pod.command("set verbose 1")?;
+    pod.start_tx_first()?;
+    let (pod_mac, ext) = (parse_mac(MAC_A)?, parse_mac("02:00:00:00:00:ee")?);
+    let got = outside.collect(32, Duration::from_secs(5), |f| f.src() == pod_mac)?;
+    ensure!(
+        got.len() == 32,
+        "the namespace saw {} of the pod's 32 frames",
+        got.len()
+    );
+    ensure!(
+        got.iter().all(|f| f.vlan == Some(100)),
+        "pod traffic must leave the trunk tagged 100: {:?}",
+        got[0]
+    );
+
+    // From outside: 10 frames tagged 100 and 10 tagged 200 to the pod's MAC, 5 untagged.
+    for _ in 0..10 {
+        outside.send(&ethernet_frame(
+            pod_mac,
+            ext,
+            Some(100),
+            ETH_P_TEST,
+            b"vlan 100 to the pod",
+        ))?;
+        outside.send(&ethernet_frame(
+            pod_mac,
+            ext,
+            Some(200),
+            ETH_P_TEST,
+            b"vlan 200 must not pass",
+        ))?;
+    }
+    for _ in 0..5 {
+        outside.send(&ethernet_frame(
+            pod_mac,
+            ext,
+            None,
+            ETH_P_TEST,
+            b"untagged, no native VLAN",
+        ))?;
+    }
+    let rx = wait_until(
+        "the pod to receive VLAN 100 frames",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let s = pod.port_stats()?;
+            Ok((s[&0].rx_packets >= 10).then_some(s[&0].rx_packets))
+        },
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let rx_after = pod.port_stats()?[&0].rx_packets;
+    ensure!(
+        rx == 10 && rx_after == 10,
+        "the pod received {rx_after} frames, want exactly the 10 of VLAN 100"
+    );
+    // testpmd's verbose dump shows the outer ethertype: the pod saw them untagged.
+    pod.wait_for_log("type=0x88b5", Duration::from_secs(2))?;
+    ensure!(
+        !pod.log().contains("type=0x8100"),
+        "the pod received a tagged frame"
+    );
+
+    let st = port_stats(&switch.client().stats()?);
+    let drops = &st["uplink"].drops;
+    ensure!(
+        drops.get("vlan_not_allowed") == Some(&10),
+        "uplink drops: {drops:?}"
+    );
+    ensure!(
+        drops.get("untagged_no_native") == Some(&5),
+        "uplink drops: {drops:?}"
+    );
+    let fdb = switch.client().fdb()?;
+    ensure!(
+        fdb.iter().any(|e| e.vlan == 100
+            && e.mac == "02:00:00:00:00:ee"
+            && e.port == "uplink"
+            && !e.is_static),
+        "the outside MAC was not learned on the uplink: {fdb:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ports_added_through_the_api_survive_a_restart() -> Result<()> {
+    require_dpdk_peers(300)?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let prefix = heddle_tests::env::free_file_prefix("heddle-rs");
+    let yaml = config_yaml(
+        dir.path(),
+        &prefix,
+        "  - {name: cfg, devargs: net_null0, mode: access, vlan: 5}\n",
+    );
+    let mut switch = SwitchProcess::start(dir.path(), &yaml)?;
+    let client = switch.client();
+    let spec = PortSpec {
+        name: "api-port".into(),
+        devargs: format!("net_vhost3,iface={}", dir.path().join("api.sock").display()),
+        mode: PortMode::Access { vlan: 42 },
+        mac: Some("02:00:00:00:00:42".into()),
+        queues: None,
+    };
+    let trunk = PortSpec {
+        name: "api-trunk".into(),
+        devargs: "net_null1".into(),
+        mode: PortMode::Trunk {
+            vlans: vec![heddle_api::VlanRange::Range((10, 20))],
+            native_vlan: Some(1),
+        },
+        mac: None,
+        queues: None,
+    };
+    let first = client.add_port(&spec)?;
+    client.add_port(&trunk)?;
+    // Idempotent: the same spec again gives the same port; another spec under the name is refused.
+    let again = client.add_port(&spec)?;
+    ensure!(again.index == first.index && again.dpdk_port == first.dpdk_port);
+    let mut other = spec.clone();
+    other.mode = PortMode::Access { vlan: 43 };
+    let err = client.add_port(&other).unwrap_err().to_string();
+    ensure!(err.contains("duplicate port"), "{err}");
+    let mut same_dev = trunk.clone();
+    same_dev.name = "thief".into();
+    let err = client.add_port(&same_dev).unwrap_err().to_string();
+    ensure!(err.contains("duplicate port device"), "{err}");
+    let mut bad_vlan = spec.clone();
+    bad_vlan.name = "bad".into();
+    bad_vlan.mode = PortMode::Access { vlan: 4095 };
+    let err = client.add_port(&bad_vlan).unwrap_err().to_string();
+    ensure!(err.contains("outside 1-4094"), "{err}");
+    let mut bad_dev = spec.clone();
+    bad_dev.name = "bad".into();
+    bad_dev.devargs = "net_nosuchdriver0".into();
+    let err = client.add_port(&bad_dev).unwrap_err().to_string();
+    ensure!(err.contains("DPDK rejected devargs"), "{err}");
+    ensure!(
+        port_names(&client)? == ["api-port", "api-trunk", "cfg"],
+        "failed adds must leave nothing"
+    );
+
+    let before = client.ports()?;
+    let status = switch.stop()?;
+    ensure!(
+        status.success(),
+        "SIGTERM must stop the daemon cleanly: {status}\n{}",
+        switch.log()
+    );
+    ensure!(
+        !switch.socket().exists(),
+        "the control socket outlived the daemon"
+    );
+
+    let switch = SwitchProcess::start(dir.path(), &yaml)?;
+    let after = switch.client().ports()?;
+    let key = |v: &[heddle_api::PortStatus]| {
+        v.iter()
+            .map(|p| (p.spec.clone(), p.origin))
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        key(&after) == key(&before),
+        "ports after restart differ:\n{after:?}\nvs\n{before:?}"
+    );
+    ensure!(switch
+        .client()
+        .fdb()?
+        .iter()
+        .any(|e| e.mac == "02:00:00:00:00:42" && e.vlan == 42));
+
+    // Removal is idempotent and persisted too.
+    ensure!(switch.client().remove_port("api-port")?.removed);
+    ensure!(!switch.client().remove_port("api-port")?.removed);
+    drop(switch);
+    let switch = SwitchProcess::start(dir.path(), &yaml)?;
+    ensure!(port_names(&switch.client())? == ["api-trunk", "cfg"]);
+    Ok(())
+}
+
+#[test]
+fn bad_configs_are_refused_in_one_line_and_leave_nothing_running() -> Result<()> {
+    require_dpdk_peers(300)?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let prefix = heddle_tests::env::free_file_prefix("heddle-bad");
+    let good = config_yaml(dir.path(), &prefix, "");
+    let null = |name: &str, dev: u32, vlan: u32| {
+        format!("  - {{name: {name}, devargs: net_null{dev}, mode: access, vlan: {vlan}}}\n")
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("offline core", good.replace("pmd: [1]", "pmd: [63]"), "PMD core 63 is not an online CPU"),
+        ("hugepage shortfall", good.replace("socket_mem_mb: [256]", "socket_mem_mb: [1048576]").replace("reserve: true", "reserve: false"), "MiB of 2 MiB pages"),
+        ("duplicate port", config_yaml(dir.path(), &prefix, &(null("a", 0, 5) + &null("a", 1, 5))), "duplicate port \"a\""),
+        ("VLAN 4095", config_yaml(dir.path(), &prefix, &null("a", 0, 4095)), "outside 1-4094"),
+        ("VLAN 0", config_yaml(dir.path(), &prefix, &null("a", 0, 0)), "outside 1-4094"),
+        ("devargs DPDK rejects", config_yaml(dir.path(), &prefix, "  - {name: a, devargs: \"net_vhost0,iface=/nonexistent/dir/x.sock,bogus=1\", mode: access, vlan: 5}\n"), "DPDK rejected devargs"),
+        ("unknown driver", config_yaml(dir.path(), &prefix, &null("a", 0, 5).replace("net_null0", "net_nosuchdriver0")), "DPDK rejected devargs"),
+        ("not YAML", "cores: [".to_string(), "is not valid"),
+        ("long socket path", good.replace(&dir.path().join("switch.sock").display().to_string(), &format!("/tmp/{}.sock", "s".repeat(110))), "107-byte limit"),
+    ];
+    for (what, yaml, want) in cases {
+        let (status, out) = run_expect_failure(dir.path(), &yaml)?;
+        ensure!(
+            !status.success(),
+            "{what}: heddle-switch started anyway:\n{out}"
+        );
+        let last = out
+            .lines()
+            .filter(|l| l.starts_with("heddle-switch:"))
+            .collect::<Vec<_>>();
+        ensure!(last.len() == 1, "{what}: want one error line, got:\n{out}");
+        ensure!(
+            last[0].contains(want),
+            "{what}: the error does not say {want:?}:\n{}",
+            last[0]
+        );
+        ensure!(
+            !dir.path().join("switch.sock").exists(),
+            "{what}: left a control socket behind"
+        );
+    }
+    let (status, out) = run_with_config(&dir.path().join("missing.yaml"))?;
+    ensure!(
+        !status.success() && out.contains("cannot read config"),
+        "unreadable config: {out}"
+    );
+    // With all that refused, a good config still starts: nothing was left holding resources.
+    let sw = SwitchProcess::start(dir.path(), &good).context("a good config after the bad ones")?;
+    ensure!(sw.client().health()?.ready);
+    Ok(())
+}
