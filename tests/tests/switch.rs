@@ -73,14 +73,14 @@ fn pods_on_one_vlan_exchange_traffic_and_another_vlan_sees_none() -> Result<()> 
         .cpu(0)
         .virtio_user(&sc, MAC_C, false)
         .forward_mode(ForwardMode::RxOnly)
-        .auto_start(true)
         .spawn()?;
     gen.wait_ready(Duration::from_secs(15))?;
     pod_c.wait_ready(Duration::from_secs(15))?;
     gen.wait_link_up(0, Duration::from_secs(5))?;
     gen.wait_link_up(1, Duration::from_secs(5))?;
-    // A broadcast from pod c must stay inside VLAN 200, where no one else listens.
-    pod_c.command("start tx_first")?;
+    pod_c.wait_link_up(0, Duration::from_secs(5))?;
+    // One burst from pod c must stay inside VLAN 200, where no one else listens.
+    pod_c.start_tx_first()?;
 
     gen.start_tx_first()?;
     wait_until(
