@@ -62,13 +62,13 @@ pod() { # name mac prefix args...
     ip netns exec "heddle-$name" dpdk-testpmd --lcores "0@$POD_CPU,1@$POD_CPU" --main-lcore 0 -m 128 \
         --no-pci --single-file-segments --file-prefix "demo-$name" \
         --vdev "net_virtio_user0,path=$RUN/pods/$name/vhost.sock,mac=$mac" -- \
-        --nb-cores 1 --stats-period 5 "$@" >"$LOG/$name.log" 2>&1 &
+        --nb-cores 1 --total-num-mbufs 8192 --stats-period 5 "$@" >"$LOG/$name.log" 2>&1 &
     pids+=($!)
 }
-echo "== starting pods: pod-a sends to pod-b (VLAN 100), pod-b echoes back, pod-c (VLAN 200) listens"
+echo "== starting pods: pod-a and pod-b (VLAN 100) bounce frames to each other, pod-c (VLAN 200) listens"
 pod pod-b 02:00:00:00:01:0b --forward-mode=mac --eth-peer=0,02:00:00:00:01:0a
 pod pod-c 02:00:00:00:02:0c --forward-mode=rxonly
-pod pod-a 02:00:00:00:01:0a --forward-mode=txonly --eth-peer=0,02:00:00:00:01:0b --txpkts=64
+pod pod-a 02:00:00:00:01:0a --forward-mode=mac --eth-peer=0,02:00:00:00:01:0b --tx-first
 
 echo "== live stats for ${SECS}s"
 ctl stats --watch 2 --count $(( (SECS + 1) / 2 ))
