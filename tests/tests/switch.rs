@@ -444,3 +444,74 @@ fn bad_configs_are_refused_in_one_line_and_leave_nothing_running() -> Result<()>
     ensure!(sw.client().health()?.ready);
     Ok(())
 }
+
+#[test]
+fn two_pmd_workers_split_the_ports_and_share_single_tx_queues() -> Result<()> {
+    require_dpdk_peers(800)?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let ports = vhost_port("pod-a", 0, &sa, 100, MAC_A) + &vhost_port("pod-b", 1, &sb, 100, MAC_B);
+    // net_vhost ports have one TX queue, so both workers transmit through the shared-queue
+    // lock on each port; each worker polls one port's RX queue.
+    let yaml = config_yaml(
+        dir.path(),
+        &heddle_tests::env::free_file_prefix("heddle-2w"),
+        &ports,
+    )
+    .replace("pmd: [1]", "pmd: [0, 1]");
+    let switch = SwitchProcess::start(dir.path(), &yaml)?;
+    let listed = switch.client().ports()?;
+    ensure!(
+        listed.iter().all(|p| p.tx_queues == 1 && p.rx_queues == 1),
+        "{listed:?}"
+    );
+
+    let mut gen = Testpmd::builder("gen-2w")
+        .cpu(0)
+        .virtio_user(&sa, MAC_A, false)
+        .virtio_user(&sb, MAC_B, false)
+        .forward_mode(ForwardMode::Mac)
+        .eth_peer(0, MAC_B)
+        .eth_peer(1, MAC_A)
+        .spawn()?;
+    gen.wait_ready(Duration::from_secs(15))?;
+    gen.wait_link_up(0, Duration::from_secs(5))?;
+    gen.wait_link_up(1, Duration::from_secs(5))?;
+    gen.start_tx_first()?;
+    wait_until(
+        "traffic through two workers",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let s = gen.port_stats()?;
+            Ok((s[&0].rx_packets > 2_000 && s[&1].rx_packets > 2_000).then_some(()))
+        },
+    )?;
+    gen.stop()?;
+    let g = gen.settled_port_stats(Duration::from_millis(300), Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let s = switch.client().stats()?;
+    let sp = port_stats(&s);
+    ensure!(s.pmd.len() == 2, "want two PMD workers: {:?}", s.pmd);
+    ensure!(
+        s.pmd.iter().all(|w| w.packets > 0),
+        "both workers must have forwarded: {:?}",
+        s.pmd
+    );
+    ensure!(
+        s.pmd[0].cpu == 0 && s.pmd[1].cpu == 1,
+        "workers not on the configured CPUs: {:?}",
+        s.pmd
+    );
+    for (gport, name) in [(0u16, "pod-a"), (1, "pod-b")] {
+        ensure!(
+            close(g[&gport].tx_packets, sp[name].rx_packets, 64)
+                && close(sp[name].tx_packets, g[&gport].rx_packets, 64),
+            "counters disagree on {name}: generator {:?}, switch {:?}",
+            g[&gport],
+            sp[name]
+        );
+    }
+    Ok(())
+}
