@@ -7,7 +7,7 @@
 //!
 //! Reports, per switch and frame size, the median over rounds of the generator's received
 //! Mpps and Gbit/s, and the switch core's cycles per packet (heddle: its PMD counters;
-//! testpmd: `--record-core-cycles`).
+//! testpmd: `--record-core-cycles`, averaged over its whole run including the warm-up).
 //!
 //! Run it with `benches/loopback.sh` (builds release binaries, reserves hugepages).
 
@@ -112,15 +112,13 @@ fn round(sut: Sut, size: u32, secs: f64) -> Result<Sample> {
                 .vhost(dir.path().join("b.sock"), false)
                 .forward_mode(ForwardMode::Io)
                 .app_arg("--record-core-cycles")
+                .auto_start(true)
                 .spawn()?;
             sw.wait_ready(Duration::from_secs(20))?;
             let mut gen = generator(dir.path(), size)?;
             gen.start_tx_first()?;
             std::thread::sleep(Duration::from_secs(1));
-            sw.start()?;
-            std::thread::sleep(Duration::from_millis(300));
             let r0 = rx_total(&mut gen)?;
-            sw.clear_stats()?;
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs_f64(secs));
             let r1 = rx_total(&mut gen)?;
@@ -131,7 +129,7 @@ fn round(sut: Sut, size: u32, secs: f64) -> Result<Sample> {
                 .rev()
                 .filter_map(|l| l.split("CPU cycles/packet=").nth(1))
                 .find_map(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-                .context("testpmd printed no CPU cycles/packet")?;
+                .with_context(|| format!("testpmd printed no CPU cycles/packet:\n{out}"))?;
             Ok(Sample {
                 mpps: (r1 - r0) as f64 / dt / 1e6,
                 cycles_per_packet: cpp,

@@ -88,53 +88,74 @@ impl Drop for Mbuf {
     }
 }
 
+// The fast-path accessors below are DPDK's own `static inline` bodies (rte_pktmbuf_mtod,
+// rte_pktmbuf_prepend, rte_pktmbuf_adj, rte_pktmbuf_pkt_len) written over the bindgen
+// struct: through the C shim each would be a call the optimiser cannot inline, several per
+// packet. `ffi/tests/shim.rs` checks the shim's versions; `dataplane/tests/dpdk.rs` checks these agree.
 impl Packet for Mbuf {
     #[inline(always)]
     fn data(&self) -> &[u8] {
-        // SAFETY: mtod points at data_len initialised bytes of the first segment, which this
-        // Mbuf owns for the life of the borrow. The pipeline only handles the first segment.
+        // SAFETY: this Mbuf owns a valid mbuf; buf_addr + data_off is its first data byte and
+        // data_len bytes of the first segment are initialised. The pipeline only handles the
+        // first segment.
         unsafe {
-            let m = self.0.as_ptr();
-            let len = dpdk_sys::heddle_rte_pktmbuf_data_len(m) as usize;
-            std::slice::from_raw_parts(dpdk_sys::heddle_rte_pktmbuf_mtod(m).cast::<u8>(), len)
+            let m = &*self.0.as_ptr();
+            std::slice::from_raw_parts(
+                m.buf_addr.cast::<u8>().add(m.data_off as usize),
+                m.data_len as usize,
+            )
         }
     }
 
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `data`; `&mut self` makes the borrow unique (refcount-shared mbufs are
-        // never created by Heddle: flood copies are deep copies).
+        // SAFETY: as in `data`; `&mut self` makes the borrow unique (Heddle never shares an
+        // mbuf by refcount: flood copies are deep copies).
         unsafe {
-            let m = self.0.as_ptr();
-            let len = dpdk_sys::heddle_rte_pktmbuf_data_len(m) as usize;
-            std::slice::from_raw_parts_mut(dpdk_sys::heddle_rte_pktmbuf_mtod(m).cast::<u8>(), len)
+            let m = &*self.0.as_ptr();
+            std::slice::from_raw_parts_mut(
+                m.buf_addr.cast::<u8>().add(m.data_off as usize),
+                m.data_len as usize,
+            )
         }
     }
 
     #[inline(always)]
     fn prepend(&mut self, n: usize) -> bool {
-        let Ok(n) = u16::try_from(n) else {
-            return false;
-        };
-        // SAFETY: valid owned mbuf; prepend checks the headroom and returns null on failure
-        // without changing the mbuf.
-        !unsafe { dpdk_sys::heddle_rte_pktmbuf_prepend(self.0.as_ptr(), n) }.is_null()
+        // SAFETY: valid owned mbuf, exclusively borrowed; the headroom check keeps data_off
+        // from underflowing, as rte_pktmbuf_prepend does.
+        unsafe {
+            let m = &mut *self.0.as_ptr();
+            if n > m.data_off as usize {
+                return false;
+            }
+            m.data_off -= n as u16;
+            m.data_len += n as u16;
+            m.pkt_len += n as u32;
+        }
+        true
     }
 
     #[inline(always)]
     fn trim_front(&mut self, n: usize) -> bool {
-        let Ok(n) = u16::try_from(n) else {
-            return false;
-        };
-        // SAFETY: valid owned mbuf; adj checks the length and returns null on failure without
-        // changing the mbuf.
-        !unsafe { dpdk_sys::heddle_rte_pktmbuf_adj(self.0.as_ptr(), n) }.is_null()
+        // SAFETY: valid owned mbuf, exclusively borrowed; the length check keeps data_len
+        // from underflowing, as rte_pktmbuf_adj does.
+        unsafe {
+            let m = &mut *self.0.as_ptr();
+            if n > m.data_len as usize {
+                return false;
+            }
+            m.data_off += n as u16;
+            m.data_len -= n as u16;
+            m.pkt_len -= n as u32;
+        }
+        true
     }
 
     #[inline(always)]
     fn len(&self) -> usize {
         // Whole frame length (all segments), for byte counters.
         // SAFETY: valid owned mbuf.
-        unsafe { dpdk_sys::heddle_rte_pktmbuf_pkt_len(self.0.as_ptr()) as usize }
+        unsafe { (*self.0.as_ptr()).pkt_len as usize }
     }
 }

@@ -15,10 +15,22 @@ use super::vlan::{is_multicast, pop_tag, push_tag, set_vid, L2Header, Vlan};
 /// One PMD worker's forwarding state: a TX batch per destination port and its counters.
 pub struct WorkerState<P> {
     counters: Arc<WorkerCounters>,
+    tx: Batches<P>,
+}
+
+/// Per-destination TX batches and the list of those holding packets.
+struct Batches<P> {
     batches: Box<[Burst<P>]>,
     pending: Box<[PortIndex]>,
     is_pending: Box<[bool]>,
     npending: usize,
+}
+
+/// The last FDB answers within one burst: frames of a burst mostly share their addresses,
+/// so this saves the hash and probe for all but the first of them.
+struct BurstCache {
+    learned: Option<(Vlan, [u8; 6])>,
+    looked_up: Option<(Vlan, [u8; 6], Option<PortIndex>)>,
 }
 
 impl<P: Packet> WorkerState<P> {
@@ -26,10 +38,12 @@ impl<P: Packet> WorkerState<P> {
     pub fn new(counters: Arc<WorkerCounters>) -> WorkerState<P> {
         WorkerState {
             counters,
-            batches: (0..MAX_PORTS).map(|_| Burst::new()).collect(),
-            pending: vec![0; MAX_PORTS].into_boxed_slice(),
-            is_pending: vec![false; MAX_PORTS].into_boxed_slice(),
-            npending: 0,
+            tx: Batches {
+                batches: (0..MAX_PORTS).map(|_| Burst::new()).collect(),
+                pending: vec![0; MAX_PORTS].into_boxed_slice(),
+                is_pending: vec![false; MAX_PORTS].into_boxed_slice(),
+                npending: 0,
+            },
         }
     }
 
@@ -50,7 +64,8 @@ impl<P: Packet> WorkerState<P> {
         in_port: PortIndex,
         rx: &mut Burst<P>,
     ) {
-        let counters = self.counters.clone();
+        let counters: &WorkerCounters = &self.counters;
+        let tx = &mut self.tx;
         let inc = counters.port(in_port);
         let Some(ingress) = snap.port(in_port) else {
             // The port was removed while its frames were in flight.
@@ -60,6 +75,10 @@ impl<P: Packet> WorkerState<P> {
         };
         let mut bytes = 0u64;
         let count = rx.len() as u64;
+        let mut cache = BurstCache {
+            learned: None,
+            looked_up: None,
+        };
         for pkt in rx.drain() {
             bytes += pkt.len() as u64;
             let Some(h) = L2Header::parse(pkt.data()) else {
@@ -73,28 +92,46 @@ impl<P: Packet> WorkerState<P> {
                     continue;
                 }
             };
-            if !is_multicast(&h.src) {
+            if !is_multicast(&h.src) && cache.learned != Some((vlan, h.src)) {
                 counters.fdb.record(fdb.learn(vlan, &h.src, in_port, now));
+                cache.learned = Some((vlan, h.src));
             }
             if !is_multicast(&h.dst) {
-                if let Some(dst) = fdb.lookup(vlan, &h.dst) {
+                let dst = match cache.looked_up {
+                    Some((v, m, port)) if v == vlan && m == h.dst => port,
+                    _ => {
+                        let port = fdb.lookup(vlan, &h.dst);
+                        cache.looked_up = Some((vlan, h.dst, port));
+                        port
+                    }
+                };
+                if let Some(dst) = dst {
                     if dst == in_port {
                         inc.drop(DropReason::NoDestination, 1);
                     } else if let Some(egress) = snap.port(dst) {
-                        self.enqueue(io, egress, pkt, vlan, h.tci);
+                        tx.enqueue(counters, io, egress, pkt, vlan, h.tci);
                     } else {
                         inc.drop(DropReason::PortDown, 1);
                     }
                     continue;
                 }
             }
-            self.flood(io, snap, in_port, pkt, vlan, h.tci);
+            tx.flood(counters, io, snap, in_port, pkt, vlan, h.tci);
         }
         inc.rx(count, bytes);
     }
 
+    /// Sends every pending batch.
+    pub fn flush<I: PacketIo<Pkt = P>>(&mut self, io: &mut I) {
+        self.tx.flush(&self.counters, io);
+    }
+}
+
+impl<P: Packet> Batches<P> {
+    #[allow(clippy::too_many_arguments)]
     fn flood<I: PacketIo<Pkt = P>>(
         &mut self,
+        counters: &WorkerCounters,
         io: &mut I,
         snap: &Snapshot,
         in_port: PortIndex,
@@ -105,9 +142,7 @@ impl<P: Packet> WorkerState<P> {
         let members = snap.flood(vlan);
         let mut left = members.iter().filter(|m| **m != in_port).count();
         if left == 0 {
-            self.counters
-                .port(in_port)
-                .drop(DropReason::NoDestination, 1);
+            counters.port(in_port).drop(DropReason::NoDestination, 1);
             return;
         }
         let mut original = Some(pkt);
@@ -125,8 +160,8 @@ impl<P: Packet> WorkerState<P> {
                 original.as_ref().and_then(|p| io.copy(p))
             };
             match out {
-                Some(p) => self.enqueue(io, egress, p, vlan, tci),
-                None => self.counters.port(m).drop(DropReason::NoBuffer, 1),
+                Some(p) => self.enqueue(counters, io, egress, p, vlan, tci),
+                None => counters.port(m).drop(DropReason::NoBuffer, 1),
             }
         }
     }
@@ -136,6 +171,7 @@ impl<P: Packet> WorkerState<P> {
     #[inline]
     fn enqueue<I: PacketIo<Pkt = P>>(
         &mut self,
+        counters: &WorkerCounters,
         io: &mut I,
         egress: &SwitchPort,
         mut pkt: P,
@@ -146,14 +182,14 @@ impl<P: Packet> WorkerState<P> {
         let tagged_out = match &egress.mode {
             PortMode::Access { vlan: v } => {
                 if *v != vlan {
-                    self.counters.port(out).drop(DropReason::VlanNotAllowed, 1);
+                    counters.port(out).drop(DropReason::VlanNotAllowed, 1);
                     return;
                 }
                 false
             }
             PortMode::Trunk { native, .. } => {
                 if !egress.mode.carries(vlan) {
-                    self.counters.port(out).drop(DropReason::VlanNotAllowed, 1);
+                    counters.port(out).drop(DropReason::VlanNotAllowed, 1);
                     return;
                 }
                 *native != Some(vlan)
@@ -171,7 +207,7 @@ impl<P: Packet> WorkerState<P> {
             (None, false) => true,
         };
         if !ok {
-            self.counters.port(out).drop(DropReason::Headroom, 1);
+            counters.port(out).drop(DropReason::Headroom, 1);
             return;
         }
         let i = out as usize;
@@ -182,15 +218,20 @@ impl<P: Packet> WorkerState<P> {
         }
         if self.batches[i].push(pkt).is_err() {
             // Unreachable: a batch is sent as soon as it is full, below.
-            self.counters.port(out).drop(DropReason::TxFull, 1);
+            counters.port(out).drop(DropReason::TxFull, 1);
             return;
         }
         if self.batches[i].is_full() {
-            self.send(io, out);
+            self.send(counters, io, out);
         }
     }
 
-    fn send<I: PacketIo<Pkt = P>>(&mut self, io: &mut I, port: PortIndex) {
+    fn send<I: PacketIo<Pkt = P>>(
+        &mut self,
+        counters: &WorkerCounters,
+        io: &mut I,
+        port: PortIndex,
+    ) {
         let batch = &mut self.batches[port as usize];
         let n = batch.len();
         if n == 0 {
@@ -202,19 +243,18 @@ impl<P: Packet> WorkerState<P> {
         }
         let sent = io.tx_burst(port, batch).min(n);
         let bytes: u64 = lens[..sent].iter().map(|l| u64::from(*l)).sum();
-        let c = self.counters.port(port);
+        let c = counters.port(port);
         c.tx(sent as u64, bytes);
         if sent < n {
             c.drop(DropReason::TxFull, (n - sent) as u64);
         }
     }
 
-    /// Sends every pending batch.
-    pub fn flush<I: PacketIo<Pkt = P>>(&mut self, io: &mut I) {
+    fn flush<I: PacketIo<Pkt = P>>(&mut self, counters: &WorkerCounters, io: &mut I) {
         for k in 0..self.npending {
             let port = self.pending[k];
             self.is_pending[port as usize] = false;
-            self.send(io, port);
+            self.send(counters, io, port);
         }
         self.npending = 0;
     }
