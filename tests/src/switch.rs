@@ -123,6 +123,16 @@ impl SwitchProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Kills the daemon with SIGKILL (a crash: nothing is cleaned up) and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("heddle-switch already stopped");
+        };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits (10 s at most) for a clean exit.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {

@@ -344,6 +344,11 @@ fn ports_added_through_the_api_survive_a_restart() -> Result<()> {
     bad_vlan.mode = PortMode::Access { vlan: 4095 };
     let err = client.add_port(&bad_vlan).unwrap_err().to_string();
     ensure!(err.contains("outside 1-4094"), "{err}");
+    let mut long_path = spec.clone();
+    long_path.name = "bad".into();
+    long_path.devargs = format!("net_vhost5,iface=/tmp/{}.sock", "x".repeat(110));
+    let err = client.add_port(&long_path).unwrap_err().to_string();
+    ensure!(err.contains("107-byte limit"), "{err}");
     let mut bad_dev = spec.clone();
     bad_dev.name = "bad".into();
     bad_dev.devargs = "net_nosuchdriver0".into();
@@ -382,6 +387,19 @@ fn ports_added_through_the_api_survive_a_restart() -> Result<()> {
         .fdb()?
         .iter()
         .any(|e| e.mac == "02:00:00:00:00:42" && e.vlan == 42));
+
+    // A crash (kill -9) leaves the vhost-user socket file behind; the next start replaces it.
+    let mut switch = switch;
+    switch.kill9()?;
+    ensure!(
+        dir.path().join("api.sock").exists(),
+        "expected the crash to leave the socket file"
+    );
+    let switch = SwitchProcess::start(dir.path(), &yaml)?;
+    ensure!(
+        key(&switch.client().ports()?) == key(&before),
+        "ports after kill -9 and restart differ"
+    );
 
     // Removal is idempotent and persisted too.
     ensure!(switch.client().remove_port("api-port")?.removed);

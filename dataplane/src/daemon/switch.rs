@@ -106,6 +106,59 @@ fn switch_mode(spec: &PortSpec) -> Result<PortMode, PortError> {
     })
 }
 
+/// A vhost-user server socket left behind by a switch that was killed makes DPDK's bind
+/// fail. Removes it when nothing listens on it; refuses when something does.
+fn clear_stale_vhost_socket(devargs: &str) -> Result<(), PortError> {
+    let mut parts = devargs.split(',');
+    let device = parts.next().unwrap_or_default();
+    if !device.starts_with("net_vhost") && !device.starts_with("eth_vhost") {
+        return Ok(());
+    }
+    let mut iface = None;
+    let mut client = false;
+    for kv in parts {
+        match kv.split_once('=') {
+            Some(("iface", v)) => iface = Some(std::path::PathBuf::from(v)),
+            Some(("client", v)) => client = v.trim() == "1",
+            _ => {}
+        }
+    }
+    let Some(path) = iface.filter(|_| !client) else {
+        return Ok(());
+    };
+    if path.as_os_str().len() > 107 {
+        return Err(PortError::Invalid(format!(
+            "vhost-user socket path {} is {} bytes, over the 107-byte limit of a Unix socket path: use a shorter directory",
+            path.display(),
+            path.as_os_str().len()
+        )));
+    }
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(PortError::Conflict(format!(
+                    "vhost-user socket {} is in use by another process: stop it or choose another iface path",
+                    path.display()
+                )));
+            }
+            std::fs::remove_file(&path).map_err(|e| {
+                PortError::Device(format!(
+                    "cannot remove stale socket {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(socket = %path.display(), "removed a stale vhost-user socket");
+            Ok(())
+        }
+        Ok(_) => Err(PortError::Conflict(format!(
+            "{} exists and is not a socket: choose another iface path for the vhost-user port",
+            path.display()
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
 impl SwitchCtl {
     /// A switch with no ports, whose workers are not yet launched.
     pub fn new(
@@ -187,6 +240,7 @@ impl SwitchCtl {
             .find(|i| !self.ports.values().any(|p| p.index == *i))
             .ok_or(PortError::Full)?;
 
+        clear_stale_vhost_socket(&spec.devargs)?;
         let mut eth =
             EthPort::probe(&spec.devargs).map_err(|e| PortError::Device(e.to_string()))?;
         let info = eth.info().map_err(|e| PortError::Device(e.to_string()))?;
