@@ -849,25 +849,50 @@ fn real_host_reservation() {
     }
     let paths = SysPaths::host();
     let before = discover(&paths).expect("discover before");
+    let node = before.numa_aware().then_some(0);
+    let pool = |inv: &Inventory| {
+        inv.pools
+            .iter()
+            .find(|p| p.page_size_kb == 2048 && p.numa_node == node)
+            .cloned()
+            .expect("2 MiB pool")
+    };
+    let old = pool(&before);
+    // Ask for 16 pages more than are free, so the kernel really has to reserve some.
+    let budget_mb = (old.available() + 16) * 2;
     let c = MemoryConfig {
-        socket_mem_mb: vec![64],
+        socket_mem_mb: vec![budget_mb],
         reserve: true,
         file_prefix: "heddle-test".into(),
         ..MemoryConfig::default()
     };
-    let eal = match prepare(&c, &paths) {
-        Ok(eal) => eal,
-        Err(e) => panic!("prepare on the real host: {e}"),
-    };
-    eprintln!("real_host_reservation: {:?}", eal.args);
+    let result = prepare(&c, &paths);
     let after = discover(&paths).expect("discover after");
-    let node = after.numa_aware().then_some(0);
-    let pool = after
-        .pools
-        .iter()
-        .find(|p| p.page_size_kb == 2048 && p.numa_node == node)
-        .expect("2 MiB pool");
-    assert!(pool.total >= 32, "only {} pages of 2 MiB", pool.total);
+    let new = pool(&after);
+    // Give back exactly what this test added (the crate itself never lowers a reservation).
+    let nr_path = match node {
+        Some(n) => {
+            format!("/sys/devices/system/node/node{n}/hugepages/hugepages-2048kB/nr_hugepages")
+        }
+        None => "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages".to_string(),
+    };
+    std::fs::write(&nr_path, old.total.to_string()).expect("restore nr_hugepages");
+    let eal = match result {
+        Ok(eal) => eal,
+        Err(e) => panic!("prepare on the real host ({budget_mb} MiB): {e}"),
+    };
+    eprintln!(
+        "real_host_reservation: {} -> {} pages, {:?}",
+        old.total, new.total, eal.args
+    );
+    assert!(
+        new.total >= old.total + 16,
+        "the kernel reserved nothing: {old:?} -> {new:?}"
+    );
+    assert!(
+        new.available() * 2 >= budget_mb,
+        "reserved pages are not free: {new:?}"
+    );
     for old in &before.pools {
         let new = after
             .pools
