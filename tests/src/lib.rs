@@ -104,6 +104,7 @@ pub use netns::{Netns, VethPair};
 pub use raw::{ethernet_frame, frame_vlan, Frame, RawSocket};
 pub use stats::{latest_port_stats, parse_port_stats_blocks, PortStats};
 pub use switch::{
-    config_yaml, run_expect_failure, run_with_config, workspace_binary, SwitchProcess,
+    config_yaml, mac_pair_generator, run_expect_failure, run_loop, run_with_config,
+    workspace_binary, SwitchProcess,
 };
 pub use testpmd::{Control, ForwardMode, PortSpec, Testpmd, TestpmdBuilder};

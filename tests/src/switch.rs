@@ -203,3 +203,49 @@ pub fn run_with_config(path: &Path) -> Result<(ExitStatus, String)> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A generator with two virtio-user ports (`a` and `b`, each `(socket, MAC)`) in mac mode,
+/// each port addressing frames to the other: spawned on `cpu` with `--txpkts` `size`, ready
+/// and with both links up.
+pub fn mac_pair_generator(
+    name: &str,
+    cpu: usize,
+    a: (&Path, &str),
+    b: (&Path, &str),
+    size: u32,
+) -> Result<crate::Testpmd> {
+    let mut gen = crate::Testpmd::builder(name)
+        .cpu(cpu)
+        .virtio_user(a.0, a.1, false)
+        .virtio_user(b.0, b.1, false)
+        .forward_mode(crate::ForwardMode::Mac)
+        .eth_peer(0, b.1)
+        .eth_peer(1, a.1)
+        .txpkts(&size.to_string())
+        .spawn()?;
+    gen.wait_ready(Duration::from_secs(20))?;
+    gen.wait_link_up(0, Duration::from_secs(10))?;
+    gen.wait_link_up(1, Duration::from_secs(10))?;
+    Ok(gen)
+}
+
+/// Starts the generator's loop (`start tx_first`), waits until both ports received more
+/// than `min_rx` frames, stops it, and returns its settled port counters.
+pub fn run_loop(
+    gen: &mut crate::Testpmd,
+    min_rx: u64,
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<u16, crate::PortStats>> {
+    gen.start_tx_first()?;
+    crate::wait_until(
+        "traffic both ways through the switch",
+        timeout,
+        Duration::from_millis(100),
+        || {
+            let s = gen.port_stats()?;
+            Ok((s[&0].rx_packets > min_rx && s[&1].rx_packets > min_rx).then_some(()))
+        },
+    )?;
+    gen.stop()?;
+    gen.settled_port_stats(Duration::from_millis(300), Duration::from_secs(5))
+}

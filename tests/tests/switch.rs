@@ -13,8 +13,9 @@ use anyhow::{ensure, Context, Result};
 use heddle_api::{PortMode, PortSpec, StatsReply};
 use heddle_tests::raw::{parse_mac, ETH_P_TEST};
 use heddle_tests::{
-    config_yaml, ethernet_frame, exclusive_cpus, require_dpdk_peers, run_expect_failure,
-    run_with_config, wait_until, ForwardMode, Netns, RawSocket, SwitchProcess, Testpmd, VethPair,
+    config_yaml, ethernet_frame, exclusive_cpus, mac_pair_generator, require_dpdk_peers,
+    run_expect_failure, run_loop, run_with_config, wait_until, ForwardMode, Netns, RawSocket,
+    SwitchProcess, Testpmd, VethPair,
 };
 
 const MAC_A: &str = "02:00:00:00:01:0a";
@@ -61,39 +62,18 @@ fn pods_on_one_vlan_exchange_traffic_and_another_vlan_sees_none() -> Result<()> 
     let client = switch.client();
 
     // One generator holds pods a and b (two virtio-user ports addressed to each other).
-    let mut gen = Testpmd::builder("gen-ab")
-        .cpu(0)
-        .virtio_user(&sa, MAC_A, false)
-        .virtio_user(&sb, MAC_B, false)
-        .forward_mode(ForwardMode::Mac)
-        .eth_peer(0, MAC_B)
-        .eth_peer(1, MAC_A)
-        .spawn()?;
+    let mut gen = mac_pair_generator("gen-ab", 0, (&sa, MAC_A), (&sb, MAC_B), 64)?;
     let mut pod_c = Testpmd::builder("pod-c")
         .cpu(0)
         .virtio_user(&sc, MAC_C, false)
         .forward_mode(ForwardMode::RxOnly)
         .spawn()?;
-    gen.wait_ready(Duration::from_secs(15))?;
     pod_c.wait_ready(Duration::from_secs(15))?;
-    gen.wait_link_up(0, Duration::from_secs(5))?;
-    gen.wait_link_up(1, Duration::from_secs(5))?;
     pod_c.wait_link_up(0, Duration::from_secs(5))?;
     // One burst from pod c must stay inside VLAN 200, where no one else listens.
     pod_c.start_tx_first()?;
 
-    gen.start_tx_first()?;
-    wait_until(
-        "traffic through the switch",
-        Duration::from_secs(15),
-        Duration::from_millis(100),
-        || {
-            let s = gen.port_stats()?;
-            Ok((s[&0].rx_packets > 5_000 && s[&1].rx_packets > 5_000).then_some(()))
-        },
-    )?;
-    gen.stop()?;
-    let g = gen.settled_port_stats(Duration::from_millis(300), Duration::from_secs(5))?;
+    let g = run_loop(&mut gen, 5_000, Duration::from_secs(15))?;
     let c = pod_c.settled_port_stats(Duration::from_millis(300), Duration::from_secs(5))?;
     let s = wait_until(
         "switch counters to settle",
@@ -485,29 +465,8 @@ fn two_pmd_workers_split_the_ports_and_share_single_tx_queues() -> Result<()> {
         "{listed:?}"
     );
 
-    let mut gen = Testpmd::builder("gen-2w")
-        .cpu(0)
-        .virtio_user(&sa, MAC_A, false)
-        .virtio_user(&sb, MAC_B, false)
-        .forward_mode(ForwardMode::Mac)
-        .eth_peer(0, MAC_B)
-        .eth_peer(1, MAC_A)
-        .spawn()?;
-    gen.wait_ready(Duration::from_secs(15))?;
-    gen.wait_link_up(0, Duration::from_secs(5))?;
-    gen.wait_link_up(1, Duration::from_secs(5))?;
-    gen.start_tx_first()?;
-    wait_until(
-        "traffic through two workers",
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        || {
-            let s = gen.port_stats()?;
-            Ok((s[&0].rx_packets > 2_000 && s[&1].rx_packets > 2_000).then_some(()))
-        },
-    )?;
-    gen.stop()?;
-    let g = gen.settled_port_stats(Duration::from_millis(300), Duration::from_secs(5))?;
+    let mut gen = mac_pair_generator("gen-2w", 0, (&sa, MAC_A), (&sb, MAC_B), 64)?;
+    let g = run_loop(&mut gen, 2_000, Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_millis(300));
     let s = switch.client().stats()?;
     let sp = port_stats(&s);

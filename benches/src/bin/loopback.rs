@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use heddle_tests::{
-    config_yaml, env::free_file_prefix, require_dpdk_peers, ForwardMode, SwitchProcess, Testpmd,
+    config_yaml, env::free_file_prefix, mac_pair_generator, require_dpdk_peers, ForwardMode,
+    SwitchProcess, Testpmd,
 };
 
 const MAC_A: &str = "02:00:00:00:01:0a";
@@ -51,19 +52,13 @@ fn arg<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> T {
 }
 
 fn generator(dir: &std::path::Path, size: u32) -> Result<Testpmd> {
-    let mut gen = Testpmd::builder("gen")
-        .cpu(0)
-        .virtio_user(dir.join("a.sock"), MAC_A, false)
-        .virtio_user(dir.join("b.sock"), MAC_B, false)
-        .forward_mode(ForwardMode::Mac)
-        .eth_peer(0, MAC_B)
-        .eth_peer(1, MAC_A)
-        .txpkts(&size.to_string())
-        .spawn()?;
-    gen.wait_ready(Duration::from_secs(20))?;
-    gen.wait_link_up(0, Duration::from_secs(10))?;
-    gen.wait_link_up(1, Duration::from_secs(10))?;
-    Ok(gen)
+    mac_pair_generator(
+        "gen",
+        0,
+        (&dir.join("a.sock"), MAC_A),
+        (&dir.join("b.sock"), MAC_B),
+        size,
+    )
 }
 
 fn rx_total(gen: &mut Testpmd) -> Result<u64> {

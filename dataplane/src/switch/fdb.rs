@@ -240,13 +240,8 @@ impl Fdb {
     /// Removes learned entries not seen for more than `max_age` seconds; returns how many.
     pub fn age(&self, now: u32, max_age: u32) -> usize {
         let mut n = 0;
-        for s in self.slots.iter() {
-            let k = s.key.load(Ordering::Acquire);
-            if k == EMPTY || k == TOMBSTONE {
-                continue;
-            }
-            let v = s.value.load(Ordering::Acquire);
-            if v & VALID == 0 || v & STATIC != 0 || now.saturating_sub(v as u32) <= max_age {
+        for (s, _, v) in self.live() {
+            if v & STATIC != 0 || now.saturating_sub(v as u32) <= max_age {
                 continue;
             }
             // Only if no worker refreshed it meanwhile.
@@ -265,13 +260,8 @@ impl Fdb {
     /// Removes every entry (static ones too) pointing at `port`; returns how many.
     pub fn flush_port(&self, port: PortIndex) -> usize {
         let mut n = 0;
-        for s in self.slots.iter() {
-            let k = s.key.load(Ordering::Acquire);
-            if k == EMPTY || k == TOMBSTONE {
-                continue;
-            }
-            let v = s.value.load(Ordering::Acquire);
-            if v & VALID != 0 && port_of(v) == port {
+        for (s, _, v) in self.live() {
+            if port_of(v) == port {
                 self.clear(s);
                 n += 1;
             }
@@ -282,15 +272,7 @@ impl Fdb {
     /// Every entry (control plane; a consistent view only when nothing learns meanwhile).
     pub fn entries(&self) -> Vec<FdbEntry> {
         let mut out = Vec::new();
-        for s in self.slots.iter() {
-            let k = s.key.load(Ordering::Acquire);
-            if k == EMPTY || k == TOMBSTONE {
-                continue;
-            }
-            let v = s.value.load(Ordering::Acquire);
-            if v & VALID == 0 {
-                continue;
-            }
+        for (_, k, v) in self.live() {
             let b = k.to_be_bytes();
             let Some(vlan) = Vlan::new(((k >> 48) & 0x0fff) as u16) else {
                 continue;
@@ -308,13 +290,19 @@ impl Fdb {
 
     /// Entries now in the table.
     pub fn len(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| {
-                let k = s.key.load(Ordering::Relaxed);
-                k != EMPTY && k != TOMBSTONE && s.value.load(Ordering::Relaxed) & VALID != 0
-            })
-            .count()
+        self.live().count()
+    }
+
+    /// Occupied slots with a published value: (slot, key, value). Control plane only.
+    fn live(&self) -> impl Iterator<Item = (&Slot, u64, u64)> {
+        self.slots.iter().filter_map(|s| {
+            let k = s.key.load(Ordering::Acquire);
+            if k == EMPTY || k == TOMBSTONE {
+                return None;
+            }
+            let v = s.value.load(Ordering::Acquire);
+            (v & VALID != 0).then_some((s, k, v))
+        })
     }
 
     /// True when there is no entry.
