@@ -91,6 +91,13 @@ fn two_nodes() -> Tree {
     t
 }
 
+/// The two-node tree, discovered, with hugetlbfs for 2 MiB pages at /dev/hugepages.
+fn two_nodes_mounted() -> (Tree, Inventory) {
+    let t = two_nodes();
+    let inv = with_mount(discover(&t.paths()).expect("discover"), "/dev/hugepages", 2048);
+    (t, inv)
+}
+
 /// Fixture 2: one system-wide 2 MiB pool (no node directories): 512 pages,
 /// 300 free, 44 reserved → 256 available; mounted at /dev/hugepages without
 /// a pagesize option.
@@ -324,12 +331,7 @@ fn discover_names_the_unreadable_file() {
 
 #[test]
 fn plan_two_nodes_fits() {
-    let t = two_nodes();
-    let inv = with_mount(
-        discover(&t.paths()).expect("discover"),
-        "/dev/hugepages",
-        2048,
-    );
+    let (t, inv) = two_nodes_mounted();
     let p = plan(&cfg(&[256]), &inv).expect("plan");
     assert!(p.is_ready());
     assert!(p.numa_aware);
@@ -360,12 +362,7 @@ fn plan_two_nodes_fits() {
 
 #[test]
 fn plan_shortfall_names_node_sizes_and_setting() {
-    let t = two_nodes();
-    let inv = with_mount(
-        discover(&t.paths()).expect("discover"),
-        "/dev/hugepages",
-        2048,
-    );
+    let (t, inv) = two_nodes_mounted();
     let e = plan(&cfg(&[1024]), &inv).expect_err("short");
     assert_eq!(
         e.to_string(),
@@ -427,12 +424,7 @@ impl MemoryConfig {
 
 #[test]
 fn plan_rounds_odd_budgets_up_to_whole_pages() {
-    let t = two_nodes();
-    let inv = with_mount(
-        discover(&t.paths()).expect("discover"),
-        "/dev/hugepages",
-        2048,
-    );
+    let (t, inv) = two_nodes_mounted();
     let p = plan(&cfg(&[3]), &inv).expect("plan");
     assert_eq!(p.nodes[0].pages_needed, 2);
     assert_eq!(p.eal.args[..2], args(&["--socket-mem", "4,0"])[..]);
@@ -512,12 +504,7 @@ fn plan_rejects_unknown_page_size() {
 
 #[test]
 fn plan_rejects_unknown_numa_node() {
-    let t = two_nodes();
-    let inv = with_mount(
-        discover(&t.paths()).expect("discover"),
-        "/dev/hugepages",
-        2048,
-    );
+    let (t, inv) = two_nodes_mounted();
     let e = plan(&cfg(&[0, 0, 64]), &inv).expect_err("node 2");
     assert_eq!(
         e.to_string(),
@@ -550,12 +537,7 @@ fn plan_rejects_unknown_numa_node() {
 
 #[test]
 fn plan_rejects_empty_budget_and_bad_prefix() {
-    let t = two_nodes();
-    let inv = with_mount(
-        discover(&t.paths()).expect("discover"),
-        "/dev/hugepages",
-        2048,
-    );
+    let (t, inv) = two_nodes_mounted();
     assert!(matches!(plan(&cfg(&[0, 0]), &inv), Err(Error::EmptyBudget)));
     assert!(matches!(plan(&cfg(&[]), &inv), Err(Error::EmptyBudget)));
     let c = MemoryConfig {
@@ -570,12 +552,7 @@ fn plan_rejects_empty_budget_and_bad_prefix() {
 
 #[test]
 fn plan_huge_dir_checks() {
-    let t = two_nodes();
-    let inv = with_mount(
-        discover(&t.paths()).expect("discover"),
-        "/dev/hugepages",
-        2048,
-    );
+    let (t, inv) = two_nodes_mounted();
     let c = MemoryConfig {
         huge_dir: Some("/mnt/huge".into()),
         ..cfg(&[64])
