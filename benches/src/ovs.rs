@@ -1,0 +1,196 @@
+//! OVS-DPDK 3.1 (Debian's `openvswitch-switch-dpdk`) as a switch under test: a private
+//! ovsdb-server and ovs-vswitchd-dpdk in a temporary run directory, one `netdev` bridge
+//! with the default NORMAL (learning) flow, and `dpdkvhostuser` ports whose sockets OVS
+//! creates in that directory. Everything is stopped, by PID, on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const VSWITCHD: &str = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk";
+const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+
+/// A running private OVS-DPDK.
+pub struct Ovs {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Ovs {
+    /// Starts OVS in `dir` with its main thread on `main_cpu`, one PMD thread on `pmd_cpu`,
+    /// and `ports` as vhost-user server sockets `dir/<port>`.
+    pub fn start(
+        dir: &Path,
+        main_cpu: u32,
+        pmd_cpu: u32,
+        socket_mem_mb: u32,
+        ports: &[&str],
+    ) -> Result<Ovs> {
+        if !Path::new(VSWITCHD).exists() {
+            bail!("{VSWITCHD} is missing: install Debian's openvswitch-switch-dpdk (deploy/scripts/install-deps.sh openvswitch-switch-dpdk)");
+        }
+        let mut ovs = Ovs {
+            dir: dir.to_owned(),
+            children: Vec::new(),
+        };
+        let db = dir.join("conf.db");
+        run(Command::new("ovsdb-tool")
+            .arg("create")
+            .arg(&db)
+            .arg(SCHEMA))?;
+        let log =
+            |name: &str| -> Result<Stdio> { Ok(std::fs::File::create(dir.join(name))?.into()) };
+        ovs.children.push(
+            ovs.command("ovsdb-server")
+                .arg(&db)
+                .arg(format!("--remote=punix:{}", ovs.db().display()))
+                .arg(format!("--unixctl={}", dir.join("ovsdb.ctl").display()))
+                .stdout(log("ovsdb.out")?)
+                .stderr(log("ovsdb.err")?)
+                .spawn()
+                .context("starting ovsdb-server")?,
+        );
+        ovs.wait_for(&ovs.db(), "ovsdb-server socket")?;
+        ovs.vsctl(&["--no-wait", "init"])?;
+        ovs.vsctl(&[
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:dpdk-init=true",
+            &format!("other_config:dpdk-lcore-mask={:#x}", 1u64 << main_cpu),
+            &format!("other_config:pmd-cpu-mask={:#x}", 1u64 << pmd_cpu),
+            &format!("other_config:dpdk-socket-mem={socket_mem_mb}"),
+            &format!(
+                "other_config:dpdk-extra=--file-prefix=ovs-{} --no-pci --huge-unlink",
+                std::process::id()
+            ),
+        ])?;
+        ovs.children.push(
+            ovs.command(VSWITCHD)
+                .arg(format!("unix:{}", ovs.db().display()))
+                .arg(format!("--unixctl={}", ovs.ctl().display()))
+                .stdout(log("vswitchd.out")?)
+                .stderr(log("vswitchd.err")?)
+                .spawn()
+                .context("starting ovs-vswitchd-dpdk")?,
+        );
+        ovs.wait_for(&ovs.ctl(), "ovs-vswitchd control socket")?;
+        ovs.vsctl(&[
+            "--timeout=30",
+            "add-br",
+            "br0",
+            "--",
+            "set",
+            "bridge",
+            "br0",
+            "datapath_type=netdev",
+        ])?;
+        for p in ports {
+            ovs.vsctl(&[
+                "--timeout=30",
+                "add-port",
+                "br0",
+                p,
+                "--",
+                "set",
+                "Interface",
+                p,
+                "type=dpdkvhostuser",
+            ])?;
+            ovs.wait_for(&dir.join(p), "a dpdkvhostuser socket")?;
+        }
+        Ok(ovs)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        for var in ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"] {
+            c.env(var, &self.dir);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.join("db.sock")
+    }
+
+    fn ctl(&self) -> PathBuf {
+        self.dir.join("vswitchd.ctl")
+    }
+
+    fn wait_for(&self, path: &Path, what: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !path.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "OVS: no {what} at {} after 30 s (logs in {})",
+                    path.display(),
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn vsctl(&self, args: &[&str]) -> Result<String> {
+        run(self
+            .command("ovs-vsctl")
+            .arg(format!("--db=unix:{}", self.db().display()))
+            .args(args))
+    }
+
+    /// `ovs-appctl dpif-netdev/<cmd>` against this vswitchd.
+    pub fn appctl(&self, args: &[&str]) -> Result<String> {
+        run(self
+            .command("ovs-appctl")
+            .arg("-t")
+            .arg(self.ctl())
+            .args(args))
+    }
+
+    /// Zeroes the PMD counters.
+    pub fn clear_pmd_stats(&self) -> Result<()> {
+        self.appctl(&["dpif-netdev/pmd-stats-clear"]).map(|_| ())
+    }
+
+    /// "avg processing cycles per packet" of the first PMD thread since the last clear.
+    pub fn processing_cycles_per_packet(&self) -> Result<f64> {
+        let out = self.appctl(&["dpif-netdev/pmd-stats-show"])?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("avg processing cycles per packet:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no cycles per packet in pmd-stats-show:\n{out}"))
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        // vswitchd first (it holds the vhost sockets and hugepages), then the database.
+        for c in self.children.iter_mut().rev() {
+            // SAFETY: kill(2) on our own unreaped child's PID; it cannot have been reused.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
