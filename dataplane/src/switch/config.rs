@@ -46,16 +46,45 @@ pub struct SwitchPort {
     pub mode: PortMode,
 }
 
-/// Ports and per-VLAN flood lists.
+/// Ports and per-VLAN flood lists, immutable once built. Workers read it through a
+/// shared reference; the control plane builds a new one on every change and swaps it in.
+#[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// Indexed by [`PortIndex`]; `MAX_PORTS` long.
     ports: Box<[Option<SwitchPort>]>,
-    /// Index = VLAN id; the ports carrying that VLAN, ascending.
-    flood: Box<[Box<[PortIndex]>]>,
+    /// Flood lists in one array: VLAN `v`'s members are
+    /// `flood_ports[flood_start[v]..flood_start[v + 1]]`, ascending.
+    flood_start: Box<[u32]>,
+    flood_ports: Box<[PortIndex]>,
+    generation: u64,
+}
+
+/// VLAN ids an index into the flood table can take (0..=4095).
+const VLAN_IDS: usize = 4096;
+
+impl PortMode {
+    /// For a frame of `vlan` leaving a port of this mode: `None` when the port does not
+    /// carry the VLAN, else whether it leaves tagged (trunk, not the native VLAN).
+    #[inline(always)]
+    pub fn egress_tagged(&self, vlan: Vlan) -> Option<bool> {
+        match self {
+            PortMode::Access { vlan: v } => (*v == vlan).then_some(false),
+            PortMode::Trunk { allowed, native } => {
+                if *native == Some(vlan) {
+                    Some(false)
+                } else {
+                    allowed.contains(vlan).then_some(true)
+                }
+            }
+        }
+    }
 }
 
 impl Snapshot {
-    /// Builds a snapshot. Ports with an index of `MAX_PORTS` or more are ignored (the
-    /// control plane never hands those out).
+    /// Builds a snapshot of generation 0 (see [`Snapshot::with_generation`]). Ports with
+    /// an index of `MAX_PORTS` or more are ignored (the control plane never hands those
+    /// out); of two ports with one index, the later wins. A trunk's native VLAN is carried
+    /// (untagged) even when it is not in the allowed set.
     pub fn build(ports: impl IntoIterator<Item = SwitchPort>) -> Snapshot {
         let mut table: Vec<Option<SwitchPort>> = vec![None; MAX_PORTS];
         for p in ports {
@@ -63,26 +92,56 @@ impl Snapshot {
                 *slot = Some(p);
             }
         }
-        let mut flood: Vec<Vec<PortIndex>> = vec![Vec::new(); 4096];
-        for p in table.iter().flatten() {
-            match &p.mode {
-                PortMode::Access { vlan } => flood[vlan.get() as usize].push(p.index),
-                PortMode::Trunk { allowed, native } => {
-                    for v in allowed.iter() {
-                        flood[v.get() as usize].push(p.index);
-                    }
-                    if let Some(n) = native {
-                        if !allowed.contains(*n) {
-                            flood[n.get() as usize].push(p.index);
+        // Counting pass, then fill: one allocation for every list.
+        let mut count = vec![0u32; VLAN_IDS];
+        let each_member = |f: &mut dyn FnMut(Vlan, PortIndex)| {
+            for p in table.iter().flatten() {
+                match &p.mode {
+                    PortMode::Access { vlan } => f(*vlan, p.index),
+                    PortMode::Trunk { allowed, native } => {
+                        for v in allowed.iter() {
+                            f(v, p.index);
+                        }
+                        if let Some(n) = native {
+                            if !allowed.contains(*n) {
+                                f(*n, p.index);
+                            }
                         }
                     }
                 }
             }
+        };
+        each_member(&mut |v, _| count[v.get() as usize] += 1);
+        let mut flood_start = vec![0u32; VLAN_IDS + 1];
+        for v in 0..VLAN_IDS {
+            flood_start[v + 1] = flood_start[v] + count[v];
         }
+        let mut fill = flood_start.clone();
+        let mut flood_ports = vec![0 as PortIndex; flood_start[VLAN_IDS] as usize];
+        // Ports are visited in ascending index order, so every list comes out ascending.
+        each_member(&mut |v, port| {
+            let at = &mut fill[v.get() as usize];
+            flood_ports[*at as usize] = port;
+            *at += 1;
+        });
         Snapshot {
             ports: table.into_boxed_slice(),
-            flood: flood.into_iter().map(Vec::into_boxed_slice).collect(),
+            flood_start: flood_start.into_boxed_slice(),
+            flood_ports: flood_ports.into_boxed_slice(),
+            generation: 0,
         }
+    }
+
+    /// The same snapshot, stamped with `generation` (the daemon numbers its snapshots so
+    /// workers and the API can tell which one is in force).
+    pub fn with_generation(mut self, generation: u64) -> Snapshot {
+        self.generation = generation;
+        self
+    }
+
+    /// The generation this snapshot was stamped with.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The port at `index`.
@@ -91,13 +150,14 @@ impl Snapshot {
         self.ports.get(index as usize).and_then(Option::as_ref)
     }
 
-    /// Ports that carry `vlan`.
+    /// Ports that carry `vlan`, ascending (the ingress port included: skip it).
     #[inline(always)]
     pub fn flood(&self, vlan: Vlan) -> &[PortIndex] {
-        &self.flood[vlan.get() as usize]
+        let v = vlan.get() as usize;
+        &self.flood_ports[self.flood_start[v] as usize..self.flood_start[v + 1] as usize]
     }
 
-    /// Every port.
+    /// Every port, ascending by index.
     pub fn ports(&self) -> impl Iterator<Item = &SwitchPort> {
         self.ports.iter().flatten()
     }
@@ -141,5 +201,60 @@ mod tests {
         assert_eq!(snap.port(3).map(|p| p.name.as_str()), Some("t"));
         assert!(snap.port(3).unwrap().mode.carries(v(7)));
         assert!(!snap.port(0).unwrap().mode.carries(v(101)));
+    }
+
+    #[test]
+    fn generation_index_bounds_and_egress_tagging() {
+        let v = |n| Vlan::new(n).unwrap();
+        let mut allowed = VlanSet::new();
+        allowed.insert(v(10));
+        let port = |index, mode| SwitchPort {
+            index,
+            name: format!("p{index}"),
+            mode,
+        };
+        let snap = Snapshot::build([
+            port(0, PortMode::Access { vlan: v(10) }),
+            port(0, PortMode::Access { vlan: v(20) }), // the later one wins
+            port(MAX_PORTS as PortIndex, PortMode::Access { vlan: v(10) }), // ignored
+            port(
+                9,
+                PortMode::Trunk {
+                    allowed,
+                    native: Some(v(30)),
+                },
+            ),
+        ])
+        .with_generation(42);
+        assert_eq!(snap.generation(), 42);
+        assert_eq!(snap.ports().count(), 2);
+        assert!(snap.flood(v(10)).iter().eq([9].iter()));
+        assert_eq!(snap.flood(v(20)), &[0]);
+        assert_eq!(snap.flood(v(30)), &[9]);
+        assert!(snap.flood(v(4094)).is_empty());
+        let trunk = &snap.port(9).unwrap().mode;
+        assert_eq!(trunk.egress_tagged(v(10)), Some(true));
+        assert_eq!(trunk.egress_tagged(v(30)), Some(false));
+        assert_eq!(trunk.egress_tagged(v(20)), None);
+        let access = &snap.port(0).unwrap().mode;
+        assert_eq!(access.egress_tagged(v(20)), Some(false));
+        assert_eq!(access.egress_tagged(v(10)), None);
+    }
+
+    #[test]
+    fn a_trunk_carrying_every_vlan_is_in_every_flood_list() {
+        let mut all = VlanSet::new();
+        all.insert_range(1, 4094);
+        let snap = Snapshot::build((0..3).map(|i| SwitchPort {
+            index: i * 100,
+            name: String::new(),
+            mode: PortMode::Trunk {
+                allowed: all.clone(),
+                native: None,
+            },
+        }));
+        for id in 1..=4094 {
+            assert_eq!(snap.flood(Vlan::new(id).unwrap()), &[0, 100, 200]);
+        }
     }
 }

@@ -98,6 +98,21 @@ impl PortCounters {
         bump(&self.drops[reason as usize], n);
     }
 
+    /// Reads the counters (each one atomically; the set not as a whole).
+    pub fn snapshot(&self) -> PortTotals {
+        let mut t = PortTotals {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            drops: [0; DropReason::COUNT],
+        };
+        for (out, d) in t.drops.iter_mut().zip(self.drops.iter()) {
+            *out = d.load(Ordering::Relaxed);
+        }
+        t
+    }
+
     fn reset(&self) {
         for c in [
             &self.rx_packets,
@@ -134,6 +149,17 @@ impl PortTotals {
         DropReason::ALL
             .iter()
             .map(|r| (r.name(), self.drops[*r as usize]))
+    }
+
+    /// Adds `other` into `self` (wrapping, as the counters themselves do).
+    pub fn add(&mut self, other: &PortTotals) {
+        self.rx_packets = self.rx_packets.wrapping_add(other.rx_packets);
+        self.rx_bytes = self.rx_bytes.wrapping_add(other.rx_bytes);
+        self.tx_packets = self.tx_packets.wrapping_add(other.tx_packets);
+        self.tx_bytes = self.tx_bytes.wrapping_add(other.tx_bytes);
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a = a.wrapping_add(*b);
+        }
     }
 
     /// Drops for one reason.
@@ -198,7 +224,8 @@ impl PmdCounters {
     }
 }
 
-/// FDB events seen by a worker.
+/// FDB events seen by a worker: `learned` (learn), `moves` (mac_move), `full`
+/// (learn_failed_full).
 #[derive(Debug, Default)]
 pub struct FdbCounters {
     learned: AtomicU64,
@@ -227,6 +254,15 @@ impl FdbCounters {
             Learn::Moved => bump(&self.moves, 1),
             Learn::Full => bump(&self.full, 1),
             Learn::Known | Learn::Refreshed | Learn::Static => {}
+        }
+    }
+
+    /// Reads the counters.
+    pub fn snapshot(&self) -> FdbTotals {
+        FdbTotals {
+            learned: self.learned.load(Ordering::Relaxed),
+            moves: self.moves.load(Ordering::Relaxed),
+            full: self.full.load(Ordering::Relaxed),
         }
     }
 }
@@ -276,14 +312,7 @@ impl WorkerCounters {
 pub fn sum_port(workers: &[Arc<WorkerCounters>], index: PortIndex) -> PortTotals {
     let mut t = PortTotals::default();
     for w in workers {
-        let c = w.port(index);
-        t.rx_packets += c.rx_packets.load(Ordering::Relaxed);
-        t.rx_bytes += c.rx_bytes.load(Ordering::Relaxed);
-        t.tx_packets += c.tx_packets.load(Ordering::Relaxed);
-        t.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
-        for (sum, d) in t.drops.iter_mut().zip(c.drops.iter()) {
-            *sum += d.load(Ordering::Relaxed);
-        }
+        t.add(&w.port(index).snapshot());
     }
     t
 }
@@ -292,9 +321,96 @@ pub fn sum_port(workers: &[Arc<WorkerCounters>], index: PortIndex) -> PortTotals
 pub fn sum_fdb(workers: &[Arc<WorkerCounters>]) -> FdbTotals {
     let mut t = FdbTotals::default();
     for w in workers {
-        t.learned += w.fdb.learned.load(Ordering::Relaxed);
-        t.moves += w.fdb.moves.load(Ordering::Relaxed);
-        t.full += w.fdb.full.load(Ordering::Relaxed);
+        let f = w.fdb.snapshot();
+        t.learned += f.learned;
+        t.moves += f.moves;
+        t.full += f.full;
     }
     t
+}
+
+/// Sums PMD loop accounting over workers.
+pub fn sum_pmd(workers: &[Arc<WorkerCounters>]) -> PmdTotals {
+    let mut t = PmdTotals::default();
+    for w in workers {
+        let p = w.pmd.snapshot();
+        t.iterations += p.iterations;
+        t.idle_iterations += p.idle_iterations;
+        t.busy_cycles += p.busy_cycles;
+        t.idle_cycles += p.idle_cycles;
+        t.packets += p.packets;
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::switch::fdb::Learn;
+
+    #[test]
+    fn drop_reason_names_are_stable_and_indexes_match() {
+        let names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "malformed",
+                "vlan_not_allowed",
+                "untagged_no_native",
+                "no_destination",
+                "tx_full",
+                "no_buffer",
+                "headroom",
+                "port_down"
+            ]
+        );
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn counters_sum_over_workers_and_reset() {
+        let w: Vec<_> = (0..2).map(|_| Arc::new(WorkerCounters::new())).collect();
+        w[0].port(3).rx(2, 128);
+        w[1].port(3).rx(1, 64);
+        w[1].port(3).tx(4, 256);
+        w[0].port(3).drop(DropReason::TxFull, 5);
+        w[1].port(3).drop(DropReason::TxFull, 1);
+        w[1].port(4).drop(DropReason::Malformed, 1);
+        let t = sum_port(&w, 3);
+        assert_eq!(
+            (t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes),
+            (3, 192, 4, 256)
+        );
+        assert_eq!(t.dropped(DropReason::TxFull), 6);
+        assert_eq!(t.total_drops(), 6);
+        assert_eq!(
+            t.drops_by_name().find(|(n, _)| *n == "tx_full"),
+            Some(("tx_full", 6))
+        );
+        w[0].fdb.record(Learn::Learned);
+        w[1].fdb.record(Learn::Moved);
+        w[1].fdb.record(Learn::Full);
+        w[1].fdb.record(Learn::Known);
+        let f = sum_fdb(&w);
+        assert_eq!((f.learned, f.moves, f.full), (1, 1, 1));
+        w[0].pmd.record(100, 0);
+        w[1].pmd.record(300, 32);
+        let p = sum_pmd(&w);
+        assert_eq!(
+            (
+                p.iterations,
+                p.idle_iterations,
+                p.idle_cycles,
+                p.busy_cycles,
+                p.packets
+            ),
+            (2, 1, 100, 300, 32)
+        );
+        w[0].reset_port(3);
+        w[1].reset_port(3);
+        assert_eq!(sum_port(&w, 3), PortTotals::default());
+        assert_eq!(sum_port(&w, 4).dropped(DropReason::Malformed), 1);
+    }
 }

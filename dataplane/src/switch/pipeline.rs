@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::config::{PortMode, Snapshot, SwitchPort};
+use super::config::{PortMode, Snapshot};
 use super::counters::{DropReason, WorkerCounters};
 use super::fdb::Fdb;
 use super::io::{Burst, Packet, PacketIo, PortIndex, BURST, MAX_PORTS};
@@ -26,12 +26,34 @@ struct Batches<P> {
     npending: usize,
 }
 
-/// The last FDB answers within one burst: frames of a burst mostly share their addresses,
-/// so this saves the hash and probe for all but the first of them.
-struct BurstCache {
-    learned: Option<(Vlan, [u8; 6])>,
-    looked_up: Option<(Vlan, [u8; 6], Option<PortIndex>)>,
+/// What the decision phase made of one received frame.
+#[derive(Clone, Copy)]
+enum Action {
+    /// Dropped, counted on the ingress port.
+    Drop(DropReason),
+    /// To one learned port.
+    Unicast(PortIndex),
+    /// To every other port of the VLAN.
+    Flood,
 }
+
+/// One parsed frame of a burst, kept on the stack between the phases of [`WorkerState::forward`].
+#[derive(Clone, Copy)]
+struct Parsed {
+    action: Action,
+    /// Valid unless `action` is `Drop`.
+    vlan: Vlan,
+    /// The tag the frame carries now.
+    tci: Option<u16>,
+    dst: [u8; 6],
+    src: [u8; 6],
+}
+
+/// Placeholder of dropped frames' `vlan` (never read).
+const ANY_VLAN: Vlan = match Vlan::new(1) {
+    Some(v) => v,
+    None => unreachable!(),
+};
 
 impl<P: Packet> WorkerState<P> {
     /// State for a worker that counts into `counters`. Allocates its batches once, here.
@@ -52,9 +74,26 @@ impl<P: Packet> WorkerState<P> {
         &self.counters
     }
 
-    /// Forwards one received burst from `in_port`, leaving `rx` empty. Frames are queued
-    /// on per-port batches (sent when full); call [`WorkerState::flush`] after the last
-    /// burst of a poll iteration.
+    /// Packets queued in TX batches, not yet handed to [`PacketIo::tx_burst`].
+    pub fn pending(&self) -> usize {
+        self.tx.pending[..self.tx.npending]
+            .iter()
+            .map(|p| self.tx.batches[*p as usize].len())
+            .sum()
+    }
+
+    /// Forwards one received burst from `in_port`, leaving `rx` empty.
+    ///
+    /// In phases over the whole burst: parse and classify every frame into its VLAN by the
+    /// ingress port's mode; learn every unicast source; look up every unicast
+    /// destination; then, in arrival order, queue each frame on its destination's TX
+    /// batch (tagged or untagged for that port) or flood it to the VLAN's other ports
+    /// (copies via [`PacketIo::copy`], the original to the last). A batch that fills is
+    /// sent at once; call [`WorkerState::flush`] after the last burst of a poll iteration.
+    ///
+    /// Every received frame is counted in `rx` of `in_port`, and each of its copies ends
+    /// as exactly one `tx` or one drop (ingress drops on `in_port`, egress drops on the
+    /// destination port).
     pub fn forward<I: PacketIo<Pkt = P>>(
         &mut self,
         snap: &Snapshot,
@@ -65,70 +104,115 @@ impl<P: Packet> WorkerState<P> {
         rx: &mut Burst<P>,
     ) {
         let counters: &WorkerCounters = &self.counters;
-        let tx = &mut self.tx;
         let inc = counters.port(in_port);
+        let n = rx.len();
+        if n == 0 {
+            return;
+        }
         let Some(ingress) = snap.port(in_port) else {
             // The port was removed while its frames were in flight.
-            inc.drop(DropReason::PortDown, rx.len() as u64);
+            let bytes = rx.as_slice().iter().map(|p| p.len() as u64).sum();
+            inc.rx(n as u64, bytes);
+            inc.drop(DropReason::PortDown, n as u64);
             rx.drain().for_each(drop);
             return;
         };
+
+        // Phase 1: parse and classify.
+        let mut parsed = [Parsed {
+            action: Action::Flood,
+            vlan: ANY_VLAN,
+            tci: None,
+            dst: [0; 6],
+            src: [0; 6],
+        }; BURST];
         let mut bytes = 0u64;
-        let count = rx.len() as u64;
-        let mut cache = BurstCache {
-            learned: None,
-            looked_up: None,
-        };
-        for pkt in rx.drain() {
+        for (p, pkt) in parsed.iter_mut().zip(rx.as_slice()) {
             bytes += pkt.len() as u64;
             let Some(h) = L2Header::parse(pkt.data()) else {
-                inc.drop(DropReason::Malformed, 1);
+                p.action = Action::Drop(DropReason::Malformed);
                 continue;
             };
-            let vlan = match classify(&ingress.mode, h.vid()) {
-                Ok(v) => v,
-                Err(reason) => {
-                    inc.drop(reason, 1);
-                    continue;
+            match classify(&ingress.mode, h.vid()) {
+                Ok(v) => {
+                    *p = Parsed {
+                        action: Action::Flood,
+                        vlan: v,
+                        tci: h.tci,
+                        dst: h.dst,
+                        src: h.src,
+                    }
+                }
+                Err(reason) => p.action = Action::Drop(reason),
+            }
+        }
+        inc.rx(n as u64, bytes);
+        let parsed = &mut parsed[..n];
+
+        // Phase 2: learn sources. Frames of a burst mostly share their source: skip the
+        // FDB for a repeat of the previous one.
+        let mut last: Option<(Vlan, [u8; 6])> = None;
+        for p in parsed.iter() {
+            if matches!(p.action, Action::Drop(_)) || !learnable(&p.src) {
+                continue;
+            }
+            if last != Some((p.vlan, p.src)) {
+                counters.fdb.record(fdb.learn(p.vlan, &p.src, in_port, now));
+                last = Some((p.vlan, p.src));
+            }
+        }
+
+        // Phase 3: look up unicast destinations (the same way).
+        let mut last: Option<(Vlan, [u8; 6], Option<PortIndex>)> = None;
+        for p in parsed.iter_mut() {
+            if matches!(p.action, Action::Drop(_)) || is_multicast(&p.dst) {
+                continue;
+            }
+            let found = match last {
+                Some((v, m, found)) if v == p.vlan && m == p.dst => found,
+                _ => {
+                    let found = fdb.lookup(p.vlan, &p.dst);
+                    last = Some((p.vlan, p.dst, found));
+                    found
                 }
             };
-            if !is_multicast(&h.src) && cache.learned != Some((vlan, h.src)) {
-                counters.fdb.record(fdb.learn(vlan, &h.src, in_port, now));
-                cache.learned = Some((vlan, h.src));
-            }
-            if !is_multicast(&h.dst) {
-                let dst = match cache.looked_up {
-                    Some((v, m, port)) if v == vlan && m == h.dst => port,
-                    _ => {
-                        let port = fdb.lookup(vlan, &h.dst);
-                        cache.looked_up = Some((vlan, h.dst, port));
-                        port
-                    }
-                };
-                if let Some(dst) = dst {
-                    if dst == in_port {
-                        inc.drop(DropReason::NoDestination, 1);
-                    } else if let Some(egress) = snap.port(dst) {
-                        tx.enqueue(counters, io, egress, pkt, vlan, h.tci);
-                    } else {
-                        inc.drop(DropReason::PortDown, 1);
-                    }
-                    continue;
-                }
-            }
-            tx.flood(counters, io, snap, in_port, pkt, vlan, h.tci);
+            p.action = match found {
+                None => Action::Flood,
+                Some(d) if d == in_port => Action::Drop(DropReason::NoDestination),
+                // Learned on a port that is gone (its entries are being flushed).
+                Some(d) if snap.port(d).is_none() => Action::Drop(DropReason::PortDown),
+                Some(d) => Action::Unicast(d),
+            };
         }
-        inc.rx(count, bytes);
+
+        // Phase 4: move every frame to its batch(es), in arrival order.
+        let tx = &mut self.tx;
+        for (pkt, p) in rx.drain().zip(parsed.iter()) {
+            match p.action {
+                Action::Drop(reason) => inc.drop(reason, 1),
+                Action::Unicast(d) => tx.enqueue(counters, io, snap, d, pkt, p.vlan, p.tci),
+                Action::Flood => tx.flood(counters, io, snap, in_port, pkt, p.vlan, p.tci),
+            }
+        }
     }
 
-    /// Sends every pending batch.
+    /// Sends every pending batch. O(ports with pending packets).
     pub fn flush<I: PacketIo<Pkt = P>>(&mut self, io: &mut I) {
         self.tx.flush(&self.counters, io);
     }
 }
 
+/// True for a source address worth learning: unicast and not all-zero.
+#[inline(always)]
+fn learnable(src: &[u8; 6]) -> bool {
+    !is_multicast(src) && *src != [0; 6]
+}
+
 impl<P: Packet> Batches<P> {
+    /// Sends `pkt` (of `vlan`, carrying `tci` now) to every port of `vlan` but `in_port`:
+    /// a copy to each but the last, the original to the last.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn flood<I: PacketIo<Pkt = P>>(
         &mut self,
         counters: &WorkerCounters,
@@ -140,63 +224,53 @@ impl<P: Packet> Batches<P> {
         tci: Option<u16>,
     ) {
         let members = snap.flood(vlan);
-        let mut left = members.iter().filter(|m| **m != in_port).count();
-        if left == 0 {
+        // The last member that is not the ingress port gets the original.
+        let Some(last) = members.iter().rposition(|m| *m != in_port) else {
             counters.port(in_port).drop(DropReason::NoDestination, 1);
             return;
-        }
-        let mut original = Some(pkt);
-        for &m in members {
+        };
+        for &m in &members[..last] {
             if m == in_port {
                 continue;
             }
-            let Some(egress) = snap.port(m) else { continue };
-            left -= 1;
-            let out = if left == 0 {
-                original.take()
-            } else {
-                // Copies come from the untouched original: it is modified only when it is
-                // enqueued itself, last.
-                original.as_ref().and_then(|p| io.copy(p))
-            };
-            match out {
-                Some(p) => self.enqueue(counters, io, egress, p, vlan, tci),
+            // Copies come from the untouched original: it is modified only when it is
+            // enqueued itself, last.
+            match io.copy(&pkt) {
+                Some(c) => self.enqueue(counters, io, snap, m, c, vlan, tci),
                 None => counters.port(m).drop(DropReason::NoBuffer, 1),
             }
         }
+        self.enqueue(counters, io, snap, members[last], pkt, vlan, tci);
     }
 
-    /// Puts `pkt` (of `vlan`, carrying tag `tci` now) into `egress`'s batch with the tag
-    /// that port wants.
+    /// Puts `pkt` (of `vlan`, carrying tag `tci` now) into port `out`'s batch with the tag
+    /// that port wants, sending the batch when it fills.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn enqueue<I: PacketIo<Pkt = P>>(
         &mut self,
         counters: &WorkerCounters,
         io: &mut I,
-        egress: &SwitchPort,
+        snap: &Snapshot,
+        out: PortIndex,
         mut pkt: P,
         vlan: Vlan,
         tci: Option<u16>,
     ) {
-        let out = egress.index;
-        let tagged_out = match &egress.mode {
-            PortMode::Access { vlan: v } => {
-                if *v != vlan {
-                    counters.port(out).drop(DropReason::VlanNotAllowed, 1);
-                    return;
-                }
-                false
-            }
-            PortMode::Trunk { native, .. } => {
-                if !egress.mode.carries(vlan) {
-                    counters.port(out).drop(DropReason::VlanNotAllowed, 1);
-                    return;
-                }
-                *native != Some(vlan)
-            }
+        let Some(egress) = snap.port(out) else {
+            // Unreachable: unicast destinations were checked, flood lists hold only ports
+            // of the same snapshot.
+            counters.port(out).drop(DropReason::PortDown, 1);
+            return;
+        };
+        let Some(tagged_out) = egress.mode.egress_tagged(vlan) else {
+            // A learned port that no longer carries the VLAN.
+            counters.port(out).drop(DropReason::VlanNotAllowed, 1);
+            return;
         };
         let ok = match (tci, tagged_out) {
             (Some(t), true) => {
+                // Keeps PCP and DEI; rewrites a priority tag's VID 0.
                 if t & 0x0fff != vlan.get() {
                     set_vid(&mut pkt, vlan.get());
                 }
@@ -216,12 +290,14 @@ impl<P: Packet> Batches<P> {
             self.pending[self.npending] = out;
             self.npending += 1;
         }
-        if self.batches[i].push(pkt).is_err() {
+        let batch = &mut self.batches[i];
+        if let Err(pkt) = batch.push(pkt) {
             // Unreachable: a batch is sent as soon as it is full, below.
+            drop(pkt);
             counters.port(out).drop(DropReason::TxFull, 1);
             return;
         }
-        if self.batches[i].is_full() {
+        if batch.is_full() {
             self.send(counters, io, out);
         }
     }

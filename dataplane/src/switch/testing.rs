@@ -97,6 +97,10 @@ pub struct TestIo {
     pub discard_tx: bool,
     /// Frames sent, per port, also when discarded.
     pub sent: Vec<u64>,
+    /// Calls of `tx_burst`, per port.
+    pub tx_bursts: Vec<u64>,
+    /// Successful `copy` calls.
+    pub copies: u64,
 }
 
 impl Default for TestIo {
@@ -115,12 +119,19 @@ impl TestIo {
             copy_fails: false,
             discard_tx: false,
             sent: vec![0; MAX_PORTS],
+            tx_bursts: vec![0; MAX_PORTS],
+            copies: 0,
         }
     }
 
     /// Queues `frame` for reception on `port`.
     pub fn inject(&mut self, port: PortIndex, frame: &[u8]) {
         self.rx[port as usize].push_back(TestPacket::new(frame));
+    }
+
+    /// Queues `pkt` itself for reception on `port` (e.g. one built with little headroom).
+    pub fn inject_packet(&mut self, port: PortIndex, pkt: TestPacket) {
+        self.rx[port as usize].push_back(pkt);
     }
 
     /// Takes the frames sent on `port`, as byte vectors.
@@ -148,6 +159,7 @@ impl PacketIo for TestIo {
 
     fn tx_burst(&mut self, port: PortIndex, burst: &mut Burst<TestPacket>) -> usize {
         let room = self.tx_room[port as usize].unwrap_or(usize::MAX);
+        self.tx_bursts[port as usize] += 1;
         let mut sent = 0;
         for p in burst.drain() {
             if sent < room {
@@ -162,7 +174,11 @@ impl PacketIo for TestIo {
     }
 
     fn copy(&mut self, pkt: &TestPacket) -> Option<TestPacket> {
-        (!self.copy_fails).then(|| pkt.clone())
+        if self.copy_fails {
+            return None;
+        }
+        self.copies += 1;
+        Some(pkt.clone())
     }
 }
 

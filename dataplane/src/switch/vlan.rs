@@ -59,11 +59,26 @@ impl VlanSet {
         self.0[(v.0 >> 6) as usize] |= 1 << (v.0 & 63);
     }
 
-    /// Adds every VLAN in `first..=last` (clamped to 1..=4094).
+    /// Adds every VLAN in `first..=last` (clamped to 1..=4094; empty when `first > last`).
     pub fn insert_range(&mut self, first: u16, last: u16) {
         for id in first.max(1)..=last.min(4094) {
             self.insert(Vlan(id));
         }
+    }
+
+    /// The set of every VLAN in the inclusive ranges (each clamped to 1..=4094), e.g.
+    /// `VlanSet::from_ranges([(100, 199), (300, 300)])`.
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (u16, u16)>) -> VlanSet {
+        let mut s = VlanSet::new();
+        for (first, last) in ranges {
+            s.insert_range(first, last);
+        }
+        s
+    }
+
+    /// Removes `v`.
+    pub fn remove(&mut self, v: Vlan) {
+        self.0[(v.0 >> 6) as usize] &= !(1 << (v.0 & 63));
     }
 
     /// True when `v` is in the set.
@@ -74,12 +89,43 @@ impl VlanSet {
 
     /// The VLANs in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = Vlan> + '_ {
-        (1..=4094u16).map(Vlan).filter(|v| self.contains(*v))
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            let mut bits = bits;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as u16;
+                bits &= bits - 1;
+                Some(Vlan((w as u16) << 6 | b))
+            })
+        })
+    }
+
+    /// Number of VLANs in the set.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
+    }
+}
+
+impl FromIterator<Vlan> for VlanSet {
+    fn from_iter<I: IntoIterator<Item = Vlan>>(iter: I) -> VlanSet {
+        let mut s = VlanSet::new();
+        s.extend(iter);
+        s
+    }
+}
+
+impl Extend<Vlan> for VlanSet {
+    fn extend<I: IntoIterator<Item = Vlan>>(&mut self, iter: I) {
+        for v in iter {
+            self.insert(v);
+        }
     }
 }
 
@@ -119,8 +165,14 @@ impl L2Header {
     }
 
     /// The tag's VLAN id (0 = priority tag), if tagged.
+    #[inline(always)]
     pub fn vid(&self) -> Option<u16> {
         self.tci.map(|t| t & 0x0fff)
+    }
+
+    /// The tag's priority code point (0..=7), if tagged.
+    pub fn pcp(&self) -> Option<u8> {
+        self.tci.map(|t| (t >> 13) as u8)
     }
 }
 
@@ -188,6 +240,16 @@ mod tests {
             vec![100, 101, 102, 4094]
         );
         assert!(!s.contains(Vlan::new(99).unwrap()));
+        assert_eq!(s.len(), 4);
+        s.remove(Vlan::new(101).unwrap());
+        assert!(!s.contains(Vlan::new(101).unwrap()));
+        let r = VlanSet::from_ranges([(0, 2), (4000, 5000), (9, 8)]);
+        assert_eq!(r.len(), 2 + 95);
+        assert_eq!(r.iter().next().map(Vlan::get), Some(1));
+        assert_eq!(r.iter().last().map(Vlan::get), Some(4094));
+        let c: VlanSet = [7, 3, 7].iter().map(|&n| Vlan::new(n).unwrap()).collect();
+        assert_eq!(c.iter().map(Vlan::get).collect::<Vec<_>>(), vec![3, 7]);
+        assert!(VlanSet::new().is_empty());
     }
 
     #[test]
@@ -197,7 +259,7 @@ mod tests {
         assert!(push_tag(&mut p, (5 << 13) | 300));
         let h = L2Header::parse(p.data()).unwrap();
         assert_eq!(h.vid(), Some(300));
-        assert_eq!(h.tci.unwrap() >> 13, 5);
+        assert_eq!(h.pcp(), Some(5));
         assert_eq!(h.src, [2, 0, 0, 0, 0, 1]);
         assert_eq!(p.len(), 68);
         set_vid(&mut p, 7);
