@@ -17,6 +17,8 @@ PACKAGES=(
     procps          # pgrep/ps used by scripts
     util-linux      # mount, findmnt, setpriv
     coreutils       # stdbuf -oL, which the test harness wraps dpdk-testpmd in
+    containernetworking-plugins  # host-local IPAM and the reference bridge plugin (CNI tests)
+    iputils-ping    # ping between pods in the CNI tests
     "$@"
 )
 

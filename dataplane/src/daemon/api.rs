@@ -31,7 +31,7 @@ impl IntoResponse for PortError {
         let status = match self {
             PortError::Invalid(_) | PortError::Device(_) => StatusCode::BAD_REQUEST,
             PortError::Conflict(_) => StatusCode::CONFLICT,
-            PortError::Full => StatusCode::INSUFFICIENT_STORAGE,
+            PortError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             PortError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         error(status, self.to_string())

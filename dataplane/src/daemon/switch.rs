@@ -31,9 +31,9 @@ pub enum PortError {
     /// DPDK refused the device.
     #[error("{0}")]
     Device(String),
-    /// The switch is full.
-    #[error("the switch holds {MAX_PORTS} ports already: remove one first")]
-    Full,
+    /// No room for another port; the sentence says which limit.
+    #[error("{0}")]
+    Full(String),
     /// Saving the port table failed (the change was rolled back).
     #[error("cannot save the port table: {0}")]
     Store(String),
@@ -238,7 +238,18 @@ impl SwitchCtl {
         }
         let index = (0..MAX_PORTS as PortIndex)
             .find(|i| !self.ports.values().any(|p| p.index == *i))
-            .ok_or(PortError::Full)?;
+            .ok_or_else(|| {
+                PortError::Full(format!(
+                    "the switch holds {MAX_PORTS} ports already: remove one first"
+                ))
+            })?;
+        // Every port is a DPDK ethdev today, and this DPDK build has a fixed ethdev table.
+        let ethdev_limit = dpdk_sys::RTE_MAX_ETHPORTS as usize;
+        if self.ports.len() >= ethdev_limit {
+            return Err(PortError::Full(format!(
+                "this DPDK build allows {ethdev_limit} ethdev ports (RTE_MAX_ETHPORTS) and all are in use: remove a port first"
+            )));
+        }
 
         clear_stale_vhost_socket(&spec.devargs)?;
         let mut eth =
