@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Heddle local demo: the switch on its built-in config, three "pods" (network namespaces
-# running dpdk-testpmd with a virtio-user NIC) on vhost-user ports, traffic between the two
-# pods of VLAN 100 and none into the pod of VLAN 200, live stats, then a clean teardown.
+# running dpdk-testpmd with a virtio-user NIC) attached by heddle-cni as kubelet would, on
+# vhost-user ports; traffic between the two pods of VLAN 100 and none into the pod of
+# VLAN 200, live stats, then a clean teardown (CNI DEL, switch stop).
 #
 # Usage (root, fresh Debian 12): ./deploy/demo.sh [seconds of traffic, default 10]
 set -euo pipefail
@@ -22,12 +23,14 @@ if [ "$(nproc)" -lt 2 ]; then PMD_CPU=0; fi
 mkdir -p "$RUN" "$LOG"
 
 pids=()
+PODS=()
 cleanup() {
     set +e
     echo "== teardown"
     for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; done
     sleep 1
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    for p in "${PODS[@]}"; do set -- $p; cni DEL "$1" "$2" "$3" >/dev/null || echo "CNI DEL $1 failed"; done
     if [ -n "${SWITCH_PID:-}" ]; then kill -TERM "$SWITCH_PID" 2>/dev/null; wait "$SWITCH_PID" 2>/dev/null; fi
     for pod in pod-a pod-b pod-c; do ip netns del "heddle-$pod" 2>/dev/null; done
     rm -rf "$RUN"
@@ -47,13 +50,22 @@ for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "heddle-switch did not start:"; cat "$LOG/switch.log"; exit 1; }
 ctl() { "$BIN/heddlectl" --socket "$SOCK" "$@"; }
 
-# pod name, VLAN, MAC, vhost device number
-PODS=("pod-a 100 02:00:00:00:01:0a 0" "pod-b 100 02:00:00:00:01:0b 1" "pod-c 200 02:00:00:00:02:0c 2")
+# What kubelet (through Multus) does for a pod: CNI ADD with the network's config.
+cni() { # command pod vlan mac
+    printf '{"cniVersion":"1.1.0","name":"vlan%s","type":"heddle-cni","network":"vlan%s","kind":"vhost-user","vlan":%s,"mac":"%s","socketDir":"%s","switchSocket":"%s","stateDir":"%s"}' \
+        "$3" "$3" "$3" "$4" "$RUN/pods" "$SOCK" "$RUN/cni" |
+        CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=/run/netns/heddle-$2 CNI_IFNAME=net1 \
+        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=$2" CNI_PATH=/usr/lib/cni "$BIN/heddle-cni"
+}
+declare -A SOCKS
+# pod name, VLAN, MAC
+PODS=("pod-a 100 02:00:00:00:01:0a" "pod-b 100 02:00:00:00:01:0b" "pod-c 200 02:00:00:00:02:0c")
 for p in "${PODS[@]}"; do
     set -- $p
-    mkdir -p "$RUN/pods/$1"
-    ctl add-port "$1" --devargs "net_vhost$4,iface=$RUN/pods/$1/vhost.sock" --vlan "$2" --mac "$3"
     ip netns add "heddle-$1"
+    result=$(cni ADD "$1" "$2" "$3")
+    SOCKS[$1]=$(echo "$result" | jq -r '.interfaces[] | select(.socketPath) | .socketPath')
+    echo "CNI ADD $1 (VLAN $2): vhost-user socket ${SOCKS[$1]}"
 done
 ctl ports
 
@@ -61,7 +73,7 @@ pod() { # name mac prefix args...
     local name=$1 mac=$2; shift 2
     ip netns exec "heddle-$name" dpdk-testpmd --lcores "0@$POD_CPU,1@$POD_CPU" --main-lcore 0 -m 128 \
         --no-pci --single-file-segments --file-prefix "demo-$name" \
-        --vdev "net_virtio_user0,path=$RUN/pods/$name/vhost.sock,mac=$mac" -- \
+        --vdev "net_virtio_user0,path=${SOCKS[$name]},mac=$mac" -- \
         --nb-cores 1 --total-num-mbufs 8192 --stats-period 5 "$@" >"$LOG/$name.log" 2>&1 &
     pids+=($!)
 }
@@ -76,7 +88,7 @@ echo "== forwarding database"
 ctl fdb
 
 stats=$(ctl --json stats)
-rx() { echo "$stats" | jq -r --arg p "$1" '.ports[] | select(.name==$p) | .tx_packets'; }
+rx() { echo "$stats" | jq -r --arg p "cni/$1/net1" '.ports[] | select(.name==$p) | .tx_packets'; }
 b=$(rx pod-b); c=$(rx pod-c); a=$(rx pod-a)
 echo "== result: switch sent $b frames to pod-b and $a to pod-a (VLAN 100), $c to pod-c (VLAN 200)"
 if [ "$b" -gt 0 ] && [ "$a" -gt 0 ] && [ "$c" -eq 0 ]; then

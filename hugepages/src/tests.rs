@@ -94,7 +94,11 @@ fn two_nodes() -> Tree {
 /// The two-node tree, discovered, with hugetlbfs for 2 MiB pages at /dev/hugepages.
 fn two_nodes_mounted() -> (Tree, Inventory) {
     let t = two_nodes();
-    let inv = with_mount(discover(&t.paths()).expect("discover"), "/dev/hugepages", 2048);
+    let inv = with_mount(
+        discover(&t.paths()).expect("discover"),
+        "/dev/hugepages",
+        2048,
+    );
     (t, inv)
 }
 
@@ -331,7 +335,7 @@ fn discover_names_the_unreadable_file() {
 
 #[test]
 fn plan_two_nodes_fits() {
-    let (t, inv) = two_nodes_mounted();
+    let (_tree, inv) = two_nodes_mounted();
     let p = plan(&cfg(&[256]), &inv).expect("plan");
     assert!(p.is_ready());
     assert!(p.numa_aware);
@@ -362,7 +366,7 @@ fn plan_two_nodes_fits() {
 
 #[test]
 fn plan_shortfall_names_node_sizes_and_setting() {
-    let (t, inv) = two_nodes_mounted();
+    let (_tree, inv) = two_nodes_mounted();
     let e = plan(&cfg(&[1024]), &inv).expect_err("short");
     assert_eq!(
         e.to_string(),
@@ -424,7 +428,7 @@ impl MemoryConfig {
 
 #[test]
 fn plan_rounds_odd_budgets_up_to_whole_pages() {
-    let (t, inv) = two_nodes_mounted();
+    let (_tree, inv) = two_nodes_mounted();
     let p = plan(&cfg(&[3]), &inv).expect("plan");
     assert_eq!(p.nodes[0].pages_needed, 2);
     assert_eq!(p.eal.args[..2], args(&["--socket-mem", "4,0"])[..]);
@@ -504,7 +508,7 @@ fn plan_rejects_unknown_page_size() {
 
 #[test]
 fn plan_rejects_unknown_numa_node() {
-    let (t, inv) = two_nodes_mounted();
+    let (_tree, inv) = two_nodes_mounted();
     let e = plan(&cfg(&[0, 0, 64]), &inv).expect_err("node 2");
     assert_eq!(
         e.to_string(),
@@ -537,7 +541,7 @@ fn plan_rejects_unknown_numa_node() {
 
 #[test]
 fn plan_rejects_empty_budget_and_bad_prefix() {
-    let (t, inv) = two_nodes_mounted();
+    let (_tree, inv) = two_nodes_mounted();
     assert!(matches!(plan(&cfg(&[0, 0]), &inv), Err(Error::EmptyBudget)));
     assert!(matches!(plan(&cfg(&[]), &inv), Err(Error::EmptyBudget)));
     let c = MemoryConfig {

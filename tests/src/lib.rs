@@ -89,6 +89,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cni;
 pub mod env;
 pub mod netns;
 pub mod raw;

@@ -1,0 +1,558 @@
+//! The network configuration on stdin (a NetworkAttachmentDefinition's config, or one entry
+//! of a conflist), decoded (code 6 when the JSON is broken) and validated (code 7 when a value
+//! is wrong, code 1 when the version is not one Heddle speaks).
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{code, CniError};
+
+/// The CNI versions this plugin speaks, oldest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+
+/// Default node daemon socket.
+pub const DEFAULT_SWITCH_SOCKET: &str = heddle_api::DEFAULT_SOCKET;
+/// Default parent of the per-pod socket directories.
+pub const DEFAULT_SOCKET_DIR: &str = "/run/heddle/pods";
+/// Default directory of per-attachment records.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/heddle/cni";
+/// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Checks that `v` is a version Heddle speaks (code 1 otherwise).
+pub fn check_version(v: &str) -> Result<(), CniError> {
+    if SUPPORTED_VERSIONS.contains(&v) {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {v:?} is not supported: use one of {}",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+            "heddle-cni implements CNI 0.4.0 through 1.1.0",
+        ))
+    }
+}
+
+/// The reply to `VERSION`.
+pub fn version_reply(requested: Option<&str>) -> Value {
+    let v = requested
+        .filter(|v| SUPPORTED_VERSIONS.contains(v))
+        .unwrap_or("1.1.0");
+    serde_json::json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS })
+}
+
+/// What kind of interface the pod gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A vhost-user socket in the pod's socket directory.
+    VhostUser {
+        /// The switch listens on the socket (the pod's virtio-user connects), else the pod
+        /// listens and the switch connects and reconnects.
+        switch_is_server: bool,
+        /// Queue pairs.
+        queues: u16,
+    },
+    /// A memif socket in the pod's socket directory.
+    Memif {
+        /// The switch is the memif server (default); the pod is the client.
+        switch_is_server: bool,
+        /// Ring size (a power of two, 2..=16384).
+        ring_size: u32,
+    },
+    /// A veth pair: the pod end in the pod's netns, the host end an AF_PACKET switch port.
+    Kernel,
+    /// An SR-IOV VF (not implemented: no hardware to prove it on).
+    Sriov,
+}
+
+impl Kind {
+    /// The name used in config, records and device-info.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::VhostUser { .. } => "vhost-user",
+            Kind::Memif { .. } => "memif",
+            Kind::Kernel => "kernel",
+            Kind::Sriov => "sriov",
+        }
+    }
+}
+
+/// `runtimeConfig` (capabilities the runtime fills in).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// Device plugin's device id (SR-IOV PCI address).
+    #[serde(default, rename = "deviceID")]
+    pub device_id: Option<String>,
+    /// Where Multus wants the NPWG device-info file.
+    #[serde(default, rename = "CNIDeviceInfoFile")]
+    pub device_info_file: Option<String>,
+    /// MAC asked for by the runtime.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Static IPs (CIDR) asked for by the runtime.
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+/// The raw shape of stdin. Unknown fields are ignored, as every CNI plugin does (conflists
+/// carry `capabilities`, `dns`, ...).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    cni_version: String,
+    #[serde(default)]
+    name: String,
+    #[serde(rename = "type", default)]
+    plugin_type: String,
+    #[serde(default)]
+    network: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    vlan: Option<i64>,
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    socket_dir: Option<String>,
+    #[serde(default)]
+    socket_owner: Option<u32>,
+    #[serde(default)]
+    socket_group: Option<u32>,
+    #[serde(default)]
+    socket_mode: Option<String>,
+    #[serde(default)]
+    vhost_mode: Option<String>,
+    #[serde(default)]
+    queues: Option<u16>,
+    #[serde(default)]
+    memif_role: Option<String>,
+    #[serde(default)]
+    ring_size: Option<u32>,
+    #[serde(default)]
+    switch_socket: Option<String>,
+    #[serde(default)]
+    state_dir: Option<String>,
+    #[serde(default)]
+    ipam: Option<Value>,
+    #[serde(default)]
+    runtime_config: RuntimeConfig,
+    #[serde(default)]
+    prev_result: Option<Value>,
+    #[serde(default, rename = "deviceID")]
+    device_id: Option<String>,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// One entry of GC's `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ValidAttachment {
+    /// Container id.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Interface name.
+    pub ifname: String,
+}
+
+/// A checked network configuration.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    /// The version of the request (and of the reply).
+    pub cni_version: String,
+    /// Network name (`name`).
+    pub name: String,
+    /// Heddle network (informational; defaults to `name`).
+    pub network: String,
+    /// Interface kind.
+    pub kind: Kind,
+    /// Access VLAN, 1-4094.
+    pub vlan: u16,
+    /// MAC from the config.
+    pub mac: Option<[u8; 6]>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Parent of the per-pod socket directories.
+    pub socket_dir: PathBuf,
+    /// Owner of the pod's socket directory and socket.
+    pub socket_owner: Option<u32>,
+    /// Group of the pod's socket directory and socket.
+    pub socket_group: Option<u32>,
+    /// Mode of the pod's socket directory (the socket gets it without the execute bits).
+    pub socket_mode: u32,
+    /// The node daemon's control socket.
+    pub switch_socket: PathBuf,
+    /// Directory of per-attachment records.
+    pub state_dir: PathBuf,
+    /// `ipam` object, when IPAM is delegated.
+    pub ipam: Option<Value>,
+    /// `runtimeConfig`.
+    pub runtime: RuntimeConfig,
+    /// `prevResult` when chained.
+    pub prev_result: Option<Value>,
+    /// `deviceID` from the config (SR-IOV).
+    pub device_id: Option<String>,
+    /// GC's valid list.
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// stdin as received (handed to the IPAM plugin).
+    pub raw: Value,
+}
+
+/// A network or config name: letters, digits, `_`, `.`, `-`, starting with a letter or
+/// digit (the spec's rule), so it can never name a path.
+pub fn valid_name(s: &str) -> bool {
+    crate::invocation::valid_container_id(s)
+}
+
+/// An absolute path with no `.`/`..` components.
+fn clean_abs_path(field: &str, s: &str) -> Result<PathBuf, CniError> {
+    let p = Path::new(s);
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(CniError::config(
+            format!("{field} must be an absolute path without '.' or '..' components"),
+            format!("got {s:?}"),
+        ));
+    }
+    Ok(p.to_owned())
+}
+
+/// Decodes stdin for the version check only (VERSION, and the first step of every call).
+pub fn requested_version(stdin: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()?
+        .get("cniVersion")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+impl NetConf {
+    /// Decodes and validates stdin. `needs_kind` is false for GC and STATUS, which only
+    /// need the name and the directories.
+    pub fn parse(stdin: &[u8], needs_kind: bool) -> Result<NetConf, CniError> {
+        let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                "the network configuration on stdin is not valid JSON",
+                e.to_string(),
+            )
+        })?;
+        let c: RawConf = serde_json::from_value(raw.clone()).map_err(|e| {
+            CniError::new(
+                code::DECODING_FAILURE,
+                "the network configuration on stdin has a field of the wrong type or no cniVersion",
+                e.to_string(),
+            )
+        })?;
+        check_version(&c.cni_version)?;
+        if !c.plugin_type.is_empty() && c.plugin_type != "heddle-cni" {
+            return Err(CniError::config(
+                "type must be \"heddle-cni\"",
+                format!("got {:?}", c.plugin_type),
+            ));
+        }
+        if !valid_name(&c.name) {
+            return Err(CniError::config(
+                "name must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+                format!("got {:?}", c.name),
+            ));
+        }
+        let network = c.network.clone().unwrap_or_else(|| c.name.clone());
+        if !valid_name(&network) {
+            return Err(CniError::config(
+                "network must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+                format!("got {network:?}"),
+            ));
+        }
+        let kind = match c.kind.as_deref() {
+            None if !needs_kind => Kind::Kernel,
+            Some("vhost-user") => {
+                let switch_is_server = match c.vhost_mode.as_deref().unwrap_or("server") {
+                    "server" => true,
+                    "client" => false,
+                    other => {
+                        return Err(CniError::config(
+                            "vhostMode must be \"server\" (the switch listens) or \"client\" (the pod listens)",
+                            format!("got {other:?}"),
+                        ))
+                    }
+                };
+                let queues = c.queues.unwrap_or(1);
+                if !(1..=16).contains(&queues) {
+                    return Err(CniError::config(
+                        "queues must be 1-16",
+                        format!("got {queues}"),
+                    ));
+                }
+                Kind::VhostUser {
+                    switch_is_server,
+                    queues,
+                }
+            }
+            Some("memif") => {
+                let switch_is_server = match c.memif_role.as_deref().unwrap_or("client") {
+                    "client" => true,
+                    "server" => false,
+                    other => {
+                        return Err(CniError::config(
+                            "memifRole is the pod's role: \"client\" (default, the switch serves) or \"server\"",
+                            format!("got {other:?}"),
+                        ))
+                    }
+                };
+                let ring_size = c.ring_size.unwrap_or(1024);
+                if !ring_size.is_power_of_two() || !(2..=16384).contains(&ring_size) {
+                    return Err(CniError::config(
+                        "ringSize must be a power of two between 2 and 16384",
+                        format!("got {ring_size}"),
+                    ));
+                }
+                Kind::Memif {
+                    switch_is_server,
+                    ring_size,
+                }
+            }
+            Some("kernel") => Kind::Kernel,
+            Some("sriov") => Kind::Sriov,
+            other => {
+                return Err(CniError::config(
+                    "kind must be one of vhost-user, memif, kernel, sriov",
+                    format!("got {other:?}"),
+                ))
+            }
+        };
+        let vlan = match c.vlan {
+            Some(v) if (1..=4094).contains(&v) => v as u16,
+            None if !needs_kind => 1,
+            Some(v) => return Err(CniError::config("vlan must be 1-4094", format!("got {v}"))),
+            None => {
+                return Err(CniError::config(
+                    "vlan is required: the network's access VLAN, 1-4094",
+                    "no vlan in the config",
+                ))
+            }
+        };
+        let mac = c.mac.as_deref().map(parse_unicast_mac).transpose()?;
+        if let Some(m) = &c.runtime_config.mac {
+            parse_unicast_mac(m)?;
+        }
+        if let Some(mtu) = c.mtu {
+            if !(68..=9702).contains(&mtu) {
+                return Err(CniError::config(
+                    "mtu must be 68-9702",
+                    format!("got {mtu}"),
+                ));
+            }
+        }
+        let socket_dir = clean_abs_path(
+            "socketDir",
+            c.socket_dir.as_deref().unwrap_or(DEFAULT_SOCKET_DIR),
+        )?;
+        let socket_mode = match c.socket_mode.as_deref() {
+            None => 0o770,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    CniError::config(
+                        "socketMode must be an octal mode such as \"0770\"",
+                        format!("got {m:?}"),
+                    )
+                })?,
+        };
+        let switch_socket = clean_abs_path(
+            "switchSocket",
+            c.switch_socket.as_deref().unwrap_or(DEFAULT_SWITCH_SOCKET),
+        )?;
+        let state_dir = clean_abs_path(
+            "stateDir",
+            c.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR),
+        )?;
+        if let Some(f) = &c.runtime_config.device_info_file {
+            clean_abs_path("runtimeConfig.CNIDeviceInfoFile", f)?;
+        }
+        for ip in &c.runtime_config.ips {
+            parse_cidr(ip).ok_or_else(|| {
+                CniError::config(
+                    "runtimeConfig.ips entries must be addresses with a prefix, e.g. 10.1.0.5/24",
+                    format!("got {ip:?}"),
+                )
+            })?;
+        }
+        if let Some(ipam) = &c.ipam {
+            let t = ipam.get("type").and_then(Value::as_str).unwrap_or("");
+            if !valid_name(t) {
+                return Err(CniError::config(
+                    "ipam.type must name an IPAM plugin found in CNI_PATH (e.g. host-local)",
+                    format!("got {t:?}"),
+                ));
+            }
+        }
+        Ok(NetConf {
+            cni_version: c.cni_version,
+            name: c.name,
+            network,
+            kind,
+            vlan,
+            mac,
+            mtu: c.mtu,
+            socket_dir,
+            socket_owner: c.socket_owner,
+            socket_group: c.socket_group,
+            socket_mode,
+            switch_socket,
+            state_dir,
+            ipam: c
+                .ipam
+                .filter(|v| !v.is_null() && v.as_object().is_some_and(|o| !o.is_empty())),
+            runtime: c.runtime_config,
+            prev_result: c.prev_result,
+            device_id: c.device_id,
+            valid_attachments: c.valid_attachments,
+            raw,
+        })
+    }
+}
+
+/// Parses a unicast MAC (code 7 for anything else, including multicast and all-zero).
+pub fn parse_unicast_mac(s: &str) -> Result<[u8; 6], CniError> {
+    match heddle_api::parse_mac(s) {
+        Some(m) if m[0] & 1 == 0 && m != [0; 6] => Ok(m),
+        _ => Err(CniError::config(
+            "mac must be a unicast MAC like 02:00:00:00:00:01",
+            format!("got {s:?}"),
+        )),
+    }
+}
+
+/// Parses `addr/prefix`.
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (a, p) = s.split_once('/')?;
+    let addr: std::net::IpAddr = a.parse().ok()?;
+    let prefix: u8 = p.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some((addr, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"1.1.0","name":"n3","type":"heddle-cni","kind":"vhost-user","vlan":100{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_good_vhost_user_config_parses_with_defaults() {
+        let c = NetConf::parse(conf("").as_bytes(), true).unwrap();
+        assert_eq!(c.vlan, 100);
+        assert_eq!(
+            c.kind,
+            Kind::VhostUser {
+                switch_is_server: true,
+                queues: 1
+            }
+        );
+        assert_eq!(c.socket_dir, PathBuf::from(DEFAULT_SOCKET_DIR));
+        assert_eq!(c.socket_mode, 0o770);
+    }
+
+    #[test]
+    fn each_malformed_config_gets_its_code() {
+        let cases: &[(&str, u32)] = &[
+            ("{not json", 6),
+            (r#"{"name":"x"}"#, 6),
+            (r#"{"cniVersion":1,"name":"x"}"#, 6),
+            (
+                r#"{"cniVersion":"0.3.1","name":"n","kind":"kernel","vlan":5}"#,
+                1,
+            ),
+            (
+                r#"{"cniVersion":"2.0.0","name":"n","kind":"kernel","vlan":5}"#,
+                1,
+            ),
+        ];
+        for (input, code) in cases {
+            let e = NetConf::parse(input.as_bytes(), true).unwrap_err();
+            assert_eq!(e.code, *code, "{input}: {e}");
+        }
+        for extra in [
+            r#","kind":"tap""#,
+            r#","vlan":0"#,
+            r#","vlan":4095"#,
+            r#","vlan":-1"#,
+            r#","mac":"02:00:00:00:00""#,
+            r#","mac":"01:00:5e:00:00:01""#,
+            r#","mac":"zz:00:00:00:00:01""#,
+            r#","socketDir":"/run/heddle/../../etc""#,
+            r#","socketDir":"relative""#,
+            r#","stateDir":"/var/lib/../x""#,
+            r#","vhostMode":"both""#,
+            r#","queues":0"#,
+            r#","mtu":20"#,
+            r#","socketMode":"0999""#,
+            r#","type":"bridge""#,
+            r#","runtimeConfig":{"mac":"ff:ff:ff:ff:ff:ff"}"#,
+            r#","runtimeConfig":{"ips":["10.0.0.1"]}"#,
+            r#","runtimeConfig":{"CNIDeviceInfoFile":"../x.json"}"#,
+            r#","ipam":{"type":"../../bin/sh"}"#,
+            r#","network":"../n6""#,
+        ] {
+            let e = NetConf::parse(conf(extra).as_bytes(), true).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}: {e}");
+        }
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"../x","kind":"kernel","vlan":1}"#,
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 7);
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","kind":"memif","vlan":1,"ringSize":1000}"#,
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn version_negotiation() {
+        for v in SUPPORTED_VERSIONS {
+            assert!(check_version(v).is_ok());
+        }
+        assert_eq!(check_version("0.3.1").unwrap_err().code, 1);
+        let r = version_reply(Some("1.0.0"));
+        assert_eq!(r["cniVersion"], "1.0.0");
+        assert_eq!(r["supportedVersions"].as_array().unwrap().len(), 3);
+        assert_eq!(version_reply(Some("9.9.9"))["cniVersion"], "1.1.0");
+        assert_eq!(version_reply(None)["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn gc_and_status_need_no_kind() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.valid_attachments.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(parse_cidr("10.0.0.1/24").is_some());
+        assert!(parse_cidr("fd00::1/64").is_some());
+        assert!(parse_cidr("10.0.0.1/33").is_none());
+        assert!(parse_cidr("10.0.0.1").is_none());
+    }
+}

@@ -1,0 +1,483 @@
+//! The commands: ADD, DEL, CHECK, STATUS, GC, VERSION. Each takes the checked invocation and
+//! stdin, does its effects under the node-wide lock, and returns the JSON to print (if any).
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::{self, parse_cidr, Kind, NetConf};
+use crate::error::{code, CniError};
+use crate::invocation::{Command, Invocation};
+use crate::ipam::{self, IpamCall};
+use crate::netlink;
+use crate::plan::{AttachmentKey, Plan};
+use crate::record::{Record, Store};
+use crate::result::{CniResult, Interface, IpConfig};
+use crate::switch::Switch;
+
+/// Opens a connection to the node daemon behind a socket path.
+pub type Connect<'a> = &'a dyn Fn(&Path) -> Box<dyn Switch>;
+
+/// Runs one CNI call. `Ok(Some(json))` is printed on stdout, `Ok(None)` prints nothing.
+pub fn run(
+    inv: &Invocation,
+    stdin: &[u8],
+    connect: Connect<'_>,
+) -> Result<Option<Value>, CniError> {
+    match inv.command {
+        Command::Version => Ok(Some(config::version_reply(
+            config::requested_version(stdin).as_deref(),
+        ))),
+        Command::Add => {
+            let conf = NetConf::parse(stdin, true)?;
+            add(&conf, inv, connect).map(|r| Some(r.render(&conf.cni_version)))
+        }
+        Command::Del => {
+            let conf = NetConf::parse(stdin, true)?;
+            del(&conf, inv, connect).map(|()| None)
+        }
+        Command::Check => {
+            let conf = NetConf::parse(stdin, true)?;
+            check(&conf, inv, connect).map(|()| None)
+        }
+        Command::Status => {
+            let conf = NetConf::parse(stdin, false)?;
+            status(&conf, connect).map(|()| None)
+        }
+        Command::Gc => {
+            let conf = NetConf::parse(stdin, false)?;
+            gc(&conf, connect).map(|()| None)
+        }
+    }
+}
+
+fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CniError + 'a {
+    let what = what.to_owned();
+    move |e| CniError::io(&what, path, e)
+}
+
+fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), CniError> {
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, uid, gid).map_err(io("changing the owner of", path))
+}
+
+/// ADD: the attachment, created or (when already recorded) returned again.
+pub fn add(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<CniResult, CniError> {
+    let plan = Plan::new(conf, inv)?;
+    let store = Store::new(&conf.state_dir);
+    let _lock = store.lock()?;
+    let switch = connect(&conf.switch_socket);
+    if let Some(existing) = store.read(&plan.key)? {
+        if let (Some(result), Some(port)) = (&existing.result, &plan.port) {
+            // Repeated ADD: make sure the port is still there and answer the same.
+            switch.add_port(port)?;
+            return Ok(result.clone());
+        }
+        // An ADD that died part-way: clean it up before starting again.
+        teardown(&existing, &*switch, false)?;
+    }
+    let mut record = Record {
+        container_id: plan.key.container_id.clone(),
+        ifname: plan.key.ifname.clone(),
+        network: conf.name.clone(),
+        kind: conf.kind.name().to_owned(),
+        switch_socket: conf.switch_socket.clone(),
+        port_name: plan.port.as_ref().map(|p| p.name.clone()),
+        socket_path: plan.socket.as_ref().map(|s| s.path.clone()),
+        socket_dir: plan.socket.as_ref().map(|s| s.dir.clone()),
+        device_info_file: conf
+            .runtime
+            .device_info_file
+            .as_ref()
+            .filter(|_| plan.socket.is_some())
+            .map(Into::into),
+        host_veth: plan.host_veth.clone(),
+        ipam_conf: conf.ipam.as_ref().map(|_| conf.raw.clone()),
+        cni_path: inv.path.clone(),
+        result: None,
+    };
+    store.write(&record)?;
+    match effects(conf, inv, &plan, &*switch) {
+        Ok(result) => {
+            record.result = Some(result.clone());
+            if let Err(e) = store.write(&record) {
+                let _ = teardown(&record, &*switch, true);
+                let _ = store.remove(&plan.key);
+                return Err(e);
+            }
+            Ok(result)
+        }
+        Err(e) => {
+            if let Err(undo) = teardown(&record, &*switch, false) {
+                eprintln!("heddle-cni: undoing a failed ADD also failed: {undo}");
+                return Err(e);
+            }
+            store.remove(&plan.key)?;
+            Err(e)
+        }
+    }
+}
+
+fn prev_or_empty(conf: &NetConf) -> Result<CniResult, CniError> {
+    conf.prev_result
+        .as_ref()
+        .map(CniResult::from_value)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+fn static_ips(conf: &NetConf, inv: &Invocation) -> Result<Vec<String>, CniError> {
+    let mut ips = conf.runtime.ips.clone();
+    if let Some(ip) = &inv.args.ip {
+        if parse_cidr(ip).is_none() {
+            return Err(CniError::env(
+                "CNI_ARGS IP must be an address with a prefix, e.g. 10.1.0.5/24",
+                format!("got {ip:?}"),
+            ));
+        }
+        ips.push(ip.clone());
+    }
+    Ok(ips)
+}
+
+fn effects(
+    conf: &NetConf,
+    inv: &Invocation,
+    plan: &Plan,
+    switch: &dyn Switch,
+) -> Result<CniResult, CniError> {
+    let mut result = prev_or_empty(conf)?;
+    let mac = heddle_api::MacText(plan.mac).to_string();
+    let sandbox = inv.netns.as_ref().map(|p| p.display().to_string());
+    match &conf.kind {
+        Kind::VhostUser { .. } | Kind::Memif { .. } => {
+            let s = plan
+                .socket
+                .as_ref()
+                .expect("socket kinds have a socket plan");
+            let parent = &conf.socket_dir;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(io("creating the socket directory", parent))?;
+            match std::fs::DirBuilder::new()
+                .mode(conf.socket_mode)
+                .create(&s.dir)
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(CniError::io("creating the pod socket directory", &s.dir, e))
+                }
+                _ => {}
+            }
+            std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(conf.socket_mode))
+                .map_err(io("setting the mode of", &s.dir))?;
+            chown(&s.dir, conf.socket_owner, conf.socket_group)?;
+            if let Some(port) = &plan.port {
+                switch.add_port(port)?;
+            }
+            if s.switch_is_server {
+                if let Ok(meta) = std::fs::symlink_metadata(&s.path) {
+                    if meta.file_type().is_socket() {
+                        std::fs::set_permissions(
+                            &s.path,
+                            std::fs::Permissions::from_mode(conf.socket_mode & 0o666),
+                        )
+                        .map_err(io("setting the mode of", &s.path))?;
+                        chown(&s.path, conf.socket_owner, conf.socket_group)?;
+                    }
+                }
+            }
+            if let Some(f) = &conf.runtime.device_info_file {
+                let f = Path::new(f);
+                if let Some(dir) = f.parent() {
+                    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+                }
+                let body = serde_json::to_vec_pretty(&s.device_info).expect("JSON serialises");
+                std::fs::write(f, body).map_err(io("writing the device-info file", f))?;
+            }
+            let idx = result.push_interface(Interface {
+                name: inv.ifname.clone(),
+                mac: Some(mac),
+                mtu: conf.mtu,
+                sandbox,
+                socket_path: Some(s.path.display().to_string()),
+                pci_id: None,
+            });
+            for ip in static_ips(conf, inv)? {
+                result.ips.push(IpConfig {
+                    address: ip,
+                    gateway: None,
+                    interface: Some(idx),
+                });
+            }
+            if let Some(ipam_conf) = conf.ipam.as_ref().map(|_| &conf.raw) {
+                let r = ipam::run(ipam_conf, &ipam_call("ADD", inv))?.unwrap_or_default();
+                absorb_ipam(&mut result, r, idx);
+            }
+        }
+        Kind::Kernel => {
+            let netns = inv.netns.clone().ok_or_else(|| {
+                CniError::env(
+                    "CNI_NETNS is required for a kernel attachment",
+                    "it is empty",
+                )
+            })?;
+            let host = plan
+                .host_veth
+                .clone()
+                .expect("kernel plans have a host veth");
+            // The host end first (no sandbox), then the pod end, as the reference plugins do.
+            result.push_interface(Interface {
+                name: host.clone(),
+                mac: None,
+                mtu: conf.mtu,
+                ..Default::default()
+            });
+            let pod_idx = result.push_interface(Interface {
+                name: inv.ifname.clone(),
+                mac: Some(mac),
+                mtu: conf.mtu,
+                sandbox,
+                ..Default::default()
+            });
+            for ip in static_ips(conf, inv)? {
+                result.ips.push(IpConfig {
+                    address: ip,
+                    gateway: None,
+                    interface: Some(pod_idx),
+                });
+            }
+            if conf.ipam.is_some() {
+                let r = ipam::run(&conf.raw, &ipam_call("ADD", inv))?.unwrap_or_default();
+                absorb_ipam(&mut result, r, pod_idx);
+            }
+            let addresses = result
+                .ips
+                .iter()
+                .filter(|ip| ip.interface == Some(pod_idx))
+                .filter_map(|ip| parse_cidr(&ip.address))
+                .collect();
+            let routes = result
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let (dst, len) = parse_cidr(&r.dst)?;
+                    let gw = r.gw.as_deref().and_then(|g| g.parse().ok()).or_else(|| {
+                        // A route without gw uses the gateway of an IP of the same family.
+                        result
+                            .ips
+                            .iter()
+                            .filter_map(|ip| ip.gateway.as_deref()?.parse().ok())
+                            .find(|g: &std::net::IpAddr| g.is_ipv4() == dst.is_ipv4())
+                    });
+                    Some((dst, len, gw))
+                })
+                .collect();
+            netlink::create_veth(
+                &host,
+                &netlink::PodSide {
+                    netns,
+                    tmp_name: plan
+                        .peer_tmp
+                        .clone()
+                        .expect("kernel plans have a peer name"),
+                    ifname: inv.ifname.clone(),
+                    mac: plan.mac,
+                    mtu: conf.mtu.unwrap_or(1500),
+                    addresses,
+                    routes,
+                },
+            )?;
+            if let Some(port) = &plan.port {
+                switch.add_port(port)?;
+            }
+        }
+        Kind::Sriov => unreachable!("Plan::new refuses sriov"),
+    }
+    Ok(result)
+}
+
+fn ipam_call<'a>(command: &'a str, inv: &'a Invocation) -> IpamCall<'a> {
+    IpamCall {
+        command,
+        container_id: &inv.container_id,
+        ifname: &inv.ifname,
+        netns: inv.netns.as_deref(),
+        path: &inv.path,
+    }
+}
+
+fn absorb_ipam(result: &mut CniResult, r: CniResult, iface: usize) {
+    for mut ip in r.ips {
+        ip.interface = Some(iface);
+        result.ips.push(ip);
+    }
+    result.routes.extend(r.routes);
+    if !r.dns.is_null() {
+        result.dns = r.dns;
+    }
+}
+
+/// Undoes what a record says was (or may have been) created. Every step tolerates the thing
+/// being gone already. `daemon_required` false lets DEL of an attachment that never reached
+/// the daemon succeed while the daemon is down.
+fn teardown(r: &Record, switch: &dyn Switch, daemon_required: bool) -> Result<(), CniError> {
+    if let Some(port) = &r.port_name {
+        match switch.remove_port(port) {
+            Ok(()) => {}
+            Err(e) if e.code == code::TRY_AGAIN_LATER && !daemon_required => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(conf) = &r.ipam_conf {
+        ipam::run(
+            conf,
+            &IpamCall {
+                command: "DEL",
+                container_id: &r.container_id,
+                ifname: &r.ifname,
+                netns: None,
+                path: &r.cni_path,
+            },
+        )?;
+    }
+    if let Some(host) = &r.host_veth {
+        netlink::delete_link(host)?;
+    }
+    for f in [&r.device_info_file, &r.socket_path].into_iter().flatten() {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CniError::io("removing", f, e))
+            }
+            _ => {}
+        }
+    }
+    if let Some(dir) = &r.socket_dir {
+        // Shared by the pod's other interfaces: removed with the last one.
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(())
+}
+
+/// DEL: removes everything ADD recorded; succeeds when repeated and without a netns.
+pub fn del(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<(), CniError> {
+    let store = Store::new(&conf.state_dir);
+    let key = AttachmentKey {
+        container_id: inv.container_id.clone(),
+        ifname: inv.ifname.clone(),
+    };
+    let _lock = store.lock()?;
+    let Some(record) = store.read(&key)? else {
+        // ADD records before its first effect: no record, nothing to remove.
+        return Ok(());
+    };
+    let switch = connect(&record.switch_socket);
+    teardown(&record, &*switch, true)?;
+    store.remove(&key)
+}
+
+/// CHECK: the record, the port and the socket or interface are all there.
+pub fn check(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<(), CniError> {
+    let store = Store::new(&conf.state_dir);
+    let key = AttachmentKey {
+        container_id: inv.container_id.clone(),
+        ifname: inv.ifname.clone(),
+    };
+    let _lock = store.lock()?;
+    let broken = |what: String| {
+        Err(CniError::new(
+            code::CHECK_FAILED,
+            what,
+            "run DEL and ADD again",
+        ))
+    };
+    let Some(record) = store.read(&key)?.filter(|r| r.result.is_some()) else {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!(
+                "no attachment {}/{} was added on this node",
+                key.container_id, key.ifname
+            ),
+            format!("no record in {}", conf.state_dir.display()),
+        ));
+    };
+    let switch = connect(&record.switch_socket);
+    if let Some(port) = &record.port_name {
+        if !switch.has_port(port)? {
+            return broken(format!("switch port {port} is missing"));
+        }
+    }
+    if let Some(host) = &record.host_veth {
+        if !netlink::link_exists(host) {
+            return broken(format!("host interface {host} is missing"));
+        }
+        if let Some(ns) = &inv.netns {
+            if !netlink::pod_link_exists(ns, &inv.ifname)? {
+                return broken(format!("{} is missing in {}", inv.ifname, ns.display()));
+            }
+        }
+    }
+    if let (
+        Kind::VhostUser {
+            switch_is_server: true,
+            ..
+        }
+        | Kind::Memif {
+            switch_is_server: true,
+            ..
+        },
+        Some(sock),
+    ) = (&conf.kind, &record.socket_path)
+    {
+        if !std::fs::symlink_metadata(sock).is_ok_and(|m| m.file_type().is_socket()) {
+            return broken(format!("socket {} is missing", sock.display()));
+        }
+    }
+    Ok(())
+}
+
+/// STATUS: ready when the node daemon answers and takes ports (code 50 otherwise).
+pub fn status(conf: &NetConf, connect: Connect<'_>) -> Result<(), CniError> {
+    match connect(&conf.switch_socket).ready() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "plugin not available: heddle-switch is starting and does not take ports yet",
+            format!("socket {}", conf.switch_socket.display()),
+        )),
+        Err(e) => Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "plugin not available: heddle-switch is not reachable",
+            e.details,
+        )),
+    }
+}
+
+/// GC: removes every attachment of this network that is not in `cni.dev/valid-attachments`.
+pub fn gc(conf: &NetConf, connect: Connect<'_>) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let store = Store::new(&conf.state_dir);
+    let _lock = store.lock()?;
+    let mut first_error = None;
+    for r in store.list()? {
+        if r.network != conf.name
+            || valid
+                .iter()
+                .any(|v| v.container_id == r.container_id && v.ifname == r.ifname)
+        {
+            continue;
+        }
+        let switch = connect(&r.switch_socket);
+        match teardown(&r, &*switch, true).and_then(|()| store.remove(&r.key())) {
+            Ok(()) => eprintln!("heddle-cni: GC removed {}/{}", r.container_id, r.ifname),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

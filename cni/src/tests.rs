@@ -1,0 +1,311 @@
+//! Whole-command tests with a node-daemon double: effects on a temporary directory, error
+//! codes, and no state left behind by a failed or undone ADD.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use heddle_api::PortSpec;
+
+use crate::error::{code, CniError};
+use crate::invocation::Invocation;
+use crate::plugin;
+use crate::switch::Switch;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Up,
+    Down,
+    Refuse,
+}
+
+#[derive(Clone)]
+struct Fake {
+    mode: Rc<RefCell<Mode>>,
+    ports: Rc<RefCell<BTreeMap<String, PortSpec>>>,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        Fake {
+            mode: Rc::new(RefCell::new(Mode::Up)),
+            ports: Rc::default(),
+        }
+    }
+    fn check(&self) -> Result<(), CniError> {
+        match *self.mode.borrow() {
+            Mode::Down => Err(heddle_api::ClientError::Connect {
+                path: "/x".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Switch for Fake {
+    fn ready(&self) -> Result<bool, CniError> {
+        self.check().map(|()| true)
+    }
+    fn add_port(&self, spec: &PortSpec) -> Result<(), CniError> {
+        self.check()?;
+        if *self.mode.borrow() == Mode::Refuse {
+            return Err(heddle_api::ClientError::Refused {
+                status: 409,
+                message: "duplicate port device".into(),
+            }
+            .into());
+        }
+        self.ports
+            .borrow_mut()
+            .insert(spec.name.clone(), spec.clone());
+        Ok(())
+    }
+    fn remove_port(&self, name: &str) -> Result<(), CniError> {
+        self.check()?;
+        self.ports.borrow_mut().remove(name);
+        Ok(())
+    }
+    fn has_port(&self, name: &str) -> Result<bool, CniError> {
+        self.check()?;
+        Ok(self.ports.borrow().contains_key(name))
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    fake: Fake,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            fake: Fake::new(),
+        }
+    }
+    fn conf(&self, extra: &str) -> String {
+        let d = self.dir.path();
+        format!(
+            r#"{{"cniVersion":"1.1.0","name":"n3","type":"heddle-cni","kind":"vhost-user","vlan":100,
+                "socketDir":"{}","stateDir":"{}","switchSocket":"/nonexistent/s.sock",
+                "runtimeConfig":{{"CNIDeviceInfoFile":"{}"}}{extra}}}"#,
+            d.join("pods").display(),
+            d.join("state").display(),
+            d.join("devinfo/n3.json").display()
+        )
+    }
+    fn call(
+        &self,
+        cmd: &str,
+        id: &str,
+        ifname: &str,
+        stdin: &str,
+    ) -> Result<Option<serde_json::Value>, CniError> {
+        let vars = [
+            ("CNI_COMMAND", cmd.to_owned()),
+            ("CNI_CONTAINERID", id.to_owned()),
+            ("CNI_IFNAME", ifname.to_owned()),
+            ("CNI_NETNS", "/run/netns/test".to_owned()),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p".to_owned()),
+        ];
+        let inv =
+            Invocation::from_env(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+        let fake = self.fake.clone();
+        let connect = move |_: &Path| -> Box<dyn Switch> { Box::new(fake.clone()) };
+        plugin::run(&inv, stdin.as_bytes(), &connect)
+    }
+    /// Every file left under the temp dir, except the lock file.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.file_name().is_some_and(|n| n != ".lock") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = vec![];
+        walk(self.dir.path(), &mut out);
+        out
+    }
+}
+
+#[test]
+fn add_returns_socket_writes_device_info_and_del_twice_leaves_nothing() {
+    let env = Env::new();
+    let conf = env.conf("");
+    let reply = env.call("ADD", "c1", "net1", &conf).unwrap().unwrap();
+    assert_eq!(reply["cniVersion"], "1.1.0");
+    let sock = reply["interfaces"][0]["socketPath"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(sock.starts_with(&env.dir.path().join("pods").display().to_string()));
+    assert_eq!(reply["interfaces"][0]["sandbox"], "/run/netns/test");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir.path().join("devinfo/n3.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["type"], "vhost-user");
+    assert_eq!(info["version"], "1.1.0");
+    assert_eq!(info["vhost-user"]["path"], sock.as_str());
+    assert_eq!(info["vhost-user"]["mode"], "client");
+    let port = env.fake.ports.borrow()["cni/c1/net1"].clone();
+    assert_eq!(port.mode, heddle_api::PortMode::Access { vlan: 100 });
+    assert_eq!(port.mac.as_deref(), reply["interfaces"][0]["mac"].as_str());
+
+    // Repeated ADD: same answer.
+    assert_eq!(
+        env.call("ADD", "c1", "net1", &conf).unwrap().unwrap(),
+        reply
+    );
+    // CHECK fails while the switch has not bound the socket, passes once it has, and fails
+    // again once the port is gone.
+    assert_eq!(
+        env.call("CHECK", "c1", "net1", &conf).unwrap_err().code,
+        code::CHECK_FAILED
+    );
+    let _bound = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    env.call("CHECK", "c1", "net1", &conf).unwrap();
+    env.fake.ports.borrow_mut().clear();
+    assert_eq!(
+        env.call("CHECK", "c1", "net1", &conf).unwrap_err().code,
+        code::CHECK_FAILED
+    );
+
+    env.call("DEL", "c1", "net1", &conf).unwrap();
+    env.call("DEL", "c1", "net1", &conf).unwrap();
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert!(!env
+        .dir
+        .path()
+        .join("pods")
+        .read_dir()
+        .unwrap()
+        .any(|_| true));
+    assert_eq!(
+        env.call("CHECK", "c1", "net1", &conf).unwrap_err().code,
+        code::UNKNOWN_CONTAINER
+    );
+}
+
+#[test]
+fn daemon_down_or_refusing_fails_add_without_state() {
+    let env = Env::new();
+    *env.fake.mode.borrow_mut() = Mode::Down;
+    let e = env.call("ADD", "c1", "net1", &env.conf("")).unwrap_err();
+    assert_eq!(e.code, code::TRY_AGAIN_LATER, "{e}");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_eq!(
+        env.call("STATUS", "", "", &env.conf("")).unwrap_err().code,
+        code::NOT_AVAILABLE
+    );
+
+    *env.fake.mode.borrow_mut() = Mode::Refuse;
+    let e = env
+        .call("ADD", "c1", "net1", &env.conf(r#","kind":"memif""#))
+        .unwrap_err();
+    assert_eq!(e.code, code::DAEMON_REFUSED, "{e}");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    // DEL after the failed ADD (what podman does) succeeds.
+    env.call("DEL", "c1", "net1", &env.conf("")).unwrap();
+
+    *env.fake.mode.borrow_mut() = Mode::Up;
+    assert_eq!(env.call("STATUS", "", "", &env.conf("")).unwrap(), None);
+}
+
+#[test]
+fn malformed_inputs_get_their_codes_and_leave_no_state() {
+    let env = Env::new();
+    let long = format!(r#","socketDir":"/{}""#, "s".repeat(100));
+    let cases: Vec<(String, &str, &str, u32)> = vec![
+        ("{bad json".into(), "c1", "net1", code::DECODING_FAILURE),
+        (
+            env.conf(r#","kind":"tap""#),
+            "c1",
+            "net1",
+            code::INVALID_CONFIG,
+        ),
+        (env.conf(r#","vlan":0"#), "c1", "net1", code::INVALID_CONFIG),
+        (
+            env.conf(r#","vlan":4095"#),
+            "c1",
+            "net1",
+            code::INVALID_CONFIG,
+        ),
+        (
+            env.conf(r#","mac":"02:00:00""#),
+            "c1",
+            "net1",
+            code::INVALID_CONFIG,
+        ),
+        (env.conf(&long), "c1", "net1", code::INVALID_CONFIG),
+        (env.conf(""), "../../etc", "net1", code::INVALID_ENV),
+        (env.conf(""), "c1", "../x", code::INVALID_ENV),
+        (
+            env.conf(r#","cniVersion":"0.2.0""#),
+            "c1",
+            "net1",
+            code::INCOMPATIBLE_VERSION,
+        ),
+        (
+            env.conf(r#","kind":"sriov""#),
+            "c1",
+            "net1",
+            code::UNSUPPORTED_FIELD,
+        ),
+    ];
+    for (stdin, id, ifname, want) in cases {
+        let e = env.call("ADD", id, ifname, &stdin).unwrap_err();
+        assert_eq!(e.code, want, "{stdin} {id} {ifname}: {e}");
+        assert!(env.leftovers().is_empty(), "{stdin}: {:?}", env.leftovers());
+        assert!(env.fake.ports.borrow().is_empty());
+    }
+}
+
+#[test]
+fn gc_removes_what_the_runtime_does_not_know() {
+    let env = Env::new();
+    let conf = env.conf("");
+    for id in ["a1", "a2", "a3"] {
+        env.call("ADD", id, "net1", &conf).unwrap();
+    }
+    let gc = env.conf(r#","cni.dev/valid-attachments":[{"containerID":"a2","ifname":"net1"}]"#);
+    env.call("GC", "", "", &gc).unwrap();
+    let ports: Vec<String> = env.fake.ports.borrow().keys().cloned().collect();
+    assert_eq!(ports, vec!["cni/a2/net1".to_owned()]);
+    env.call("DEL", "a2", "net1", &conf).unwrap();
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn chained_prev_result_is_kept_and_old_versions_render() {
+    let env = Env::new();
+    let prev = r#","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.2/24","interface":0}]}"#;
+    let conf = env.conf(prev).replace("\"1.1.0\"", "\"1.0.0\"");
+    let r = env.call("ADD", "c9", "net1", &conf).unwrap().unwrap();
+    assert_eq!(r["cniVersion"], "1.0.0");
+    assert_eq!(r["interfaces"][0]["name"], "eth0");
+    assert_eq!(r["interfaces"][1]["name"], "net1");
+    assert!(r["interfaces"][1].get("socketPath").is_none());
+    assert_eq!(r["ips"][0]["address"], "10.0.0.2/24");
+    env.call("DEL", "c9", "net1", &conf).unwrap();
+}
+
+#[test]
+fn version_reply() {
+    let env = Env::new();
+    let r = env
+        .call("VERSION", "", "", r#"{"cniVersion":"0.4.0"}"#)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r["cniVersion"], "0.4.0");
+    assert_eq!(
+        r["supportedVersions"],
+        serde_json::json!(["0.4.0", "1.0.0", "1.1.0"])
+    );
+}

@@ -1,0 +1,79 @@
+//! Leak collection: leases whose pod is gone (a DEL that never came: node lost, runtime
+//! crash) are dropped from the [`NetworkAllocation`] objects.
+//!
+//! Cluster lease owners are `<pod uid>/<ifname>`. The allocation objects are listed *before*
+//! the pods, so a lease seen in that listing belongs to a pod created before the pod listing;
+//! if its UID is missing there, the pod is gone for good (UIDs are never reused). Only those
+//! owners are dropped, also on a retry after a 409, so a lease written after the first
+//! listing is never collected by mistake.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+use super::{is_conflict, ControllerError, CONFLICT_RETRIES};
+use crate::crd::NetworkAllocation;
+
+/// The pod UID of a cluster lease owner (`<pod uid>/<ifname>`).
+pub fn pod_uid_of(owner: &str) -> &str {
+    owner.split_once('/').map_or(owner, |(uid, _)| uid)
+}
+
+/// Drop every lease whose pod no longer exists; returns how many were dropped.
+pub async fn collect_pod_leaks(client: &Client) -> Result<usize, ControllerError> {
+    let allocs: Api<NetworkAllocation> = Api::all(client.clone());
+    let listed = allocs.list(&ListParams::default()).await?;
+    let pods: Api<Pod> = Api::all(client.clone());
+    let live: BTreeSet<String> = pods
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.uid())
+        .collect();
+    let mut dropped = 0;
+    for alloc in listed {
+        let dead: BTreeSet<String> = alloc
+            .spec
+            .leases
+            .keys()
+            .filter(|o| !live.contains(pod_uid_of(o)))
+            .cloned()
+            .collect();
+        if dead.is_empty() {
+            continue;
+        }
+        let ns = alloc.namespace().unwrap_or_default();
+        let name = alloc.name_any();
+        let api: Api<NetworkAllocation> = Api::namespaced(client.clone(), &ns);
+        let mut current = alloc;
+        let mut done = false;
+        for _ in 0..CONFLICT_RETRIES {
+            let before = current.spec.leases.len();
+            current.spec.leases.retain(|o, _| !dead.contains(o));
+            let n = before - current.spec.leases.len();
+            if n == 0 {
+                done = true;
+                break;
+            }
+            match api.replace(&name, &PostParams::default(), &current).await {
+                Ok(_) => {
+                    tracing::info!(allocation = %format!("{ns}/{name}"), leases = n, "collected leases of deleted pods");
+                    dropped += n;
+                    done = true;
+                    break;
+                }
+                Err(e) if is_conflict(&e) => current = api.get(&name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !done {
+            return Err(ControllerError::Contention(format!(
+                "network allocation {ns}/{name}"
+            )));
+        }
+    }
+    Ok(dropped)
+}

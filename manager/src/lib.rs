@@ -1,0 +1,17 @@
+//! `heddle-manager`: the cluster brain of Heddle.
+//!
+//! * [`crd`]: the `heddle.dev/v1alpha1` resources and the YAML `crdgen` prints.
+//! * [`validation`]: pure checks of provider networks and networks, messages naming the field.
+//! * [`vlan`]: VLAN assignment from a provider network's pool.
+//! * [`ipam`]: IPv4/IPv6 address allocation (chunked bitmap, leases by owner).
+//! * [`embedded`]: the same allocators on a crash-safe local journal, for single-node sites.
+//! * [`controller`]: the kube-rs reconcilers and the cluster-wide allocator.
+//! * [`trunks`]: the VLANs each uplink trunk of a node must carry, for the node daemon.
+
+pub mod controller;
+pub mod crd;
+pub mod embedded;
+pub mod ipam;
+pub mod trunks;
+pub mod validation;
+pub mod vlan;

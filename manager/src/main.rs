@@ -1,0 +1,153 @@
+//! `heddle-manager`: a thin shell over the library.
+//!
+//! * `heddle-manager crdgen` prints the CRDs the chart ships.
+//! * `heddle-manager run` runs the controllers against the cluster.
+//! * `heddle-manager embedded allocate|release|show` uses the single-node store.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use heddle_manager::embedded::{EmbeddedConfig, EmbeddedStore};
+
+#[derive(Parser)]
+#[command(
+    name = "heddle-manager",
+    version,
+    about = "Heddle cluster brain: networks, VLANs and addresses"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the heddle.dev CRDs as YAML (what deploy/helm/heddle/crds/heddle.dev.yaml holds).
+    Crdgen,
+    /// Run the controllers (in-cluster or with the current kubeconfig).
+    Run {
+        /// Namespace for the NetworkAttachmentDefinitions and allocation objects of
+        /// ClusterNetworks (the manager's own).
+        #[arg(long, env = "HEDDLE_SYSTEM_NAMESPACE", default_value = "heddle-system")]
+        system_namespace: String,
+    },
+    /// Single-node mode: the allocators on a crash-safe local store.
+    Embedded {
+        /// Directory of the store (journal + snapshot).
+        #[arg(long, env = "HEDDLE_STORE", default_value = "/var/lib/heddle/manager")]
+        store: PathBuf,
+        /// YAML file with `providers:` and `networks:` maps (ProviderNetwork / Network specs).
+        #[arg(
+            long,
+            env = "HEDDLE_NETWORKS",
+            default_value = "/etc/heddle/networks.yaml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: EmbeddedAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum EmbeddedAction {
+    /// Give an owner (`<container id>/<ifname>`) addresses; prints them, one a line.
+    Allocate {
+        /// Network name.
+        network: String,
+        /// Lease owner.
+        owner: String,
+        /// Specific addresses (static requests).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+    },
+    /// Release what an owner holds; prints the freed addresses.
+    Release {
+        /// Network name.
+        network: String,
+        /// Lease owner.
+        owner: String,
+    },
+    /// Print VLANs, counts and leases as YAML.
+    Show,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heddle-manager: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crdgen => print!("{}", heddle_manager::crd::crds_yaml()),
+        Command::Run { system_namespace } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                tracing::info!(%system_namespace, "heddle-manager controllers starting");
+                heddle_manager::controller::run(client, system_namespace).await;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Embedded {
+            store,
+            config,
+            action,
+        } => {
+            let text = std::fs::read_to_string(&config).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; write the networks file or pass --config",
+                    config.display()
+                )
+            })?;
+            let cfg: EmbeddedConfig = serde_yaml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let mut store = EmbeddedStore::open(&store, cfg.clone())?;
+            match action {
+                EmbeddedAction::Allocate {
+                    network,
+                    owner,
+                    ips,
+                } => {
+                    for a in store.allocate(&network, &owner, &ips)? {
+                        println!("{a}");
+                    }
+                }
+                EmbeddedAction::Release { network, owner } => {
+                    for a in store.release(&network, &owner)? {
+                        println!("{a}");
+                    }
+                }
+                EmbeddedAction::Show => {
+                    let mut out = serde_json::Map::new();
+                    for name in cfg.networks.keys() {
+                        let ipam = store.network(name).expect("configured network");
+                        out.insert(
+                            name.clone(),
+                            serde_json::json!({
+                                "vlan": store.vlan(name),
+                                "ipv4": ipam.counts_v4(),
+                                "ipv6": ipam.counts_v6(),
+                                "leases": ipam.leases(),
+                            }),
+                        );
+                    }
+                    print!("{}", serde_yaml::to_string(&out)?);
+                }
+            }
+        }
+    }
+    Ok(())
+}

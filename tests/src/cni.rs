@@ -1,0 +1,154 @@
+//! Runs the real `heddle-cni` binary as a container runtime would: `CNI_*` environment, the
+//! network config on stdin, the JSON reply on stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::switch::workspace_binary;
+
+/// Where Debian's containernetworking-plugins installs `host-local`, `bridge`, ...
+pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
+
+/// Fails with the package to install unless Debian's reference plugin `name` is there.
+pub fn require_reference_plugin(name: &str) -> Result<PathBuf> {
+    let p = Path::new(DEBIAN_CNI_DIR).join(name);
+    if !p.is_file() {
+        bail!(
+            "{} is missing: install the Debian package containernetworking-plugins (apt-get install containernetworking-plugins)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// One CNI call's outcome.
+#[derive(Debug, Clone)]
+pub struct CniReply {
+    /// Exit status was 0.
+    pub ok: bool,
+    /// stdout parsed as JSON (`Null` when empty).
+    pub json: Value,
+    /// stderr.
+    pub stderr: String,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+}
+
+impl CniReply {
+    /// The error code of a failed call.
+    pub fn code(&self) -> Option<u64> {
+        self.json["code"].as_u64()
+    }
+}
+
+/// A CNI plugin binary and the attachment-independent environment.
+#[derive(Debug, Clone)]
+pub struct CniPlugin {
+    /// The plugin binary.
+    pub binary: PathBuf,
+    /// `CNI_PATH`.
+    pub cni_path: String,
+}
+
+impl CniPlugin {
+    /// The workspace's `heddle-cni` (found like `heddle-switch`: `HEDDLE_BIN_DIR` or target/).
+    pub fn heddle() -> Result<CniPlugin> {
+        Ok(CniPlugin {
+            binary: workspace_binary("heddle-cni")?,
+            cni_path: DEBIAN_CNI_DIR.into(),
+        })
+    }
+
+    /// A reference plugin from Debian's containernetworking-plugins.
+    pub fn reference(name: &str) -> Result<CniPlugin> {
+        Ok(CniPlugin {
+            binary: require_reference_plugin(name)?,
+            cni_path: DEBIAN_CNI_DIR.into(),
+        })
+    }
+
+    /// Runs `command` for `(container_id, ifname)` in `netns` (may be empty) with `conf` on
+    /// stdin.
+    pub fn call(
+        &self,
+        command: &str,
+        container_id: &str,
+        ifname: &str,
+        netns: &str,
+        conf: &Value,
+    ) -> Result<CniReply> {
+        let start = Instant::now();
+        let mut child = Command::new(&self.binary)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_NETNS", netns)
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME=pod",
+            )
+            .env("CNI_PATH", &self.cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(&serde_json::to_vec(conf)?)?;
+        let out = child.wait_with_output()?;
+        let elapsed = start.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| {
+                format!("{command} printed something that is not JSON on stdout: {text:?}")
+            })?
+        };
+        Ok(CniReply {
+            ok: out.status.success(),
+            json,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed,
+        })
+    }
+
+    /// Like [`CniPlugin::call`] but fails unless the plugin succeeded.
+    pub fn ok(
+        &self,
+        command: &str,
+        container_id: &str,
+        ifname: &str,
+        netns: &str,
+        conf: &Value,
+    ) -> Result<Value> {
+        let r = self.call(command, container_id, ifname, netns, conf)?;
+        if !r.ok {
+            bail!(
+                "{command} {container_id}/{ifname} failed: {} {}",
+                r.json,
+                r.stderr
+            );
+        }
+        Ok(r.json)
+    }
+}
+
+/// `p`-th percentile (0-100) of `samples` in milliseconds.
+pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
+    let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[idx.min(v.len() - 1)]
+}
