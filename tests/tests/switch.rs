@@ -273,6 +273,62 @@ fn trunk_uplink_tags_pod_traffic_and_admits_only_its_vlans() -> Result<()> {
             && !e.is_static),
         "the outside MAC was not learned on the uplink: {fdb:?}"
     );
+
+    // The trunk stops carrying VLAN 100 under traffic: frames tagged 100 are now refused,
+    // the pod gets nothing more, and the uplink's learned entries are gone.
+    let trunk = switch.client().set_trunk_vlans(
+        "uplink",
+        &heddle_api::TrunkVlans {
+            vlans: vec![heddle_api::VlanRange::One(200)],
+            native_vlan: None,
+        },
+    )?;
+    ensure!(
+        trunk.spec.mode
+            == PortMode::Trunk {
+                vlans: vec![heddle_api::VlanRange::One(200)],
+                native_vlan: None
+            },
+        "{trunk:?}"
+    );
+    ensure!(
+        switch.client().fdb()?.iter().all(|e| e.port != "uplink"),
+        "uplink entries survived the change"
+    );
+    for _ in 0..4 {
+        outside.send(&ethernet_frame(
+            pod_mac,
+            ext,
+            Some(100),
+            ETH_P_TEST,
+            b"vlan 100 after the change",
+        ))?;
+    }
+    wait_until(
+        "the refused frames to be counted",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let st = port_stats(&switch.client().stats()?);
+            Ok((st["uplink"].drops.get("vlan_not_allowed") == Some(&14)).then_some(()))
+        },
+    )?;
+    ensure!(
+        pod.port_stats()?[&0].rx_packets == 10,
+        "the pod received VLAN 100 frames after the trunk dropped it"
+    );
+    let err = switch
+        .client()
+        .set_trunk_vlans(
+            "pod",
+            &heddle_api::TrunkVlans {
+                vlans: vec![heddle_api::VlanRange::One(5)],
+                native_vlan: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    ensure!(err.contains("access port"), "{err}");
     Ok(())
 }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::types::{ErrorReply, FdbEntry, Health, PortSpec, PortStatus, RemoveReply, StatsReply};
+use crate::types::{
+    ErrorReply, FdbEntry, Health, PortSpec, PortStatus, RemoveReply, StatsReply, TrunkVlans,
+};
 
 /// Default path of the daemon's socket.
 pub const DEFAULT_SOCKET: &str = "/run/heddle/switch.sock";
@@ -161,6 +163,19 @@ impl Client {
             "DELETE",
             &format!("/v1/ports/{}", encode_segment(name)),
             None,
+        )
+    }
+
+    /// `PUT /v1/ports/{name}/vlans`: replaces the VLAN set of a trunk port.
+    pub fn set_trunk_vlans(
+        &self,
+        name: &str,
+        vlans: &TrunkVlans,
+    ) -> Result<PortStatus, ClientError> {
+        self.call(
+            "PUT",
+            &format!("/v1/ports/{}/vlans", encode_segment(name)),
+            Some(&Self::json(vlans)),
         )
     }
 

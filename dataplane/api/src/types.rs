@@ -320,6 +320,18 @@ pub struct FdbEntry {
     pub age_seconds: u32,
 }
 
+/// `PUT /v1/ports/{name}/vlans`: the VLANs a trunk carries, replaced as a whole (the
+/// manager's node agent sets what the networks on this node need).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkVlans {
+    /// VLANs the trunk carries.
+    pub vlans: Vec<VlanRange>,
+    /// VLAN carried untagged, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_vlan: Option<u16>,
+}
+
 /// `DELETE /v1/ports/{name}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveReply {

@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use heddle_api::{ErrorReply, Health, PortOrigin, PortSpec, RemoveReply};
+use heddle_api::{ErrorReply, Health, PortOrigin, PortSpec, RemoveReply, TrunkVlans};
 
 use super::metrics;
 use super::switch::{PortError, SwitchCtl};
@@ -32,6 +32,7 @@ impl IntoResponse for PortError {
             PortError::Invalid(_) | PortError::Device(_) => StatusCode::BAD_REQUEST,
             PortError::Conflict(_) => StatusCode::CONFLICT,
             PortError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            PortError::NotFound(_) => StatusCode::NOT_FOUND,
             PortError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         error(status, self.to_string())
@@ -44,6 +45,10 @@ pub fn router(ctl: Ctl) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/ports", get(list_ports).post(add_port))
         .route("/v1/ports/{name}", get(get_port).delete(remove_port))
+        .route(
+            "/v1/ports/{name}/vlans",
+            axum::routing::put(set_trunk_vlans),
+        )
         .route("/v1/stats", get(stats))
         .route("/v1/fdb", get(fdb))
         .route("/v1/hugepages", get(hugepages))
@@ -98,6 +103,21 @@ async fn add_port(State(ctl): State<Ctl>, body: axum::body::Bytes) -> Response {
             };
             (code, Json(st)).into_response()
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn set_trunk_vlans(
+    State(ctl): State<Ctl>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let vlans: TrunkVlans = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed VLAN list: {e}")),
+    };
+    match lock(&ctl).set_trunk_vlans(&name, vlans) {
+        Ok(st) => Json(st).into_response(),
         Err(e) => e.into_response(),
     }
 }

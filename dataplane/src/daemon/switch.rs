@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use heddle_api::{
     parse_mac, FdbEntry, FdbStats, MacText, PmdStats, PortMode as ApiMode, PortOrigin, PortSpec,
-    PortStats, PortStatus, StatsReply,
+    PortStats, PortStatus, StatsReply, TrunkVlans,
 };
 
 use super::state::PortStore;
@@ -31,6 +31,9 @@ pub enum PortError {
     /// DPDK refused the device.
     #[error("{0}")]
     Device(String),
+    /// No port by that name.
+    #[error("{0}")]
+    NotFound(String),
     /// No room for another port; the sentence says which limit.
     #[error("{0}")]
     Full(String),
@@ -308,6 +311,48 @@ impl SwitchCtl {
         }
         tracing::info!(port = %spec.name, index, devargs = %spec.devargs, "port added");
         Ok(status)
+    }
+
+    /// Replaces the VLAN set of a trunk port under running traffic. Entries the port had
+    /// learned are flushed (they relearn at once on the VLANs it still carries).
+    pub fn set_trunk_vlans(
+        &mut self,
+        name: &str,
+        vlans: TrunkVlans,
+    ) -> Result<PortStatus, PortError> {
+        let Some(entry) = self.ports.get(name) else {
+            return Err(PortError::NotFound(format!(
+                "no port named {name:?}: heddlectl ports lists them"
+            )));
+        };
+        if !matches!(entry.spec.mode, ApiMode::Trunk { .. }) {
+            return Err(PortError::Invalid(format!(
+                "port {name:?} is an access port: only a trunk's VLANs can be changed (remove and re-add an access port)"
+            )));
+        }
+        let mut spec = entry.spec.clone();
+        spec.mode = ApiMode::Trunk {
+            vlans: vlans.vlans,
+            native_vlan: vlans.native_vlan,
+        };
+        super::config::validate_port(&spec).map_err(PortError::Invalid)?;
+        switch_mode(&spec)?;
+        let (index, origin) = (entry.index, entry.origin);
+        let old = std::mem::replace(
+            &mut self.ports.get_mut(name).expect("checked above").spec,
+            spec,
+        );
+        self.publish();
+        self.shared.fdb.flush_port(index);
+        if origin == PortOrigin::Api {
+            if let Err(e) = self.persist() {
+                self.ports.get_mut(name).expect("checked above").spec = old;
+                self.publish();
+                return Err(PortError::Store(e.to_string()));
+            }
+        }
+        tracing::info!(port = %name, "trunk VLANs changed");
+        Ok(self.status(&self.ports[name]))
     }
 
     /// Removes a port; `Ok(false)` when there was none by that name.

@@ -50,6 +50,17 @@ enum Cmd {
         #[arg(long)]
         queues: Option<u16>,
     },
+    /// Replace the VLANs a trunk port carries.
+    SetTrunk {
+        /// Port name.
+        name: String,
+        /// VLANs, e.g. 100,200-210.
+        #[arg(long, value_delimiter = ',', required = true)]
+        vlans: Vec<String>,
+        /// Native (untagged) VLAN.
+        #[arg(long)]
+        native_vlan: Option<u16>,
+    },
     /// Remove a port (succeeds when it is already gone).
     DelPort {
         /// Port name.
@@ -99,7 +110,7 @@ fn vlan_list(items: &[String]) -> Result<Vec<VlanRange>, String> {
         .iter()
         .map(|s| serde_json::from_value::<VlanRange>(serde_json::Value::String(s.clone())))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--trunk: {e}"))
+        .map_err(|e| format!("VLAN list: {e}"))
 }
 
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -167,6 +178,22 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                     "port {} ready (index {}, dpdk port {}, {})",
                     st.spec.name, st.index, st.dpdk_port, st.driver
                 );
+            }
+        }
+        Cmd::SetTrunk {
+            name,
+            vlans,
+            native_vlan,
+        } => {
+            let body = heddle_api::TrunkVlans {
+                vlans: vlan_list(vlans)?,
+                native_vlan: *native_vlan,
+            };
+            let st = client.set_trunk_vlans(name, &body)?;
+            if cli.json {
+                print_json(&st);
+            } else {
+                println!("port {} now {}", st.spec.name, mode_text(&st.spec.mode));
             }
         }
         Cmd::DelPort { name } => {
