@@ -12,6 +12,7 @@ pub mod controller;
 pub mod crd;
 pub mod embedded;
 pub mod ipam;
+pub mod node_agent;
 pub mod trunks;
 pub mod validation;
 pub mod vlan;

@@ -33,6 +33,18 @@ enum Command {
         #[arg(long, env = "HEDDLE_SYSTEM_NAMESPACE", default_value = "heddle-system")]
         system_namespace: String,
     },
+    /// On each node: make the switch's uplink trunks carry the VLANs the networks claimed.
+    NodeAgent {
+        /// This node's name (the DaemonSet passes spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// The node daemon's control socket.
+        #[arg(long, env = "HEDDLE_SOCKET", default_value = "/run/heddle/switch.sock")]
+        switch_socket: PathBuf,
+        /// Seconds between full resyncs.
+        #[arg(long, default_value = "30")]
+        resync_seconds: u64,
+    },
     /// Single-node mode: the allocators on a crash-safe local store.
     Embedded {
         /// Directory of the store (journal + snapshot).
@@ -99,6 +111,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(%system_namespace, "heddle-manager controllers starting");
                 heddle_manager::controller::run(client, system_namespace).await;
                 anyhow::Ok(())
+            })?;
+        }
+        Command::NodeAgent {
+            node,
+            switch_socket,
+            resync_seconds,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                tracing::info!(%node, "heddle-manager node agent starting");
+                heddle_manager::node_agent::run(
+                    client,
+                    node,
+                    heddle_api::Client::new(switch_socket),
+                    std::time::Duration::from_secs(resync_seconds.max(1)),
+                )
+                .await
             })?;
         }
         Command::Embedded {
