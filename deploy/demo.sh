@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Heddle local demo: the switch on its built-in config, three "pods" (network namespaces
-# running dpdk-testpmd with a virtio-user NIC) attached by heddle-cni as kubelet would, on
-# vhost-user ports; traffic between the two pods of VLAN 100 and none into the pod of
-# VLAN 200, live stats, then a clean teardown (CNI DEL, switch stop).
+# Heddle local demo: the switch on its built-in config, heddle-manager in embedded mode
+# assigning two networks their VLANs and the pods their addresses, three "pods" (network
+# namespaces running dpdk-testpmd with a virtio-user NIC) attached by heddle-cni as kubelet would, on
+# vhost-user ports; traffic between the two pods of network red and none into the pod of
+# network blue, live stats, then a clean teardown (CNI DEL, address release, switch stop).
 #
 # Usage (root, fresh Debian 12): ./deploy/demo.sh [seconds of traffic, default 10]
 set -euo pipefail
@@ -30,7 +31,11 @@ cleanup() {
     for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; done
     sleep 1
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    for p in "${PODS[@]}"; do set -- $p; cni DEL "$1" "$2" "$3" >/dev/null || echo "CNI DEL $1 failed"; done
+    for p in "${PODS[@]}"; do
+        set -- $p
+        cni DEL "$1" "$2" "$3" >/dev/null || echo "CNI DEL $1 failed"
+        mgr release "$4" "$1/net1" >/dev/null || echo "address release for $1 failed"
+    done
     if [ -n "${SWITCH_PID:-}" ]; then kill -TERM "$SWITCH_PID" 2>/dev/null; wait "$SWITCH_PID" 2>/dev/null; fi
     for pod in pod-a pod-b pod-c; do ip netns del "heddle-$pod" 2>/dev/null; done
     rm -rf "$RUN"
@@ -50,22 +55,39 @@ for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 [ -S "$SOCK" ] || { echo "heddle-switch did not start:"; cat "$LOG/switch.log"; exit 1; }
 ctl() { "$BIN/heddlectl" --socket "$SOCK" "$@"; }
 
+# The cluster brain in single-node (embedded) mode: two networks on one provider network;
+# heddle-manager assigns each a VLAN from the pool and addresses to the pods, on a
+# crash-safe local store.
+cat > "$RUN/networks.yaml" <<'YAML'
+providers:
+  physnet: {interface: uplink0, vlanPool: [{start: 100, end: 199}]}
+networks:
+  red: {kind: vhost-user, provider: physnet, ipv4: {cidr: 10.10.0.0/24, gateway: 10.10.0.1}}
+  blue: {kind: vhost-user, provider: physnet, ipv4: {cidr: 10.20.0.0/24, gateway: 10.20.0.1}}
+YAML
+mgr() { "$BIN/heddle-manager" embedded --store "$RUN/manager" --config "$RUN/networks.yaml" "$@"; }
+NETS=$(mgr show --json)
+vlan_of() { echo "$NETS" | jq -r --arg n "$1" '.[$n].vlan'; }
+RED=$(vlan_of red); BLUE=$(vlan_of blue)
+echo "heddle-manager (embedded): network red on VLAN $RED, network blue on VLAN $BLUE"
+
 # What kubelet (through Multus) does for a pod: CNI ADD with the network's config.
-cni() { # command pod vlan mac
-    printf '{"cniVersion":"1.1.0","name":"vlan%s","type":"heddle-cni","network":"vlan%s","kind":"vhost-user","vlan":%s,"mac":"%s","socketDir":"%s","switchSocket":"%s","stateDir":"%s"}' \
-        "$3" "$3" "$3" "$4" "$RUN/pods" "$SOCK" "$RUN/cni" |
+cni() { # command pod vlan mac [ip]
+    printf '{"cniVersion":"1.1.0","name":"vlan%s","type":"heddle-cni","network":"vlan%s","kind":"vhost-user","vlan":%s,"mac":"%s","socketDir":"%s","switchSocket":"%s","stateDir":"%s","runtimeConfig":{"ips":[%s]}}' \
+        "$3" "$3" "$3" "$4" "$RUN/pods" "$SOCK" "$RUN/cni" "${5:+\"$5\"}" |
         CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=/run/netns/heddle-$2 CNI_IFNAME=net1 \
         CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=$2" CNI_PATH=/usr/lib/cni "$BIN/heddle-cni"
 }
 declare -A SOCKS
-# pod name, VLAN, MAC
-PODS=("pod-a 100 02:00:00:00:01:0a" "pod-b 100 02:00:00:00:01:0b" "pod-c 200 02:00:00:00:02:0c")
+# pod name, network, VLAN, MAC
+PODS=("pod-a $RED 02:00:00:00:01:0a red" "pod-b $RED 02:00:00:00:01:0b red" "pod-c $BLUE 02:00:00:00:02:0c blue")
 for p in "${PODS[@]}"; do
     set -- $p
     ip netns add "heddle-$1"
-    result=$(cni ADD "$1" "$2" "$3")
+    ip=$(mgr allocate "$4" "$1/net1" | head -n 1)
+    result=$(cni ADD "$1" "$2" "$3" "$ip/24")
     SOCKS[$1]=$(echo "$result" | jq -r '.interfaces[] | select(.socketPath) | .socketPath')
-    echo "CNI ADD $1 (VLAN $2): vhost-user socket ${SOCKS[$1]}"
+    echo "CNI ADD $1 (network $4, VLAN $2, $(echo "$result" | jq -r '.ips[0].address')): vhost-user socket ${SOCKS[$1]}"
 done
 ctl ports
 
@@ -77,7 +99,7 @@ pod() { # name mac prefix args...
         --nb-cores 1 --total-num-mbufs 8192 --stats-period 5 "$@" >"$LOG/$name.log" 2>&1 &
     pids+=($!)
 }
-echo "== starting pods: pod-a and pod-b (VLAN 100) bounce frames to each other, pod-c (VLAN 200) listens"
+echo "== starting pods: pod-a and pod-b (red, VLAN $RED) bounce frames to each other, pod-c (blue, VLAN $BLUE) listens"
 pod pod-b 02:00:00:00:01:0b --forward-mode=mac --eth-peer=0,02:00:00:00:01:0a
 pod pod-c 02:00:00:00:02:0c --forward-mode=rxonly
 pod pod-a 02:00:00:00:01:0a --forward-mode=mac --eth-peer=0,02:00:00:00:01:0b --tx-first
@@ -90,9 +112,10 @@ ctl fdb
 stats=$(ctl --json stats)
 rx() { echo "$stats" | jq -r --arg p "cni/$1/net1" '.ports[] | select(.name==$p) | .tx_packets'; }
 b=$(rx pod-b); c=$(rx pod-c); a=$(rx pod-a)
-echo "== result: switch sent $b frames to pod-b and $a to pod-a (VLAN 100), $c to pod-c (VLAN 200)"
+echo "== result: switch sent $b frames to pod-b and $a to pod-a (red), $c to pod-c (blue)"
 if [ "$b" -gt 0 ] && [ "$a" -gt 0 ] && [ "$c" -eq 0 ]; then
-    echo "== OK: traffic flows inside VLAN 100 and nothing crosses into VLAN 200"
+    echo "== OK: traffic flows inside VLAN $RED and nothing crosses into VLAN $BLUE"
 else
-    echo "== FAILED: expected frames to pod-a and pod-b, none to pod-c; logs in $LOG"; trap - EXIT; cleanup; exit 1
+    echo "== FAILED: expected frames to pod-a and pod-b, none to pod-c; logs in $LOG"
+    trap - EXIT; cleanup; exit 1
 fi

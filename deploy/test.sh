@@ -13,4 +13,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --exclude heddle-tests
 # Integration tests start real DPDK processes on the two CPUs: one at a time.
 cargo build --workspace --bins
+deploy/scripts/podman-setup.sh   # podman + local busybox image for tests/tests/podman.rs
 cargo test -p heddle-tests -- --test-threads=1

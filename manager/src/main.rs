@@ -81,8 +81,12 @@ enum EmbeddedAction {
         /// Lease owner.
         owner: String,
     },
-    /// Print VLANs, counts and leases as YAML.
-    Show,
+    /// Print VLANs, counts and leases (YAML, or JSON with --json).
+    Show {
+        /// Print JSON (for scripts) instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -162,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{a}");
                     }
                 }
-                EmbeddedAction::Show => {
+                EmbeddedAction::Show { json } => {
                     let mut out = serde_json::Map::new();
                     for name in cfg.networks.keys() {
                         let ipam = store.network(name).expect("configured network");
@@ -176,7 +180,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             }),
                         );
                     }
-                    print!("{}", serde_yaml::to_string(&out)?);
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&out)?);
+                    } else {
+                        print!("{}", serde_yaml::to_string(&out)?);
+                    }
                 }
             }
         }

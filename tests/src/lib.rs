@@ -92,6 +92,7 @@
 pub mod cni;
 pub mod env;
 pub mod netns;
+pub mod podman;
 pub mod raw;
 pub mod stats;
 pub mod switch;
