@@ -19,6 +19,7 @@ PACKAGES=(
     coreutils       # stdbuf -oL, which the test harness wraps dpdk-testpmd in
     containernetworking-plugins  # host-local IPAM and the reference bridge plugin (CNI tests)
     iputils-ping    # ping between pods in the CNI tests
+    openssl curl    # the manager's webhook TLS test makes a certificate and posts a review
     "$@"
 )
 

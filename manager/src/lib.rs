@@ -16,3 +16,4 @@ pub mod node_agent;
 pub mod trunks;
 pub mod validation;
 pub mod vlan;
+pub mod webhook;

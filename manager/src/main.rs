@@ -33,6 +33,18 @@ enum Command {
         #[arg(long, env = "HEDDLE_SYSTEM_NAMESPACE", default_value = "heddle-system")]
         system_namespace: String,
     },
+    /// The validating admission webhook (HTTPS) for networks and provider networks.
+    Webhook {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// PEM certificate chain (the chart mounts the webhook Secret at /tls).
+        #[arg(long, default_value = "/tls/tls.crt")]
+        tls_cert: PathBuf,
+        /// PEM private key.
+        #[arg(long, default_value = "/tls/tls.key")]
+        tls_key: PathBuf,
+    },
     /// On each node: make the switch's uplink trunks carry the VLANs the networks claimed.
     NodeAgent {
         /// This node's name (the DaemonSet passes spec.nodeName).
@@ -115,6 +127,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!(%system_namespace, "heddle-manager controllers starting");
                 heddle_manager::controller::run(client, system_namespace).await;
                 anyhow::Ok(())
+            })?;
+        }
+        Command::Webhook {
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                heddle_manager::webhook::serve(Some(client), listen, &tls_cert, &tls_key).await
             })?;
         }
         Command::NodeAgent {
