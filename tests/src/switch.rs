@@ -113,6 +113,16 @@ impl SwitchProcess {
         Client::new(self.socket()).with_timeout(Duration::from_secs(10))
     }
 
+    /// The names of the switch's ports, in the daemon's order.
+    pub fn port_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .client()
+            .ports()?
+            .into_iter()
+            .map(|p| p.spec.name)
+            .collect())
+    }
+
     /// The daemon's output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

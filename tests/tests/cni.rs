@@ -58,15 +58,6 @@ fn leftovers(dir: &Path) -> Vec<String> {
     out
 }
 
-fn port_names(switch: &SwitchProcess) -> Result<Vec<String>> {
-    Ok(switch
-        .client()
-        .ports()?
-        .into_iter()
-        .map(|p| p.spec.name)
-        .collect())
-}
-
 #[test]
 fn vhost_user_and_memif_attachments_carry_traffic_and_del_twice_leaves_nothing() -> Result<()> {
     require_dpdk_peers(600)?;
@@ -136,9 +127,9 @@ fn vhost_user_and_memif_attachments_carry_traffic_and_del_twice_leaves_nothing()
         cni.ok("DEL", "pod-b", "net1", "", &conf_b)?;
     }
     ensure!(
-        port_names(&switch)?.is_empty(),
+        switch.port_names()?.is_empty(),
         "{:?}",
-        port_names(&switch)?
+        switch.port_names()?
     );
     ensure!(
         leftovers(dir.path()).is_empty(),
@@ -218,7 +209,7 @@ fn kernel_attachments_in_two_netns_ping_through_the_switch() -> Result<()> {
         !Path::new("/sys/class/net").join(&host1).exists(),
         "{host1} left"
     );
-    ensure!(port_names(&switch)?.is_empty());
+    ensure!(switch.port_names()?.is_empty());
     ensure!(
         leftovers(dir.path()).is_empty(),
         "{:?}",
@@ -277,12 +268,12 @@ fn twenty_concurrent_adds_then_dels_have_no_duplicates_or_leftovers() -> Result<
         let p = s.trim_matches('"');
         ensure!(std::fs::metadata(p).is_ok(), "socket {p} missing");
     }
-    ensure!(port_names(&switch)?.len() == n);
+    ensure!(switch.port_names()?.len() == n);
     run_all("DEL")?;
     ensure!(
-        port_names(&switch)?.is_empty(),
+        switch.port_names()?.is_empty(),
         "{:?}",
-        port_names(&switch)?
+        switch.port_names()?
     );
     ensure!(
         leftovers(dir.path()).is_empty(),
@@ -342,9 +333,9 @@ fn status_gc_and_daemon_down_through_the_binary() -> Result<()> {
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "g2", "ifname": "net1"}]);
     cni.ok("GC", "", "", "", &gc)?;
     ensure!(
-        port_names(&switch)? == vec!["cni/g2/net1".to_owned()],
+        switch.port_names()? == vec!["cni/g2/net1".to_owned()],
         "{:?}",
-        port_names(&switch)?
+        switch.port_names()?
     );
     cni.ok("DEL", "g2", "net1", "", &c)?;
     ensure!(
@@ -402,7 +393,7 @@ fn vhost_user_switch_as_client_reaches_a_pod_that_listens() -> Result<()> {
     gen.shutdown()?;
     cni.ok("DEL", "pod-c", "net1", "", &client)?;
     cni.ok("DEL", "pod-s", "net1", "", &server)?;
-    ensure!(port_names(&switch)?.is_empty());
+    ensure!(switch.port_names()?.is_empty());
     ensure!(
         leftovers(dir.path()).is_empty(),
         "{:?}",

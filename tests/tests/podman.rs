@@ -22,15 +22,6 @@ use heddle_tests::{
 };
 use serde_json::{json, Value};
 
-fn port_names(switch: &SwitchProcess) -> Result<Vec<String>> {
-    Ok(switch
-        .client()
-        .ports()?
-        .into_iter()
-        .map(|p| p.spec.name)
-        .collect())
-}
-
 /// The attachment records in heddle-cni's state directory.
 fn records(state: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(state)
@@ -115,7 +106,7 @@ fn podman_containers_on_a_heddle_kernel_network_ping_through_the_switch() -> Res
         "IPs {ip_a} {ip_b} not two distinct addresses of {subnet}"
     );
 
-    let ports = port_names(&switch)?;
+    let ports = switch.port_names()?;
     ensure!(
         ports.len() == 2 && ports.iter().all(|p| p.starts_with("cni/")),
         "switch ports: {ports:?}"
@@ -163,7 +154,7 @@ fn podman_containers_on_a_heddle_kernel_network_ping_through_the_switch() -> Res
     }
 
     containers.remove()?;
-    let ports = port_names(&switch)?;
+    let ports = switch.port_names()?;
     ensure!(ports.is_empty(), "switch ports left: {ports:?}");
     ensure!(
         records(&state).is_empty(),
@@ -191,7 +182,7 @@ fn podman_containers_on_a_heddle_kernel_network_ping_through_the_switch() -> Res
         percentile_ms(&heddle, 50.0),
         percentile_ms(&none, 50.0)
     );
-    let ports = port_names(&switch)?;
+    let ports = switch.port_names()?;
     ensure!(
         ports.is_empty(),
         "switch ports left after --rm runs: {ports:?}"

@@ -36,10 +36,6 @@ fn port_stats(s: &StatsReply) -> BTreeMap<String, heddle_api::PortStats> {
         .collect()
 }
 
-fn port_names(client: &heddle_api::Client) -> Result<Vec<String>> {
-    Ok(client.ports()?.into_iter().map(|p| p.spec.name).collect())
-}
-
 /// `|a - b| <= max(abs, a / 1000)`.
 fn close(a: u64, b: u64, abs: u64) -> bool {
     a.abs_diff(b) <= abs.max(a / 1000)
@@ -391,7 +387,7 @@ fn ports_added_through_the_api_survive_a_restart() -> Result<()> {
     let err = client.add_port(&bad_dev).unwrap_err().to_string();
     ensure!(err.contains("DPDK rejected devargs"), "{err}");
     ensure!(
-        port_names(&client)? == ["api-port", "api-trunk", "cfg"],
+        switch.port_names()? == ["api-port", "api-trunk", "cfg"],
         "failed adds must leave nothing"
     );
 
@@ -442,7 +438,7 @@ fn ports_added_through_the_api_survive_a_restart() -> Result<()> {
     ensure!(!switch.client().remove_port("api-port")?.removed);
     drop(switch);
     let switch = SwitchProcess::start(dir.path(), &yaml)?;
-    ensure!(port_names(&switch.client())? == ["api-trunk", "cfg"]);
+    ensure!(switch.port_names()? == ["api-trunk", "cfg"]);
     Ok(())
 }
 
