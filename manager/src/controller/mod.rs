@@ -155,16 +155,7 @@ pub async fn reconcile_network(
         target.namespace.as_deref().unwrap_or("default"),
     );
     reconcile_target(target, &ctx, |name, patch| {
-        let api = api.clone();
-        async move {
-            api.patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
-            .map(|_| ())
-        }
+        apply_status(api.clone(), name, patch)
     })
     .await
 }
@@ -189,18 +180,27 @@ pub async fn reconcile_cluster_network(
     };
     let api: Api<ClusterNetwork> = Api::all(ctx.client.clone());
     reconcile_target(target, &ctx, |name, patch| {
-        let api = api.clone();
-        async move {
-            api.patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
-            .map(|_| ())
-        }
+        apply_status(api.clone(), name, patch)
     })
     .await
+}
+
+/// Writes a network's status by server-side apply (either network kind).
+async fn apply_status<K>(
+    api: Api<K>,
+    name: String,
+    patch: serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 async fn reconcile_target<F, Fut>(

@@ -267,8 +267,8 @@ impl AddressPool {
         }
     }
 
-    /// Take a specific address (a static request).
-    pub fn allocate_specific(&mut self, addr: IpAddr) -> Result<(), IpamError> {
+    /// The bitmap index of `addr`, if it is in the pool and not reserved (gateway, exclusion).
+    fn assignable_index(&self, addr: IpAddr) -> Result<u64, IpamError> {
         let i = self.index_of(addr).ok_or_else(|| IpamError::NotInPool {
             address: addr,
             cidr: self.config.cidr.to_string(),
@@ -276,6 +276,12 @@ impl AddressPool {
         if self.is_reserved(i) {
             return Err(IpamError::Reserved { address: addr });
         }
+        Ok(i)
+    }
+
+    /// Take a specific address (a static request).
+    pub fn allocate_specific(&mut self, addr: IpAddr) -> Result<(), IpamError> {
+        let i = self.assignable_index(addr)?;
         if !self.bitmap.set(i) {
             return Err(IpamError::InUse { address: addr });
         }
@@ -284,13 +290,7 @@ impl AddressPool {
 
     /// Give an address back. Releasing a free or reserved address is an error.
     pub fn release(&mut self, addr: IpAddr) -> Result<(), IpamError> {
-        let i = self.index_of(addr).ok_or_else(|| IpamError::NotInPool {
-            address: addr,
-            cidr: self.config.cidr.to_string(),
-        })?;
-        if self.is_reserved(i) {
-            return Err(IpamError::Reserved { address: addr });
-        }
+        let i = self.assignable_index(addr)?;
         if !self.bitmap.clear(i) {
             return Err(IpamError::NotAllocated { address: addr });
         }
