@@ -4,3 +4,4 @@
 pub mod daemon;
 pub mod dpdk;
 pub mod switch;
+pub mod vhost;
