@@ -1,0 +1,1 @@
+//! Guest memory table (to be filled).

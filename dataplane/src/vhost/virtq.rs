@@ -1,0 +1,1 @@
+//! Split virtqueue fast path (to be filled).
