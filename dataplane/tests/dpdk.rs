@@ -93,7 +93,7 @@ fn eal_mempool_mbuf_ethport_and_io_work_together() {
     )
     .expect("start");
     let mut paths = empty_paths();
-    paths[3] = Some(PortPath {
+    paths[3] = Some(PortPath::Eth {
         eth: port.id(),
         txq: 0,
         tx_lock: None,

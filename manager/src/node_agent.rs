@@ -200,7 +200,7 @@ mod tests {
                 queues: None,
             },
             index: 0,
-            dpdk_port: 0,
+            dpdk_port: Some(0),
             driver: "net_null".into(),
             link_up: true,
             rx_queues: 1,

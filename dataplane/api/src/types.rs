@@ -196,8 +196,9 @@ pub struct PortStatus {
     pub spec: PortSpec,
     /// Index in the switch's port table.
     pub index: u16,
-    /// DPDK ethdev port id.
-    pub dpdk_port: u16,
+    /// DPDK ethdev port id; none for native vhost-user ports, which are not ethdevs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk_port: Option<u16>,
     /// Driver name.
     pub driver: String,
     /// Link up.
@@ -228,6 +229,36 @@ pub struct PortStats {
     pub drops: BTreeMap<String, u64>,
     /// The device's own counters (`rte_eth_stats`): misses and errors below the switch.
     pub device: DeviceStats,
+    /// Native vhost-user ports: the connection and the rings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<VhostStats>,
+}
+
+/// What a native vhost-user port saw of its frontend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostStats {
+    /// A frontend is connected now.
+    pub connected: bool,
+    /// Queue pairs offered.
+    pub queue_pairs: u16,
+    /// Connections made or accepted.
+    pub connects: u64,
+    /// Connections ended.
+    pub disconnects: u64,
+    /// Protocol messages refused or malformed.
+    pub protocol_errors: u64,
+    /// Descriptor chains returned with length 0 because they were malformed.
+    pub bad_chains: u64,
+    /// Guest frames larger than a switch buffer.
+    pub oversize: u64,
+    /// Guest frames left waiting because the buffer pool was empty.
+    pub no_mbufs: u64,
+    /// Frames the guest had no receive buffers for.
+    pub no_guest_buffers: u64,
+    /// Interrupts sent to the guest.
+    pub interrupts: u64,
+    /// Rings the switch stopped using because the guest broke them.
+    pub broken_rings: u64,
 }
 
 /// `rte_eth_stats` of a port.

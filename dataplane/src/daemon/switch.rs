@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use heddle_api::{
     parse_mac, FdbEntry, FdbStats, MacText, PmdStats, PortMode as ApiMode, PortOrigin, PortSpec,
@@ -18,6 +18,7 @@ use crate::dpdk::{Eal, EthPort, Mempool, PortInfo, QueueConfig};
 use crate::switch::config::{PortMode, Snapshot, SwitchPort};
 use crate::switch::io::{PortIndex, MAX_PORTS};
 use crate::switch::vlan::{Vlan, VlanSet};
+use crate::vhost::port::{clear_stale_socket, VhostConfig, VhostPort, MAX_SOCKET_PATH};
 
 /// Why a port request was refused. The HTTP layer maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +43,40 @@ pub enum PortError {
     Store(String),
 }
 
+/// What moves a port's packets.
+enum Device {
+    /// A DPDK ethdev (NIC, VF, `net_vhost`, `net_memif`, `net_af_packet`, ...).
+    Eth {
+        info: PortInfo,
+        queues: QueueConfig,
+        tx_lock: Option<Arc<TxLock>>,
+        eth: EthPort,
+    },
+    /// A native vhost-user port (not an ethdev).
+    Vhost(VhostPort),
+}
+
+impl Device {
+    fn rx_queues(&self) -> u16 {
+        match self {
+            Device::Eth { queues, .. } => queues.rx_queues,
+            Device::Vhost(v) => v.config().pairs,
+        }
+    }
+
+    fn is_ethdev(&self) -> bool {
+        matches!(self, Device::Eth { .. })
+    }
+}
+
 struct PortEntry {
     spec: PortSpec,
     origin: PortOrigin,
     index: PortIndex,
-    info: PortInfo,
-    queues: QueueConfig,
-    tx_lock: Option<Arc<TxLock>>,
     /// (worker, rx queue) pairs.
     rx_assign: Vec<(usize, u16)>,
     /// Declared after everything the workers might still use; dropped last.
-    eth: EthPort,
+    device: Device,
 }
 
 /// A PMD worker's placement.
@@ -109,7 +133,7 @@ fn switch_mode(spec: &PortSpec) -> Result<PortMode, PortError> {
     })
 }
 
-/// A vhost-user server socket left behind by a switch that was killed makes DPDK's bind
+/// A `net_vhost` server socket left behind by a switch that was killed makes DPDK's bind
 /// fail. Removes it when nothing listens on it; refuses when something does.
 fn clear_stale_vhost_socket(devargs: &str) -> Result<(), PortError> {
     let mut parts = devargs.split(',');
@@ -129,36 +153,38 @@ fn clear_stale_vhost_socket(devargs: &str) -> Result<(), PortError> {
     let Some(path) = iface.filter(|_| !client) else {
         return Ok(());
     };
-    if path.as_os_str().len() > 107 {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(PortError::Invalid(format!(
-            "vhost-user socket path {} is {} bytes, over the 107-byte limit of a Unix socket path: use a shorter directory",
+            "vhost-user socket path {} is {} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
             path.display(),
             path.as_os_str().len()
         )));
     }
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(&path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                return Err(PortError::Conflict(format!(
-                    "vhost-user socket {} is in use by another process: stop it or choose another iface path",
-                    path.display()
-                )));
-            }
-            std::fs::remove_file(&path).map_err(|e| {
-                PortError::Device(format!(
-                    "cannot remove stale socket {}: {e}",
-                    path.display()
-                ))
-            })?;
-            tracing::info!(socket = %path.display(), "removed a stale vhost-user socket");
-            Ok(())
+    clear_stale_socket(&path).map_err(|e| {
+        if e.contains("in use") || e.contains("not a socket") {
+            PortError::Conflict(e)
+        } else {
+            PortError::Device(e)
         }
-        Ok(_) => Err(PortError::Conflict(format!(
-            "{} exists and is not a socket: choose another iface path for the vhost-user port",
-            path.display()
-        ))),
-        Err(_) => Ok(()),
+    })
+}
+
+fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
+    let r = &v.rings().counters;
+    let l = v.link();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    heddle_api::VhostStats {
+        connected: l.connected.load(Ordering::Relaxed),
+        queue_pairs: v.config().pairs,
+        connects: get(&l.connects),
+        disconnects: get(&l.disconnects),
+        protocol_errors: get(&l.protocol_errors),
+        bad_chains: get(&r.bad_chains),
+        oversize: get(&r.oversize),
+        no_mbufs: get(&r.no_mbufs),
+        no_guest_buffers: get(&r.no_guest_buffers),
+        interrupts: get(&r.interrupts),
+        broken_rings: get(&r.broken_rings),
     }
 }
 
@@ -246,27 +272,27 @@ impl SwitchCtl {
                     "the switch holds {MAX_PORTS} ports already: remove one first"
                 ))
             })?;
-        // Every port is a DPDK ethdev today, and this DPDK build has a fixed ethdev table.
-        let ethdev_limit = dpdk_sys::RTE_MAX_ETHPORTS as usize;
-        if self.ports.len() >= ethdev_limit {
-            return Err(PortError::Full(format!(
-                "this DPDK build allows {ethdev_limit} ethdev ports (RTE_MAX_ETHPORTS) and all are in use: remove a port first"
-            )));
-        }
-
-        clear_stale_vhost_socket(&spec.devargs)?;
-        let mut eth =
-            EthPort::probe(&spec.devargs).map_err(|e| PortError::Device(e.to_string()))?;
-        let info = eth.info().map_err(|e| PortError::Device(e.to_string()))?;
-        let nworkers = self.workers.len() as u16;
-        let queues = QueueConfig {
-            rx_queues: spec.queues.unwrap_or(1).min(info.max_rx_queues.max(1)),
-            tx_queues: nworkers.min(info.max_tx_queues.max(1)),
-            rx_ring: self.rings.0,
-            tx_ring: self.rings.1,
+        let device = if VhostConfig::is_native(&spec.devargs) {
+            let config =
+                VhostConfig::parse(&spec.devargs, spec.queues).map_err(PortError::Invalid)?;
+            let shared = self.shared.clone();
+            let port = VhostPort::start(
+                &spec.name,
+                config,
+                self.workers.len(),
+                Arc::new(move || shared.synchronize()),
+            )
+            .map_err(|e| {
+                if e.contains("in use") || e.contains("not a socket") {
+                    PortError::Conflict(e)
+                } else {
+                    PortError::Device(e)
+                }
+            })?;
+            Device::Vhost(port)
+        } else {
+            self.start_ethdev(&spec)?
         };
-        eth.start(queues, &self.pool)
-            .map_err(|e| PortError::Device(e.to_string()))?;
 
         // Spread RX queues over the least-loaded workers.
         let mut load: Vec<usize> = (0..self.workers.len())
@@ -278,21 +304,17 @@ impl SwitchCtl {
             })
             .collect();
         let mut rx_assign = Vec::new();
-        for q in 0..queues.rx_queues {
+        for q in 0..device.rx_queues() {
             let w = (0..load.len()).min_by_key(|w| load[*w]).unwrap_or(0);
             load[w] += 1;
             rx_assign.push((w, q));
         }
-        let tx_lock = (queues.tx_queues < nworkers).then(|| Arc::new(TxLock::default()));
         let entry = PortEntry {
             spec: spec.clone(),
             origin,
             index,
-            info,
-            queues,
-            tx_lock,
             rx_assign,
-            eth,
+            device,
         };
         let status = self.status(&entry);
         if let (Some(mac), PortMode::Access { vlan }) =
@@ -311,6 +333,37 @@ impl SwitchCtl {
         }
         tracing::info!(port = %spec.name, index, devargs = %spec.devargs, "port added");
         Ok(status)
+    }
+
+    /// Probes and starts a DPDK ethdev port.
+    fn start_ethdev(&self, spec: &PortSpec) -> Result<Device, PortError> {
+        // This DPDK build has a fixed ethdev table.
+        let ethdev_limit = dpdk_sys::RTE_MAX_ETHPORTS as usize;
+        if self.ports.values().filter(|p| p.device.is_ethdev()).count() >= ethdev_limit {
+            return Err(PortError::Full(format!(
+                "this DPDK build allows {ethdev_limit} ethdev ports (RTE_MAX_ETHPORTS) and all are in use: remove a port first, or use native vhost-user ports (devargs vhost-user...), which are not ethdevs"
+            )));
+        }
+        clear_stale_vhost_socket(&spec.devargs)?;
+        let mut eth =
+            EthPort::probe(&spec.devargs).map_err(|e| PortError::Device(e.to_string()))?;
+        let info = eth.info().map_err(|e| PortError::Device(e.to_string()))?;
+        let nworkers = self.workers.len() as u16;
+        let queues = QueueConfig {
+            rx_queues: spec.queues.unwrap_or(1).min(info.max_rx_queues.max(1)),
+            tx_queues: nworkers.min(info.max_tx_queues.max(1)),
+            rx_ring: self.rings.0,
+            tx_ring: self.rings.1,
+        };
+        eth.start(queues, &self.pool)
+            .map_err(|e| PortError::Device(e.to_string()))?;
+        let tx_lock = (queues.tx_queues < nworkers).then(|| Arc::new(TxLock::default()));
+        Ok(Device::Eth {
+            info,
+            queues,
+            tx_lock,
+            eth,
+        })
     }
 
     /// Replaces the VLAN set of a trunk port under running traffic. Entries the port had
@@ -421,10 +474,21 @@ impl SwitchCtl {
                 mode: switch_mode(&p.spec).expect("validated when the port was added"),
             });
             for (w, table) in paths.iter_mut().enumerate() {
-                table[p.index as usize] = Some(PortPath {
-                    eth: p.eth.id(),
-                    txq: (w as u16) % p.queues.tx_queues,
-                    tx_lock: p.tx_lock.clone(),
+                table[p.index as usize] = Some(match &p.device {
+                    Device::Eth {
+                        eth,
+                        queues,
+                        tx_lock,
+                        ..
+                    } => PortPath::Eth {
+                        eth: eth.id(),
+                        txq: (w as u16) % queues.tx_queues,
+                        tx_lock: tx_lock.clone(),
+                    },
+                    Device::Vhost(v) => PortPath::Vhost {
+                        rings: v.rings().clone(),
+                        pair: (w as u16) % v.config().pairs,
+                    },
                 });
             }
             for &(w, q) in &p.rx_assign {
@@ -437,43 +501,33 @@ impl SwitchCtl {
             rx,
         };
         self.shared.current.store(Arc::new(dp));
-        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.wait_quiescent(generation);
-    }
-
-    fn wait_quiescent(&self, generation: u64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (w, seen) in self.shared.seen.iter().enumerate() {
-            loop {
-                let s = seen.0.load(Ordering::Acquire);
-                // u64::MAX: the worker has stopped (or not started: it reads the newest
-                // generation when it does).
-                if s >= generation {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    tracing::error!(
-                        worker = w,
-                        generation,
-                        "PMD worker did not pick up the new configuration in 5 s"
-                    );
-                    break;
-                }
-                std::thread::yield_now();
-            }
-        }
+        self.shared.synchronize();
     }
 
     fn status(&self, p: &PortEntry) -> PortStatus {
-        PortStatus {
-            spec: p.spec.clone(),
-            index: p.index,
-            dpdk_port: p.eth.id(),
-            driver: p.info.driver.clone(),
-            link_up: p.eth.link().up,
-            rx_queues: p.queues.rx_queues,
-            tx_queues: p.queues.tx_queues,
-            origin: p.origin,
+        match &p.device {
+            Device::Eth {
+                info, queues, eth, ..
+            } => PortStatus {
+                spec: p.spec.clone(),
+                index: p.index,
+                dpdk_port: Some(eth.id()),
+                driver: info.driver.clone(),
+                link_up: eth.link().up,
+                rx_queues: queues.rx_queues,
+                tx_queues: queues.tx_queues,
+                origin: p.origin,
+            },
+            Device::Vhost(v) => PortStatus {
+                spec: p.spec.clone(),
+                index: p.index,
+                dpdk_port: None,
+                driver: "vhost-user".to_owned(),
+                link_up: v.is_up(),
+                rx_queues: v.config().pairs,
+                tx_queues: v.config().pairs,
+                origin: p.origin,
+            },
         }
     }
 
@@ -499,7 +553,36 @@ impl SwitchCtl {
         let mut ports = Vec::new();
         for p in self.ports.values() {
             let sum = crate::switch::counters::sum_port(&self.shared.counters, p.index);
-            let dev = p.eth.stats().unwrap_or_default();
+            let (device, vhost) = match &p.device {
+                Device::Eth { eth, .. } => {
+                    let dev = eth.stats().unwrap_or_default();
+                    (
+                        heddle_api::DeviceStats {
+                            ipackets: dev.ipackets,
+                            opackets: dev.opackets,
+                            imissed: dev.imissed,
+                            ierrors: dev.ierrors,
+                            oerrors: dev.oerrors,
+                            rx_nombuf: dev.rx_nombuf,
+                        },
+                        None,
+                    )
+                }
+                Device::Vhost(v) => {
+                    let st = vhost_stats(v);
+                    (
+                        heddle_api::DeviceStats {
+                            ipackets: sum.rx_packets,
+                            opackets: sum.tx_packets,
+                            imissed: st.no_mbufs,
+                            ierrors: st.bad_chains + st.oversize,
+                            oerrors: st.no_guest_buffers,
+                            rx_nombuf: st.no_mbufs,
+                        },
+                        Some(st),
+                    )
+                }
+            };
             ports.push(PortStats {
                 name: p.spec.name.clone(),
                 rx_packets: sum.rx_packets,
@@ -510,14 +593,8 @@ impl SwitchCtl {
                     .drops_by_name()
                     .map(|(k, v)| (k.to_owned(), v))
                     .collect(),
-                device: heddle_api::DeviceStats {
-                    ipackets: dev.ipackets,
-                    opackets: dev.opackets,
-                    imissed: dev.imissed,
-                    ierrors: dev.ierrors,
-                    oerrors: dev.oerrors,
-                    rx_nombuf: dev.rx_nombuf,
-                },
+                device,
+                vhost,
             });
         }
         let pmd = self

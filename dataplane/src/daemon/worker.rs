@@ -54,6 +54,34 @@ pub struct Shared {
     pub counters: Vec<Arc<WorkerCounters>>,
 }
 
+impl Shared {
+    /// Waits until every running worker has started a poll iteration after this call
+    /// (RCU's `synchronize`): nothing they loaded before it can still be in use. Workers
+    /// that have stopped, or not started, count as quiescent.
+    pub fn synchronize(&self) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for (w, seen) in self.seen.iter().enumerate() {
+            loop {
+                // u64::MAX: the worker has stopped (or not started: it reads the newest
+                // generation when it does).
+                if seen.0.load(Ordering::Acquire) >= generation {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    tracing::error!(
+                        worker = w,
+                        generation,
+                        "PMD worker did not reach a quiescent state in 5 s"
+                    );
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 /// Runs one PMD worker until `shared.stop` is set. Returns 0 (the lcore's exit code).
 pub fn run(worker: usize, shared: Arc<Shared>, pool: Arc<Mempool>) -> i32 {
     let counters = shared.counters[worker].clone();

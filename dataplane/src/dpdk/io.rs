@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use super::{Mbuf, Mempool};
 use crate::switch::io::{Burst, PacketIo, PortIndex, MAX_PORTS};
+use crate::vhost::ring::PortRings;
+use crate::vhost::virtq::RxPool;
 
 /// Spin lock for a TX queue shared between workers. Uncontended it is one atomic swap.
 #[derive(Debug, Default)]
 pub struct TxLock(AtomicBool);
 
 impl TxLock {
+    /// Spins until the lock is taken.
     #[inline]
-    fn lock(&self) {
+    pub fn lock(&self) {
         while self
             .0
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -26,22 +29,33 @@ impl TxLock {
         }
     }
 
+    /// Releases the lock.
     #[inline]
-    fn unlock(&self) {
+    pub fn unlock(&self) {
         self.0.store(false, Ordering::Release);
     }
 }
 
-/// How one worker reaches one port: the ethdev id and its TX queue, with the lock to take
-/// when that queue is shared.
-#[derive(Debug, Clone)]
-pub struct PortPath {
-    /// DPDK port id.
-    pub eth: u16,
-    /// This worker's TX queue on the port.
-    pub txq: u16,
-    /// Present when other workers transmit on the same queue.
-    pub tx_lock: Option<Arc<TxLock>>,
+/// How one worker reaches one port.
+#[derive(Clone)]
+pub enum PortPath {
+    /// A DPDK ethdev: its id and this worker's TX queue, with the lock to take when that
+    /// queue is shared.
+    Eth {
+        /// DPDK port id.
+        eth: u16,
+        /// This worker's TX queue on the port.
+        txq: u16,
+        /// Present when other workers transmit on the same queue.
+        tx_lock: Option<Arc<TxLock>>,
+    },
+    /// A native vhost-user port: its rings, and the queue pair this worker transmits on.
+    Vhost {
+        /// The port's vrings.
+        rings: Arc<PortRings>,
+        /// This worker's queue pair for transmitting into the guest.
+        pair: u16,
+    },
 }
 
 /// The per-worker table of port paths, indexed by [`PortIndex`]. Built by the control plane
@@ -76,8 +90,13 @@ impl PacketIo for DpdkIo {
 
     #[inline]
     fn rx_burst(&mut self, port: PortIndex, queue: u16, out: &mut Burst<Mbuf>) {
-        let Some(Some(path)) = self.paths.get(port as usize) else {
-            return;
+        let eth = match self.paths.get(port as usize) {
+            Some(Some(PortPath::Eth { eth, .. })) => *eth,
+            Some(Some(PortPath::Vhost { rings, .. })) => {
+                rings.rx_burst(queue, &mut MbufPool(&self.pool), out);
+                return;
+            }
+            _ => return,
         };
         let room = out.room() as u16;
         let have = out.len();
@@ -87,7 +106,7 @@ impl PacketIo for DpdkIo {
         // past this snapshot (the control plane waits for that before stopping a port).
         let n = unsafe {
             dpdk_sys::heddle_rte_eth_rx_burst(
-                path.eth,
+                eth,
                 queue,
                 out.as_mut_ptr().add(have).cast::<*mut dpdk_sys::rte_mbuf>(),
                 room,
@@ -104,8 +123,17 @@ impl PacketIo for DpdkIo {
             return 0;
         }
         let sent = match self.paths.get(port as usize) {
-            Some(Some(path)) => {
-                if let Some(lock) = &path.tx_lock {
+            Some(Some(PortPath::Vhost { rings, pair })) => {
+                let sent = rings.tx_burst(*pair, burst.as_slice());
+                // Vhost copies into guest buffers: every mbuf is done with.
+                Mbuf::free_bulk(burst.as_mut_slice());
+                // SAFETY: every mbuf of the burst was freed just above; it is emptied
+                // without dropping any.
+                unsafe { burst.set_len(0) };
+                return sent;
+            }
+            Some(Some(PortPath::Eth { eth, txq, tx_lock })) => {
+                if let Some(lock) = tx_lock {
                     lock.lock();
                 }
                 // SAFETY: the burst's first `len` slots are owned mbufs laid out as an
@@ -113,13 +141,13 @@ impl PacketIo for DpdkIo {
                 // queue is this worker's own, or the lock above serialises it.
                 let sent = unsafe {
                     dpdk_sys::heddle_rte_eth_tx_burst(
-                        path.eth,
-                        path.txq,
+                        *eth,
+                        *txq,
                         burst.as_mut_ptr().cast::<*mut dpdk_sys::rte_mbuf>(),
                         len as u16,
                     )
                 } as usize;
-                if let Some(lock) = &path.tx_lock {
+                if let Some(lock) = tx_lock {
                     lock.unlock();
                 }
                 sent
@@ -137,5 +165,29 @@ impl PacketIo for DpdkIo {
     #[inline]
     fn copy(&mut self, pkt: &Mbuf) -> Option<Mbuf> {
         pkt.copy(&self.pool)
+    }
+}
+
+/// Guest TX frames land in mbufs from the worker's pool.
+struct MbufPool<'a>(&'a Mempool);
+
+impl RxPool for MbufPool<'_> {
+    type Pkt = Mbuf;
+
+    #[inline]
+    fn alloc(&mut self, len: usize) -> Option<Mbuf> {
+        let len = u16::try_from(len).ok()?;
+        let raw = Mbuf::alloc(self.0)?.into_raw();
+        // SAFETY: `raw` is a fresh mbuf we own; append returns null (checked) or extends its
+        // single segment by `len` bytes inside the data room.
+        let dst = unsafe { dpdk_sys::heddle_rte_pktmbuf_append(raw.as_ptr(), len) };
+        // SAFETY: `raw` came from `into_raw` just above and nothing else owns it.
+        let m = unsafe { Mbuf::from_raw(raw) };
+        (!dst.is_null()).then_some(m)
+    }
+
+    fn max_len(&self) -> usize {
+        // The daemon's pools have 2176-byte data rooms with 128 bytes of headroom.
+        2048
     }
 }

@@ -9,5 +9,9 @@
 //!   connection, publishing ring setups to the PMD workers without a lock on their side.
 //! - `port`: a port's socket in server or client role, with reconnect.
 
+pub mod device;
+pub mod fuzz;
 pub mod memory;
+pub mod port;
+pub mod ring;
 pub mod virtq;

@@ -130,7 +130,8 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                         "{:<20} {:>5} {:>5} {:<12} {:<16} {:<18} {:<5} {}",
                         p.spec.name,
                         p.index,
-                        p.dpdk_port,
+                        p.dpdk_port
+                            .map_or_else(|| "-".to_owned(), |d| d.to_string()),
                         p.driver,
                         mode_text(&p.spec.mode),
                         p.spec.mac.as_deref().unwrap_or("-"),
@@ -175,8 +176,13 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                 print_json(&st);
             } else {
                 println!(
-                    "port {} ready (index {}, dpdk port {}, {})",
-                    st.spec.name, st.index, st.dpdk_port, st.driver
+                    "port {} ready (index {}, {})",
+                    st.spec.name,
+                    st.index,
+                    match st.dpdk_port {
+                        Some(d) => format!("dpdk port {d}, {}", st.driver),
+                        None => st.driver.clone(),
+                    }
                 );
             }
         }

@@ -1,0 +1,499 @@
+//! The vhost-user device: what one frontend connection negotiates, and when each of its
+//! vrings starts and stops running on the PMD workers.
+//!
+//! The `vhost` crate reads, validates and answers the protocol messages; this type keeps the
+//! device state behind them (features, memory table, vring setups) and turns it into
+//! [`ActiveRing`]s installed in the port's [`PortRings`]. A vring runs when the memory
+//! table, its size and addresses, its kick and (with `VHOST_USER_F_PROTOCOL_FEATURES`) its
+//! `SET_VRING_ENABLE` are all in place; it stops on `GET_VRING_BASE`, on a new memory table
+//! (and restarts against the new one), on disable, on reset and on disconnect.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVirtioFeatures,
+    VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{Backend, Error, GpuBackend, VhostUserBackendReqHandlerMut};
+use vhost::VhostUserMemoryRegionBase;
+
+use super::memory::{GuestMemory, RegionSpec};
+use super::ring::{ActiveRing, PortRings};
+use super::virtq::{feature, RingAddrs, SplitQueue};
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Virtio features offered to the frontend.
+pub const VIRTIO_FEATURES: u64 = feature::VERSION_1
+    | feature::MRG_RXBUF
+    | feature::INDIRECT_DESC
+    | feature::EVENT_IDX
+    | feature::IN_ORDER
+    | VIRTIO_NET_F_MQ
+    | VHOST_USER_F_PROTOCOL_FEATURES;
+
+/// `VIRTIO_NET_F_MQ`: several queue pairs.
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Largest ring the switch accepts (the virtio maximum for split rings).
+const MAX_RING: u32 = 32768;
+
+/// Waits until no PMD worker can still hold a ring taken out of a slot.
+pub type Quiesce = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct Vring {
+    size: u16,
+    addrs: Option<RingAddrs>,
+    base: u16,
+    kicked: bool,
+    /// Kept open so the frontend's kicks do not fail; the switch polls instead of reading it.
+    _kick: Option<File>,
+    call: Option<File>,
+    enabled: bool,
+    running: bool,
+}
+
+/// The device state behind one vhost-user connection.
+pub struct VhostDevice {
+    name: String,
+    rings: Arc<PortRings>,
+    quiesce: Quiesce,
+    features: u64,
+    protocol: u64,
+    mem: Option<Arc<GuestMemory>>,
+    vrings: Vec<Vring>,
+}
+
+fn invalid(what: &'static str) -> Error {
+    Error::InvalidOperation(what)
+}
+
+impl VhostDevice {
+    /// A device for port `name`, installing its rings in `rings`.
+    pub fn new(name: String, rings: Arc<PortRings>, quiesce: Quiesce) -> VhostDevice {
+        let n = 2 * usize::from(rings.pairs());
+        VhostDevice {
+            name,
+            rings,
+            quiesce,
+            features: 0,
+            protocol: 0,
+            mem: None,
+            vrings: (0..n).map(|_| Vring::default()).collect(),
+        }
+    }
+
+    fn vring(&mut self, index: u32) -> Result<&mut Vring> {
+        self.vrings
+            .get_mut(index as usize)
+            .ok_or(Error::InvalidParam)
+    }
+
+    fn protocol_negotiated(&self) -> bool {
+        self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0
+    }
+
+    /// Stops vring `i` if it runs: takes it from the workers, waits for them, and keeps its
+    /// next avail index as the base to resume from.
+    fn stop(&mut self, i: usize) {
+        if !self.vrings[i].running {
+            return;
+        }
+        self.vrings[i].running = false;
+        let taken = self.rings.slot(i).and_then(|s| s.take());
+        (self.quiesce)();
+        if let Some(ring) = taken {
+            self.vrings[i].base = ring.queue.last_avail_idx();
+            // Dropped here, on this thread: the memory is unmapped when the last ring and
+            // the device let go of it.
+            drop(ring);
+        }
+        self.update_up();
+    }
+
+    fn stop_all(&mut self) {
+        // Take every ring first and wait once, not once per ring.
+        let mut taken = Vec::new();
+        for (i, v) in self.vrings.iter_mut().enumerate() {
+            if v.running {
+                v.running = false;
+                taken.push((i, self.rings.slot(i).and_then(|s| s.take())));
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        (self.quiesce)();
+        for (i, ring) in taken {
+            if let Some(ring) = ring {
+                self.vrings[i].base = ring.queue.last_avail_idx();
+            }
+        }
+        self.update_up();
+    }
+
+    /// Starts vring `i` when everything it needs is in place.
+    fn refresh(&mut self, i: usize) {
+        let negotiated = self.protocol_negotiated();
+        let v = &self.vrings[i];
+        let ready = v.addrs.is_some()
+            && v.size != 0
+            && v.kicked
+            && (v.enabled || !negotiated)
+            && self.mem.is_some();
+        if !ready {
+            self.stop(i);
+            return;
+        }
+        if v.running {
+            return;
+        }
+        let (Some(mem), Some(addrs)) = (self.mem.clone(), v.addrs) else {
+            return;
+        };
+        let mut queue = match SplitQueue::new(&mem, &addrs, v.base, self.features) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(port = %self.name, vring = i, error = %e, "vring refused");
+                self.rings
+                    .counters
+                    .broken_rings
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        queue.suppress_notifications();
+        let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
+        let ring = Box::new(ActiveRing { queue, mem, call });
+        if let Some(slot) = self.rings.slot(i) {
+            if let Some(old) = slot.install(ring) {
+                // Not expected (a running ring is stopped before it is rebuilt), but never
+                // free a ring a worker may hold.
+                (self.quiesce)();
+                drop(old);
+            }
+            self.vrings[i].running = true;
+            tracing::debug!(port = %self.name, vring = i, base = self.vrings[i].base, "vring running");
+        }
+        self.update_up();
+    }
+
+    fn refresh_all(&mut self) {
+        for i in 0..self.vrings.len() {
+            self.refresh(i);
+        }
+    }
+
+    fn update_up(&self) {
+        let up = self.vrings.iter().any(|v| v.running);
+        self.rings
+            .up
+            .store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Forgets everything the frontend set up (disconnect, `RESET_OWNER`).
+    pub fn reset(&mut self) {
+        self.stop_all();
+        for v in &mut self.vrings {
+            *v = Vring::default();
+        }
+        self.mem = None;
+        self.features = 0;
+        self.protocol = 0;
+        self.update_up();
+    }
+
+    /// Queue pairs whose two vrings run.
+    pub fn running_pairs(&self) -> u16 {
+        self.vrings
+            .chunks(2)
+            .filter(|p| p.iter().all(|v| v.running))
+            .count() as u16
+    }
+}
+
+impl Drop for VhostDevice {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for VhostDevice {
+    fn set_owner(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> Result<()> {
+        self.reset();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> Result<()> {
+        self.reset();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> Result<u64> {
+        Ok(VIRTIO_FEATURES)
+    }
+
+    fn set_features(&mut self, features: u64) -> Result<()> {
+        if features & !VIRTIO_FEATURES != 0 {
+            return Err(invalid("frontend acked features the switch did not offer"));
+        }
+        if features != self.features {
+            // The ring layout (header size, event index) depends on the features.
+            self.stop_all();
+            self.features = features;
+            self.refresh_all();
+        }
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy: Option<bool>,
+    ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>> {
+        if ctx.len() != files.len() {
+            return Err(Error::IncorrectFds);
+        }
+        let regions = ctx
+            .iter()
+            .zip(files)
+            .map(|(r, f)| {
+                (
+                    RegionSpec {
+                        guest_phys_addr: r.guest_phys_addr,
+                        size: r.memory_size,
+                        user_addr: r.user_addr,
+                        mmap_offset: r.mmap_offset,
+                    },
+                    f,
+                )
+            })
+            .collect();
+        let mem = match GuestMemory::map(regions) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                tracing::warn!(port = %self.name, error = %e, "memory table refused");
+                return Err(invalid("memory table refused"));
+            }
+        };
+        // Rings were translated against the old table: stop them, swap, restart.
+        self.stop_all();
+        self.mem = Some(mem);
+        self.refresh_all();
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
+        if num == 0 || num > MAX_RING || !num.is_power_of_two() {
+            return Err(Error::InvalidParam);
+        }
+        let i = index as usize;
+        self.vring(index)?;
+        self.stop(i);
+        self.vrings[i].size = num as u16;
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> Result<()> {
+        if flags.contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG) {
+            return Err(invalid("dirty-page logging is not supported"));
+        }
+        let i = index as usize;
+        let size = self.vring(index)?.size;
+        self.stop(i);
+        self.vrings[i].addrs = Some(RingAddrs {
+            size,
+            desc_uva: descriptor,
+            avail_uva: available,
+            used_uva: used,
+        });
+        self.refresh(i);
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+        let i = index as usize;
+        self.vring(index)?;
+        self.stop(i);
+        self.vrings[i].base = base as u16;
+        self.refresh(i);
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+        let i = index as usize;
+        self.vring(index)?;
+        self.stop(i);
+        let v = &mut self.vrings[i];
+        // The ring stays stopped until it is kicked again (vhost-user: "stop ring").
+        v.kicked = false;
+        v.call = None;
+        Ok(VhostUserVringState::new(index, u32::from(v.base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        let i = usize::from(index);
+        let v = self.vring(u32::from(index))?;
+        v._kick = fd;
+        v.kicked = true;
+        self.refresh(i);
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<()> {
+        let i = usize::from(index);
+        self.vring(u32::from(index))?;
+        // The running ring holds its own copy of the fd: restart it with the new one.
+        let was = self.vrings[i].running;
+        self.stop(i);
+        self.vrings[i].call = fd;
+        if was {
+            self.refresh(i);
+        }
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> Result<()> {
+        self.vring(u32::from(index))?;
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
+        Ok(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> Result<()> {
+        self.protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> Result<u64> {
+        Ok(u64::from(self.rings.pairs()))
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+        let i = index as usize;
+        self.vring(index)?.enabled = enable;
+        self.refresh(i);
+        Ok(())
+    }
+
+    fn get_config(
+        &mut self,
+        _offset: u32,
+        _size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> Result<Vec<u8>> {
+        Err(Error::InactiveOperation(VhostUserProtocolFeatures::CONFIG))
+    }
+
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> Result<()> {
+        Err(Error::InactiveOperation(VhostUserProtocolFeatures::CONFIG))
+    }
+
+    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> Result<()> {
+        Err(invalid("not a GPU device"))
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> Result<File> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::SHARED_OBJECT,
+        ))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> Result<(VhostUserInflight, File)> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::INFLIGHT_SHMFD,
+        ))
+    }
+
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::INFLIGHT_SHMFD,
+        ))
+    }
+
+    fn get_max_mem_slots(&mut self) -> Result<u64> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+        ))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _region: &VhostUserSingleMemoryRegion,
+        _fd: File,
+        _postcopy: Option<bool>,
+    ) -> Result<Option<VhostUserMemoryRegionBase>> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+        ))
+    }
+
+    fn remove_mem_region(&mut self, _region: &VhostUserSingleMemoryRegion) -> Result<()> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+        ))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> Result<Option<File>> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::DEVICE_STATE,
+        ))
+    }
+
+    fn check_device_state(&mut self) -> Result<()> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::DEVICE_STATE,
+        ))
+    }
+
+    fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig> {
+        Err(Error::InactiveOperation(VhostUserProtocolFeatures::SHMEM))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> Result<()> {
+        Err(Error::InactiveOperation(
+            VhostUserProtocolFeatures::LOG_SHMFD,
+        ))
+    }
+}
+
+/// `VhostUserVirtioFeatures` is what the crate checks `SET_VRING_ENABLE` against; keep the
+/// two views of the protocol-features bit in step.
+const _: () =
+    assert!(VHOST_USER_F_PROTOCOL_FEATURES == VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());

@@ -1,0 +1,475 @@
+//! A native vhost-user port: its socket (the switch as server, or as client of a frontend
+//! listening with `server=1`), and the thread that serves the protocol on it.
+//!
+//! One thread per port handles the control messages; the data path is the PMD workers'
+//! (see [`super::ring`]). A blocking thread per connection keeps a frontend that sends half a
+//! message from stalling any other port or the daemon's API. As client, the thread
+//! reconnects with a short backoff for as long as the port exists, so a switch restart needs
+//! nothing from the pod. Dropping the port stops the thread, stops the rings and removes the
+//! server socket.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::{BackendReqHandler, Error as VuError};
+
+use super::device::{Quiesce, VhostDevice};
+use super::ring::PortRings;
+
+/// Devargs prefix of a native vhost-user port, e.g.
+/// `vhost-user0,iface=/run/heddle/pod/a.sock,client=1,queues=2,owner=107,group=107,perm=0660`.
+pub const PREFIX: &str = "vhost-user";
+
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Most queue pairs a port offers.
+pub const MAX_PAIRS: u16 = 64;
+
+/// A native vhost-user port's settings, parsed from its devargs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostConfig {
+    /// Device name (the devargs before the first comma), unique per switch.
+    pub device: String,
+    /// The Unix socket.
+    pub path: PathBuf,
+    /// The switch connects (the frontend listens, `server=1` in virtio-user).
+    pub client: bool,
+    /// Queue pairs offered to the frontend.
+    pub pairs: u16,
+    /// Server socket owner (uid).
+    pub owner: Option<u32>,
+    /// Server socket group (gid).
+    pub group: Option<u32>,
+    /// Server socket permission bits, e.g. `0o660`.
+    pub perm: Option<u32>,
+}
+
+impl VhostConfig {
+    /// True when `devargs` names a native vhost-user port.
+    pub fn is_native(devargs: &str) -> bool {
+        devargs.trim_start().starts_with(PREFIX)
+    }
+
+    /// Parses `vhost-user<id>,iface=<path>[,client=0|1][,queues=N][,owner=UID][,group=GID][,perm=OCTAL]`.
+    /// `queues` in the port spec is the default for `queues`.
+    pub fn parse(devargs: &str, spec_queues: Option<u16>) -> Result<VhostConfig, String> {
+        let mut parts = devargs.split(',');
+        let device = parts.next().unwrap_or_default().trim().to_owned();
+        let mut cfg = VhostConfig {
+            device,
+            path: PathBuf::new(),
+            client: false,
+            pairs: spec_queues.unwrap_or(1),
+            owner: None,
+            group: None,
+            perm: None,
+        };
+        let num = |k: &str, v: &str| -> Result<u32, String> {
+            v.trim().parse::<u32>().map_err(|_| {
+                format!("vhost-user devargs {k}={v:?} is not a number: write e.g. {k}=1")
+            })
+        };
+        for kv in parts.filter(|s| !s.trim().is_empty()) {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(format!(
+                    "vhost-user devargs {kv:?} is not key=value: keys are iface, client, queues, owner, group, perm"
+                ));
+            };
+            match k.trim() {
+                "iface" | "path" => cfg.path = PathBuf::from(v.trim()),
+                "client" => match v.trim() {
+                    "0" => cfg.client = false,
+                    "1" => cfg.client = true,
+                    _ => return Err(format!("vhost-user devargs client={v:?}: write client=0 or client=1")),
+                },
+                "queues" => {
+                    let q = num(k, v)?;
+                    if q == 0 || q > u32::from(MAX_PAIRS) {
+                        return Err(format!(
+                            "vhost-user devargs queues={q} is outside 1-{MAX_PAIRS}: pick a queue-pair count in that range"
+                        ));
+                    }
+                    cfg.pairs = q as u16;
+                }
+                "owner" => cfg.owner = Some(num(k, v)?),
+                "group" => cfg.group = Some(num(k, v)?),
+                "perm" => {
+                    let p = u32::from_str_radix(v.trim().trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|p| *p <= 0o777)
+                        .ok_or_else(|| {
+                            format!("vhost-user devargs perm={v:?} is not an octal mode: write e.g. perm=0660")
+                        })?;
+                    cfg.perm = Some(p);
+                }
+                other => {
+                    return Err(format!(
+                        "vhost-user devargs key {other:?} is unknown: keys are iface, client, queues, owner, group, perm"
+                    ))
+                }
+            }
+        }
+        if cfg.path.as_os_str().is_empty() {
+            return Err(format!(
+                "vhost-user port {} has no socket: add iface=/run/heddle/<pod>/<name>.sock",
+                cfg.device
+            ));
+        }
+        let len = cfg.path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(format!(
+                "vhost-user socket path {} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
+                cfg.path.display()
+            ));
+        }
+        if !cfg.path.is_absolute() {
+            return Err(format!(
+                "vhost-user socket path {} is relative: give an absolute path",
+                cfg.path.display()
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+/// Connection counters of a port.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Frontend connections accepted or made.
+    pub connects: AtomicU64,
+    /// Connections that ended.
+    pub disconnects: AtomicU64,
+    /// Messages the frontend got wrong (refused, or the connection was dropped for them).
+    pub protocol_errors: AtomicU64,
+    /// A frontend is connected now.
+    pub connected: AtomicBool,
+}
+
+/// A running native vhost-user port.
+pub struct VhostPort {
+    config: VhostConfig,
+    rings: Arc<PortRings>,
+    link: Arc<LinkCounters>,
+    stop: Arc<AtomicBool>,
+    /// The current connection, so that dropping the port can cut a blocked read short.
+    conn: Arc<Mutex<Option<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A server socket left behind by a switch that was killed makes `bind` fail. Removes it
+/// when nothing listens on it; refuses when something does or when it is not a socket.
+pub fn clear_stale_socket(path: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "vhost-user socket {} is in use by another process: stop it or choose another iface path",
+                    path.display()
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+            tracing::info!(socket = %path.display(), "removed a stale vhost-user socket");
+            Ok(())
+        }
+        Ok(_) => Err(format!(
+            "{} exists and is not a socket: choose another iface path for the vhost-user port",
+            path.display()
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+fn bind(cfg: &VhostConfig) -> Result<UnixListener, String> {
+    clear_stale_socket(&cfg.path)?;
+    let listener = UnixListener::bind(&cfg.path).map_err(|e| {
+        format!(
+            "cannot create vhost-user socket {}: {e} (does the directory exist and is it writable?)",
+            cfg.path.display()
+        )
+    })?;
+    let undo = |msg: String| {
+        let _ = std::fs::remove_file(&cfg.path);
+        msg
+    };
+    if cfg.owner.is_some() || cfg.group.is_some() {
+        std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group).map_err(|e| {
+            undo(format!(
+                "cannot set owner/group of {}: {e}",
+                cfg.path.display()
+            ))
+        })?;
+    }
+    if let Some(perm) = cfg.perm {
+        std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(perm)).map_err(
+            |e| {
+                undo(format!(
+                    "cannot set mode {perm:o} on {}: {e}",
+                    cfg.path.display()
+                ))
+            },
+        )?;
+    }
+    Ok(listener)
+}
+
+/// Waits up to `ms` for `fd` to become readable. False on timeout.
+fn readable(fd: i32, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0
+}
+
+/// Errors after which the connection cannot continue (the byte stream is no longer in step,
+/// or the peer is gone). The others were answered with a failure and the frontend may go on.
+pub(crate) fn ends_connection(e: &VuError) -> bool {
+    !matches!(
+        e,
+        VuError::InvalidParam
+            | VuError::InvalidOperation(_)
+            | VuError::InactiveOperation(_)
+            | VuError::InactiveFeature(_)
+            | VuError::FeatureMismatch
+            | VuError::ReqHandlerError(_)
+            | VuError::BackendInternalError
+    )
+}
+
+struct Worker {
+    name: String,
+    config: VhostConfig,
+    device: Arc<Mutex<VhostDevice>>,
+    link: Arc<LinkCounters>,
+    stop: Arc<AtomicBool>,
+    conn: Arc<Mutex<Option<UnixStream>>>,
+}
+
+impl Worker {
+    fn serve(&self, stream: UnixStream) {
+        let fd = stream.as_raw_fd();
+        if let Ok(clone) = stream.try_clone() {
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+        }
+        self.link.connects.fetch_add(1, Ordering::Relaxed);
+        self.link.connected.store(true, Ordering::Relaxed);
+        tracing::info!(port = %self.name, socket = %self.config.path.display(), "vhost-user frontend connected");
+        let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
+        while !self.stop.load(Ordering::Relaxed) {
+            if !readable(fd, 200) {
+                continue;
+            }
+            match handler.handle_request() {
+                Ok(()) => {}
+                Err(VuError::Disconnected | VuError::PartialMessage) => break,
+                Err(e) if ends_connection(&e) => {
+                    if !matches!(e, VuError::SocketBroken(_) | VuError::SocketError(_)) {
+                        self.link.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(port = %self.name, error = %e, "vhost-user frontend sent a bad message: closing the connection");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.link.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(port = %self.name, error = %e, "vhost-user request refused");
+                }
+            }
+        }
+        drop(handler);
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+        self.link.connected.store(false, Ordering::Relaxed);
+        self.link.disconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(port = %self.name, "vhost-user frontend disconnected");
+    }
+
+    fn sleep(&self, d: Duration) {
+        let step = Duration::from_millis(20);
+        let mut left = d;
+        while !left.is_zero() && !self.stop.load(Ordering::Relaxed) {
+            let s = left.min(step);
+            std::thread::sleep(s);
+            left -= s;
+        }
+    }
+
+    fn run_server(&self, listener: UnixListener) {
+        let fd = listener.as_raw_fd();
+        while !self.stop.load(Ordering::Relaxed) {
+            if !readable(fd, 200) {
+                continue;
+            }
+            match listener.accept() {
+                Ok((stream, _)) => self.serve(stream),
+                Err(e) => {
+                    tracing::warn!(port = %self.name, error = %e, "accept failed");
+                    self.sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn run_client(&self) {
+        let mut backoff = Duration::from_millis(50);
+        let mut logged = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            match UnixStream::connect(&self.config.path) {
+                Ok(stream) => {
+                    backoff = Duration::from_millis(50);
+                    logged = false;
+                    self.serve(stream);
+                }
+                Err(e) => {
+                    if !logged {
+                        tracing::info!(port = %self.name, socket = %self.config.path.display(), error = %e, "waiting for the vhost-user frontend to listen");
+                        logged = true;
+                    }
+                    self.sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}
+
+impl VhostPort {
+    /// Creates the port: binds its server socket at once (so errors reach the caller), or
+    /// starts connecting as client. `workers` is the number of PMD workers (it decides
+    /// whether guest RX rings are shared); `quiesce` waits for every worker's quiescent state.
+    pub fn start(
+        name: &str,
+        config: VhostConfig,
+        workers: usize,
+        quiesce: Quiesce,
+    ) -> Result<VhostPort, String> {
+        let listener = if config.client {
+            None
+        } else {
+            Some(bind(&config)?)
+        };
+        let rings = Arc::new(PortRings::new(config.pairs, workers));
+        let link = Arc::new(LinkCounters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let conn = Arc::new(Mutex::new(None));
+        let worker = Worker {
+            name: name.to_owned(),
+            config: config.clone(),
+            device: Arc::new(Mutex::new(VhostDevice::new(
+                name.to_owned(),
+                rings.clone(),
+                quiesce,
+            ))),
+            link: link.clone(),
+            stop: stop.clone(),
+            conn: conn.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-{}", config.device))
+            .spawn(move || match listener {
+                Some(l) => worker.run_server(l),
+                None => worker.run_client(),
+            })
+            .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
+        Ok(VhostPort {
+            config,
+            rings,
+            link,
+            stop,
+            conn,
+            thread: Some(thread),
+        })
+    }
+
+    /// The parsed settings.
+    pub fn config(&self) -> &VhostConfig {
+        &self.config
+    }
+
+    /// The rings the workers poll.
+    pub fn rings(&self) -> &Arc<PortRings> {
+        &self.rings
+    }
+
+    /// Connection counters.
+    pub fn link(&self) -> &LinkCounters {
+        &self.link
+    }
+
+    /// True when a frontend is connected and a queue pair runs.
+    pub fn is_up(&self) -> bool {
+        self.link.connected.load(Ordering::Relaxed) && self.rings.up.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for VhostPort {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if !self.config.client {
+            let _ = std::fs::remove_file(&self.config.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devargs() {
+        let c = VhostConfig::parse(
+            "vhost-user-ab,iface=/run/x.sock,client=1,queues=2,owner=107,group=108,perm=0660",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.device, "vhost-user-ab");
+        assert_eq!(c.path, PathBuf::from("/run/x.sock"));
+        assert!(c.client);
+        assert_eq!(c.pairs, 2);
+        assert_eq!(
+            (c.owner, c.group, c.perm),
+            (Some(107), Some(108), Some(0o660))
+        );
+        let d = VhostConfig::parse("vhost-user0,iface=/run/y.sock", Some(3)).unwrap();
+        assert_eq!((d.client, d.pairs, d.perm), (false, 3, None));
+    }
+
+    #[test]
+    fn refuses_bad_devargs() {
+        let long = format!("vhost-user0,iface=/{}", "a".repeat(107));
+        for (devargs, needle) in [
+            ("vhost-user0", "no socket"),
+            ("vhost-user0,iface=rel.sock", "relative"),
+            (long.as_str(), "107-byte"),
+            ("vhost-user0,iface=/a,queues=0", "1-64"),
+            ("vhost-user0,iface=/a,queues=65", "1-64"),
+            ("vhost-user0,iface=/a,client=yes", "client=0"),
+            ("vhost-user0,iface=/a,perm=999", "octal"),
+            ("vhost-user0,iface=/a,colour=red", "unknown"),
+            ("vhost-user0,iface=/a,owner=root", "not a number"),
+            ("vhost-user0,iface", "key=value"),
+        ] {
+            let e = VhostConfig::parse(devargs, None).unwrap_err();
+            assert!(e.contains(needle), "{devargs}: {e}");
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! How a running virtqueue passes between a port's vhost-user thread and the PMD workers.
+//!
+//! Each vring of a port has a [`RingSlot`]: an atomic pointer to the [`ActiveRing`] (the
+//! split queue, the guest memory it lives in, its call eventfd). The vhost-user thread builds
+//! an `ActiveRing` when the frontend has set the ring up and enabled it, and *installs* it;
+//! workers load the pointer once per burst (one acquire load, no lock, no reference count).
+//! To stop a ring the thread *takes* the pointer back and waits for a quiescent state of every
+//! worker (each has started a new poll iteration, see `daemon::worker`), after which no worker
+//! can still hold it: only then does it read the ring's last index or free it. Guest memory is
+//! therefore unmapped on the vhost-user thread, never under a worker.
+//!
+//! Ownership on the fast path: a guest TX ring (odd index) is dequeued by exactly one worker,
+//! the one its queue pair is assigned to. A guest RX ring (even index) is filled by every
+//! worker that sends to the port; when the switch has more than one worker each enqueue takes
+//! the ring's [`TxLock`] (uncontended it is one atomic swap per burst).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::memory::GuestMemory;
+use super::virtq::{QueueStats, RxPool, SplitQueue};
+use crate::dpdk::io::TxLock;
+use crate::switch::io::{Burst, Packet};
+
+/// A virtqueue the workers may use: the queue, the memory it was translated against, and
+/// the eventfd to signal when the frontend asks for interrupts.
+pub struct ActiveRing {
+    /// The split ring's device-side state.
+    pub queue: SplitQueue,
+    /// Kept alive while the ring runs; the queue's pointers point into it.
+    pub mem: Arc<GuestMemory>,
+    /// `SET_VRING_CALL`'s eventfd, if the frontend wants interrupts.
+    pub call: Option<File>,
+}
+
+impl ActiveRing {
+    /// Signals the frontend if the ring's event rules ask for it (interrupt-driven guests
+    /// such as Linux virtio-net; polling DPDK frontends never need it).
+    #[inline]
+    fn notify(&mut self, counters: &RingCounters) {
+        if let Some(call) = &self.call {
+            if self.queue.needs_interrupt() {
+                let one: u64 = 1;
+                // SAFETY: `call` is an open eventfd owned by this ring; the buffer is 8
+                // readable bytes, as eventfd writes require.
+                let _ = unsafe {
+                    libc::write(
+                        call.as_raw_fd(),
+                        ptr::addr_of!(one).cast::<libc::c_void>(),
+                        8,
+                    )
+                };
+                counters.interrupts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One vring's handover point, alone on its cache line.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+pub struct RingSlot {
+    active: AtomicPtr<ActiveRing>,
+    lock: TxLock,
+}
+
+impl RingSlot {
+    /// Control side: makes `ring` visible to the workers. Returns the ring that was installed
+    /// before, which the caller must not touch or free before a quiescent state.
+    pub fn install(&self, ring: Box<ActiveRing>) -> Option<Box<ActiveRing>> {
+        let old = self.active.swap(Box::into_raw(ring), Ordering::AcqRel);
+        // SAFETY: every non-null pointer stored in `active` came from `Box::into_raw` above
+        // and is taken out of the slot exactly once (this swap or `take`).
+        (!old.is_null()).then(|| unsafe { Box::from_raw(old) })
+    }
+
+    /// Control side: withdraws the ring. The caller must wait for a quiescent state of every
+    /// worker before reading or dropping it.
+    pub fn take(&self) -> Option<Box<ActiveRing>> {
+        let old = self.active.swap(ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: as in `install`: the pointer came from `Box::into_raw` and is now out of
+        // the slot, so this is its only owner.
+        (!old.is_null()).then(|| unsafe { Box::from_raw(old) })
+    }
+
+    /// True when a ring is installed.
+    pub fn is_active(&self) -> bool {
+        !self.active.load(Ordering::Acquire).is_null()
+    }
+}
+
+impl Drop for RingSlot {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
+/// Per-port counters of what only the vhost-user path sees. Workers add to them only when
+/// something went wrong (or an interrupt was sent), so the common path touches none.
+#[derive(Debug, Default)]
+pub struct RingCounters {
+    /// Descriptor chains returned with length 0 because they were malformed.
+    pub bad_chains: AtomicU64,
+    /// Frames larger than a switch buffer (guest TX) — dropped.
+    pub oversize: AtomicU64,
+    /// Guest TX frames left in the ring because the mbuf pool was empty.
+    pub no_mbufs: AtomicU64,
+    /// Frames the guest had no RX buffers for.
+    pub no_guest_buffers: AtomicU64,
+    /// Interrupts (call eventfd writes) sent to the frontend.
+    pub interrupts: AtomicU64,
+    /// Rings the switch gave up on (e.g. the guest moved its avail index by more than the
+    /// ring size).
+    pub broken_rings: AtomicU64,
+}
+
+impl RingCounters {
+    #[inline]
+    fn add(&self, st: &QueueStats) {
+        if st.bad_chains | st.oversize | st.no_mbufs | st.no_guest_buffers != 0 {
+            self.bad_chains.fetch_add(st.bad_chains, Ordering::Relaxed);
+            self.oversize.fetch_add(st.oversize, Ordering::Relaxed);
+            self.no_mbufs.fetch_add(st.no_mbufs, Ordering::Relaxed);
+            self.no_guest_buffers
+                .fetch_add(st.no_guest_buffers, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The vrings of one port as the workers see them.
+pub struct PortRings {
+    slots: Box<[RingSlot]>,
+    /// More than one worker may transmit to this port: enqueues take the ring lock.
+    shared_tx: bool,
+    /// Set when the frontend is connected and at least one queue pair runs.
+    pub up: AtomicBool,
+    /// Error and interrupt counters.
+    pub counters: RingCounters,
+}
+
+impl PortRings {
+    /// Slots for `pairs` queue pairs, for a switch with `workers` PMD workers.
+    pub fn new(pairs: u16, workers: usize) -> PortRings {
+        PortRings {
+            slots: (0..2 * usize::from(pairs))
+                .map(|_| RingSlot::default())
+                .collect(),
+            shared_tx: workers > 1,
+            up: AtomicBool::new(false),
+            counters: RingCounters::default(),
+        }
+    }
+
+    /// Queue pairs offered to the frontend.
+    pub fn pairs(&self) -> u16 {
+        (self.slots.len() / 2) as u16
+    }
+
+    /// The slot of vring `index` (even: guest RX, odd: guest TX).
+    pub fn slot(&self, index: usize) -> Option<&RingSlot> {
+        self.slots.get(index)
+    }
+
+    /// Worker side: receives what the guest transmitted on queue pair `pair`.
+    ///
+    /// Only the worker that polls this queue pair calls this (the switch assigns each RX
+    /// queue to one worker).
+    #[inline]
+    pub fn rx_burst<P: RxPool>(&self, pair: u16, pool: &mut P, out: &mut Burst<P::Pkt>) {
+        let Some(slot) = self.slots.get(2 * usize::from(pair) + 1) else {
+            return;
+        };
+        let p = slot.active.load(Ordering::Acquire);
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: a non-null pointer in the slot is a live `ActiveRing` that the control
+        // side frees only after every worker passed a quiescent state following its removal,
+        // and this worker is inside one poll iteration. Guest TX rings are dequeued only by
+        // the one worker that owns the queue pair, so this `&mut` is unique.
+        let ring = unsafe { &mut *p };
+        if ring.queue.is_broken() {
+            return;
+        }
+        let mut st = QueueStats::default();
+        let n = ring.queue.dequeue(&ring.mem, pool, out, &mut st);
+        if n > 0 {
+            ring.notify(&self.counters);
+        }
+        self.counters.add(&st);
+        if ring.queue.is_broken() {
+            self.counters.broken_rings.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Worker side: copies `pkts` into the guest's RX buffers of queue pair `pair` (falling
+    /// back to pair 0 when the frontend did not enable that one). Returns how many packets
+    /// the guest took, a prefix of `pkts`; the caller still owns and frees all of them.
+    #[inline]
+    pub fn tx_burst<Q: Packet>(&self, pair: u16, pkts: &[Q]) -> usize {
+        let mut slot = self.slots.get(2 * usize::from(pair));
+        if !slot.is_some_and(RingSlot::is_active) {
+            slot = self.slots.first();
+        }
+        let Some(slot) = slot else {
+            return 0;
+        };
+        if self.shared_tx {
+            slot.lock.lock();
+        }
+        let p = slot.active.load(Ordering::Acquire);
+        let sent = if p.is_null() {
+            0
+        } else {
+            // SAFETY: live as in `rx_burst`; guest RX rings are filled by several workers,
+            // but then `shared_tx` is set and the ring lock taken above serialises them, so
+            // this `&mut` is unique for the duration of the call.
+            let ring = unsafe { &mut *p };
+            if ring.queue.is_broken() {
+                0
+            } else {
+                let mut st = QueueStats::default();
+                let n = ring.queue.enqueue(&ring.mem, pkts, &mut st);
+                if n > 0 {
+                    ring.notify(&self.counters);
+                }
+                self.counters.add(&st);
+                if ring.queue.is_broken() {
+                    self.counters.broken_rings.fetch_add(1, Ordering::Relaxed);
+                }
+                n
+            }
+        };
+        if self.shared_tx {
+            slot.lock.unlock();
+        }
+        sent
+    }
+}

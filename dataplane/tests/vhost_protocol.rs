@@ -1,0 +1,218 @@
+//! A hostile vhost-user frontend against a native port's control thread: truncated and
+//! oversized messages, unknown requests, missing file descriptors, memory tables that lie
+//! about their files, rings outside memory, out-of-range vring indexes. Each is refused or
+//! ends that connection, is counted, and the port then serves a well-behaved frontend as if
+//! nothing happened. No EAL needed: the port's rings are not polled here.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use heddle_dataplane::vhost::device::VIRTIO_FEATURES;
+use heddle_dataplane::vhost::port::{VhostConfig, VhostPort};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::EventFd;
+
+fn start(dir: &std::path::Path) -> VhostPort {
+    let cfg = VhostConfig::parse(
+        &format!(
+            "vhost-user0,iface={}/p.sock,queues=2,perm=0600",
+            dir.display()
+        ),
+        None,
+    )
+    .unwrap();
+    VhostPort::start("p", cfg, 1, Arc::new(|| {})).unwrap()
+}
+
+/// A frontend that follows the protocol still gets the right answers.
+fn well_behaved(port: &VhostPort) {
+    let mut f = Frontend::connect(&port.config().path, 2).expect("connect");
+    f.set_owner().unwrap();
+    assert_eq!(f.get_features().unwrap(), VIRTIO_FEATURES);
+    let pf = f.get_protocol_features().unwrap();
+    assert!(pf.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK));
+    f.set_protocol_features(pf).unwrap();
+    assert_eq!(f.get_queue_num().unwrap(), 2);
+}
+
+fn header(code: u32, flags: u32, size: u32) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&code.to_le_bytes());
+    h.extend_from_slice(&flags.to_le_bytes());
+    h.extend_from_slice(&size.to_le_bytes());
+    h
+}
+
+/// Sends raw bytes and waits until the switch closes the connection or stops answering.
+fn raw(port: &VhostPort, bytes: &[u8]) {
+    let mut s = UnixStream::connect(&port.config().path).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+}
+
+fn wait_disconnected(port: &VhostPort, n: u64) {
+    let t = Instant::now();
+    while port.link().disconnects.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "connection not closed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn memfd(len: u64) -> std::fs::File {
+    // SAFETY: a valid NUL-terminated name; the returned fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(c"heddle-test".as_ptr(), 0) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.set_len(len).unwrap();
+    f
+}
+
+#[test]
+fn malformed_messages_are_refused_and_the_port_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = start(dir.path());
+    well_behaved(&port);
+    let mut closed = port.link().disconnects.load(Ordering::Relaxed);
+    wait_disconnected(&port, closed);
+
+    let version = 0x1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated header", vec![1, 0, 0]),
+        ("oversized body", header(1, version, u32::MAX)),
+        ("unknown request", header(9999, version, 0)),
+        (
+            "SET_MEM_TABLE without fds",
+            [
+                header(5, version, 8 + 32),
+                vec![1, 0, 0, 0, 0, 0, 0, 0],
+                vec![0xff; 32],
+            ]
+            .concat(),
+        ),
+        (
+            "SET_VRING_NUM on vring 200",
+            [
+                header(8, version | 0x8, 8),
+                200u32.to_le_bytes().to_vec(),
+                256u32.to_le_bytes().to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "SET_VRING_NUM of 3",
+            [
+                header(8, version, 8),
+                0u32.to_le_bytes().to_vec(),
+                3u32.to_le_bytes().to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "body shorter than announced",
+            [header(2, version, 8), vec![1, 2]].concat(),
+        ),
+        (
+            "garbage",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761u32) >> 13) as u8)
+                .collect(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        raw(&port, &bytes);
+        closed += 1;
+        wait_disconnected(&port, closed);
+        well_behaved(&port);
+        closed += 1;
+        wait_disconnected(&port, closed);
+        eprintln!(
+            "{what}: survived, protocol errors so far {}",
+            port.link().protocol_errors.load(Ordering::Relaxed)
+        );
+    }
+    assert!(port.link().protocol_errors.load(Ordering::Relaxed) >= 5);
+}
+
+#[test]
+fn memory_tables_and_rings_that_lie_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = start(dir.path());
+    let mut f = Frontend::connect(&port.config().path, 2).expect("connect");
+    f.set_owner().unwrap();
+    f.set_features(VIRTIO_FEATURES).unwrap();
+    f.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK)
+        .unwrap();
+
+    // A 64 KiB file claimed to be 1 GiB: mapping it would SIGBUS on access.
+    let small = memfd(64 << 10);
+    let lie = VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: 1 << 30,
+        userspace_addr: 0x7000_0000_0000,
+        mmap_offset: 0,
+        mmap_handle: small.as_raw_fd(),
+    };
+    assert!(
+        f.set_mem_table(&[lie]).is_err(),
+        "a short file must be refused"
+    );
+
+    // Overlapping regions.
+    let a = memfd(2 << 20);
+    let b = memfd(2 << 20);
+    let r = |fd: &std::fs::File, gpa: u64, uva: u64| VhostUserMemoryRegionInfo {
+        guest_phys_addr: gpa,
+        memory_size: 2 << 20,
+        userspace_addr: uva,
+        mmap_offset: 0,
+        mmap_handle: fd.as_raw_fd(),
+    };
+    assert!(
+        f.set_mem_table(&[r(&a, 0, 0x1000_0000), r(&b, 1 << 20, 0x2000_0000)])
+            .is_err(),
+        "overlapping guest ranges must be refused"
+    );
+
+    // A good table, then a ring placed outside it: the ring never runs.
+    f.set_mem_table(&[r(&a, 0, 0x1000_0000)]).unwrap();
+    f.set_vring_num(1, 256).unwrap();
+    f.set_vring_addr(
+        1,
+        &VringConfigData {
+            queue_max_size: 256,
+            queue_size: 256,
+            flags: 0,
+            desc_table_addr: 0x9000_0000,
+            used_ring_addr: 0x9000_2000,
+            avail_ring_addr: 0x9000_1000,
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    f.set_vring_base(1, 0).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    f.set_vring_kick(1, &kick).unwrap();
+    f.set_vring_enable(1, true).unwrap();
+    let slot_active = port.rings().slot(1).unwrap().is_active();
+    assert!(!slot_active, "a ring outside guest memory must not run");
+    assert!(port.rings().counters.broken_rings.load(Ordering::Relaxed) >= 1);
+    assert!(
+        f.set_vring_num(300, 256).is_err(),
+        "vring index out of range"
+    );
+    drop(f);
+    well_behaved(&port);
+}
