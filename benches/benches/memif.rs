@@ -63,7 +63,10 @@ fn rig() -> Rig {
     client.start(q, &pool).expect("start client");
     let t = Instant::now();
     while !(server.link().up && client.link().up) {
-        assert!(t.elapsed() < Duration::from_secs(10), "memif never connected");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "memif never connected"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut paths = empty_paths();

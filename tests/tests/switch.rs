@@ -461,6 +461,9 @@ fn bad_configs_are_refused_in_one_line_and_leave_nothing_running() -> Result<()>
         ("devargs DPDK rejects", config_yaml(dir.path(), &prefix, "  - {name: a, devargs: \"net_vhost0,iface=/nonexistent/dir/x.sock,bogus=1\", mode: access, vlan: 5}\n"), "DPDK rejected devargs"),
         ("unknown driver", config_yaml(dir.path(), &prefix, &null("a", 0, 5).replace("net_null0", "net_nosuchdriver0")), "DPDK rejected devargs"),
         ("not YAML", "cores: [".to_string(), "is not valid"),
+        ("native vhost-user socket too long", config_yaml(dir.path(), &prefix, &format!("  - {{name: a, devargs: \"vhost-user0,iface=/tmp/{}.sock\", mode: access, vlan: 5}}\n", "v".repeat(110))), "107-byte limit"),
+        ("native vhost-user bad key", config_yaml(dir.path(), &prefix, "  - {name: a, devargs: \"vhost-user0,iface=/tmp/a.sock,colour=red\", mode: access, vlan: 5}\n"), "key \"colour\" is unknown"),
+        ("native vhost-user socket dir missing", config_yaml(dir.path(), &prefix, "  - {name: a, devargs: \"vhost-user0,iface=/nonexistent/dir/a.sock\", mode: access, vlan: 5}\n"), "does the directory exist"),
         ("long socket path", good.replace(&dir.path().join("switch.sock").display().to_string(), &format!("/tmp/{}.sock", "s".repeat(110))), "107-byte limit"),
     ];
     for (what, yaml, want) in cases {

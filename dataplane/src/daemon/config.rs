@@ -276,6 +276,10 @@ pub fn validate_port(p: &PortSpec) -> Result<(), String> {
     if p.queues == Some(0) || p.queues.is_some_and(|q| q > 64) {
         return Err(format!("port {:?}: queues must be 1-64", p.name));
     }
+    if crate::vhost::port::VhostConfig::is_native(&p.devargs) {
+        crate::vhost::port::VhostConfig::parse(&p.devargs, p.queues)
+            .map_err(|e| format!("port {:?}: {e}", p.name))?;
+    }
     Ok(())
 }
 

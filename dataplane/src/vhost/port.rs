@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Quiesce, VhostDevice};
 use super::ring::PortRings;
@@ -158,6 +159,8 @@ pub struct VhostPort {
     rings: Arc<PortRings>,
     link: Arc<LinkCounters>,
     stop: Arc<AtomicBool>,
+    /// Signalled when the port is dropped, to wake the thread from `poll`.
+    wake: Arc<EventFd>,
     /// The current connection, so that dropping the port can cut a blocked read short.
     conn: Arc<Mutex<Option<UnixStream>>>,
     thread: Option<JoinHandle<()>>,
@@ -220,16 +223,24 @@ fn bind(cfg: &VhostConfig) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
-/// Waits up to `ms` for `fd` to become readable. False on timeout.
-fn readable(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `p` is one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    n > 0
+/// Waits up to `ms` for `fd` to become readable (or hung up), or for `wake` to be signalled.
+/// True when `fd` is ready.
+fn readable(fd: i32, wake: &EventFd, ms: i32) -> bool {
+    let mut p = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `p` is an array of two valid pollfds for the duration of the call.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+    n > 0 && p[0].revents != 0
 }
 
 /// Errors after which the connection cannot continue (the byte stream is no longer in step,
@@ -253,6 +264,7 @@ struct Worker {
     device: Arc<Mutex<VhostDevice>>,
     link: Arc<LinkCounters>,
     stop: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
     conn: Arc<Mutex<Option<UnixStream>>>,
 }
 
@@ -267,7 +279,7 @@ impl Worker {
         tracing::info!(port = %self.name, socket = %self.config.path.display(), "vhost-user frontend connected");
         let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
         while !self.stop.load(Ordering::Relaxed) {
-            if !readable(fd, 200) {
+            if !readable(fd, &self.wake, 1000) {
                 continue;
             }
             match handler.handle_request() {
@@ -297,20 +309,21 @@ impl Worker {
         tracing::info!(port = %self.name, "vhost-user frontend disconnected");
     }
 
+    /// Sleeps for `d`, or until the port is dropped.
     fn sleep(&self, d: Duration) {
-        let step = Duration::from_millis(20);
-        let mut left = d;
-        while !left.is_zero() && !self.stop.load(Ordering::Relaxed) {
-            let s = left.min(step);
-            std::thread::sleep(s);
-            left -= s;
-        }
+        let mut p = libc::pollfd {
+            fd: self.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut p, 1, d.as_millis().min(60_000) as i32) };
     }
 
     fn run_server(&self, listener: UnixListener) {
         let fd = listener.as_raw_fd();
         while !self.stop.load(Ordering::Relaxed) {
-            if !readable(fd, 200) {
+            if !readable(fd, &self.wake, 1000) {
                 continue;
             }
             match listener.accept() {
@@ -364,6 +377,10 @@ impl VhostPort {
         let rings = Arc::new(PortRings::new(config.pairs, workers));
         let link = Arc::new(LinkCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(
+            EventFd::new(libc::EFD_CLOEXEC)
+                .map_err(|e| format!("cannot create an eventfd for the vhost-user thread: {e}"))?,
+        );
         let conn = Arc::new(Mutex::new(None));
         let worker = Worker {
             name: name.to_owned(),
@@ -375,6 +392,7 @@ impl VhostPort {
             ))),
             link: link.clone(),
             stop: stop.clone(),
+            wake: wake.clone(),
             conn: conn.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -389,6 +407,7 @@ impl VhostPort {
             rings,
             link,
             stop,
+            wake,
             conn,
             thread: Some(thread),
         })
@@ -418,6 +437,7 @@ impl VhostPort {
 impl Drop for VhostPort {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.wake.write(1);
         if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
