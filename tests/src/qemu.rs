@@ -93,8 +93,10 @@ d=$(readlink /sys/class/net/eth0/device/driver)
 say "HEDDLE-GUEST-UP mac=$(cat /sys/class/net/eth0/address) drv=${d##*/} carrier=$(cat /sys/class/net/eth0/carrier)"
 case "$h_role" in
 ping)
-  n=0; until ping -c1 -W1 $h_peer >/dev/null 2>&1; do n=$((n+1)); [ $n -ge $h_probes ] && break; done
-  say "peer $h_peer answered after $n failed probes"
+  n=0; ok=0
+  while [ $n -lt $h_probes ]; do ping -c1 -W1 $h_peer >/dev/null 2>&1 && { ok=1; break; }; n=$((n+1)); done
+  if [ $ok = 1 ]; then say "peer $h_peer answered after $n failed probes"
+  else say "peer $h_peer did not answer $n probes"; fi
   ping -c $h_count -i $h_interval -W 2 $h_peer >/tmp/ping.out 2>&1; rc=$?
   cat /tmp/ping.out
   loss=$(grep 'packet loss' /tmp/ping.out)
@@ -179,7 +181,11 @@ fn run(cmd: &mut Command) -> Result<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    ensure!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -334,7 +340,7 @@ impl GuestImageBuilder {
                 continue;
             };
             let t = e.metadata()?.modified()?;
-            if best.as_ref().map_or(true, |(bt, _)| t > *bt) {
+            if !matches!(&best, Some((bt, _)) if *bt >= t) {
                 best = Some((t, img));
             }
         }
@@ -354,7 +360,10 @@ fn single_file(dir: &Path, prefix: &str) -> Result<PathBuf> {
         .collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
-        _ => bail!("expected one {prefix}* in {}, found {found:?}", dir.display()),
+        _ => bail!(
+            "expected one {prefix}* in {}, found {found:?}",
+            dir.display()
+        ),
     }
 }
 
@@ -419,7 +428,10 @@ fn build_into(tmp: &Path, kpkg: &str, kver: &str, bbver: &str, init: &str) -> Re
     );
     let mut head = [0u8; 4];
     std::fs::File::open(&vmlinux)?.read_exact(&mut head)?;
-    ensure!(&head == b"\x7fELF", "vmlinuz did not unpack to an ELF vmlinux");
+    ensure!(
+        &head == b"\x7fELF",
+        "vmlinuz did not unpack to an ELF vmlinux"
+    );
 
     let mut cpio = Cpio::default();
     for d in ["bin", "dev", "proc", "sys", "tmp", "mods"] {
@@ -494,7 +506,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while self.out.len() & 3 != 0 {
             self.out.push(0);
         }
     }
@@ -632,7 +644,15 @@ pub fn accel() -> Accel {
             let probe = hw
                 && Path::new("/dev/kvm").exists()
                 && Command::new("qemu-system-x86_64")
-                    .args(["-accel", "kvm", "-M", "none", "-nodefaults", "-display", "none"])
+                    .args([
+                        "-accel",
+                        "kvm",
+                        "-M",
+                        "none",
+                        "-nodefaults",
+                        "-display",
+                        "none",
+                    ])
                     .args(["-monitor", "none", "-S"])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -713,7 +733,13 @@ impl Guest {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(accel_args)
             .args(["-m", &format!("{}M", cfg.memory_mib), "-smp", "1"])
-            .args(["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-no-reboot",
+                "-display",
+                "none",
+            ])
             .arg("-object")
             .arg(format!(
                 "memory-backend-memfd,id=mem,size={}M,share=on",
@@ -805,7 +831,9 @@ impl Guest {
 
     /// QEMU's exit status, if it has exited.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits until the console has a line containing `marker`; returns that line. Fails on
@@ -861,7 +889,8 @@ impl Guest {
                 bail!(
                     "guest {} printed none of {markers:?} ({}; {:.1?} since launch)\n{}",
                     self.name,
-                    exited.map_or_else(|| format!("timeout {timeout:?}"), |s| format!("exited {s}")),
+                    exited
+                        .map_or_else(|| format!("timeout {timeout:?}"), |s| format!("exited {s}")),
                     self.uptime(),
                     self.console_tail(60)
                 );

@@ -12,7 +12,7 @@
 //! calling [`run_ping`] with another [`VhostKind`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -40,15 +40,104 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn ports_yaml(kind: VhostKind, mode: SocketMode, socks: &[PathBuf; 2]) -> String {
+fn ports_yaml(kind: VhostKind, mode: SocketMode, socks: &[PathBuf; 2], vlans: [u16; 2]) -> String {
     let mut y = String::new();
     for (i, ((name, mac, _), sock)) in GUESTS.iter().zip(socks).enumerate() {
         y += &format!(
-            "  - {{name: {name}, devargs: \"{}\", mode: access, vlan: {VLAN}, mac: \"{mac}\"}}\n",
-            kind.devargs(i as u32, sock, mode)
+            "  - {{name: {name}, devargs: \"{}\", mode: access, vlan: {}, mac: \"{mac}\"}}\n",
+            kind.devargs(i as u32, sock, mode),
+            vlans[i]
         );
     }
     y
+}
+
+/// A switch with the two [`GUESTS`] on vhost-user ports (`kind`, `mode`, on `vlans`) and
+/// the two guests in `roles`, started in the order `mode` needs. Sockets, config and
+/// consoles are in `dir`.
+fn start(
+    kind: VhostKind,
+    mode: SocketMode,
+    dir: &Path,
+    vlans: [u16; 2],
+    roles: [GuestRole; 2],
+) -> Result<(SwitchProcess, Vec<Guest>)> {
+    let image = GuestImage::get()?;
+    let socks = [dir.join("a.sock"), dir.join("b.sock")];
+    let ports = ports_yaml(kind, mode, &socks, vlans);
+    let configs: Vec<GuestConfig> = GUESTS
+        .iter()
+        .zip(&socks)
+        .zip(roles)
+        .map(|(((name, mac, ip), sock), role)| GuestConfig {
+            name: (*name).to_owned(),
+            socket: sock.clone(),
+            mode,
+            mac: (*mac).to_owned(),
+            ip: format!("{ip}/24"),
+            role,
+            memory_mib: 192,
+            log_dir: dir.to_owned(),
+        })
+        .collect();
+    match mode {
+        SocketMode::SwitchServer => {
+            let switch = SwitchProcess::start_with_ports(dir, &ports)?;
+            for s in &socks {
+                wait_for_socket(s, Duration::from_secs(10))
+                    .with_context(|| format!("switch log:\n{}", tail(&switch.log(), 40)))?;
+            }
+            let guests = configs
+                .iter()
+                .map(|c| Guest::spawn(image, c))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((switch, guests))
+        }
+        SocketMode::SwitchClient => {
+            // QEMU listens and holds its guest until the switch connects.
+            let mut guests = configs
+                .iter()
+                .map(|c| Guest::spawn(image, c))
+                .collect::<Result<Vec<_>>>()?;
+            for (g, s) in guests.iter_mut().zip(&socks) {
+                if let Err(e) = wait_for_socket(s, Duration::from_secs(20)) {
+                    bail!(
+                        "{e:#}: QEMU did not create its socket\n{}",
+                        g.console_tail(40)
+                    );
+                }
+            }
+            Ok((SwitchProcess::start_with_ports(dir, &ports)?, guests))
+        }
+    }
+}
+
+/// Both consoles and the switch's log, for failure messages.
+fn context(guests: &[Guest], switch: &SwitchProcess) -> String {
+    let mut s = String::new();
+    for g in guests {
+        s += &g.console_tail(40);
+    }
+    s + "--- heddle-switch log, last 40 lines ---\n" + &tail(&switch.log(), 40)
+}
+
+/// The switch's per-port counters by port name.
+fn port_stats(switch: &SwitchProcess) -> Result<BTreeMap<String, heddle_api::PortStats>> {
+    Ok(switch
+        .client()
+        .stats()?
+        .ports
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect())
+}
+
+/// A socket directory directly under /tmp: Unix socket paths have 107 bytes at most.
+fn socket_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("hq")
+        .tempdir_in("/tmp")
+        .context("creating the socket directory")
 }
 
 /// Boots two guests on vhost-user ports of a fresh heddle-switch (`kind` ports, `mode`
@@ -68,70 +157,16 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
         accel()
     );
 
-    // Unix socket paths have 107 bytes at most: stay directly under /tmp.
-    let dir = tempfile::Builder::new()
-        .prefix("hq")
-        .tempdir_in("/tmp")
-        .context("creating the socket directory")?;
-    let socks = [dir.path().join("a.sock"), dir.path().join("b.sock")];
-    let ports = ports_yaml(kind, mode, &socks);
-    let configs: Vec<GuestConfig> = GUESTS
-        .iter()
-        .zip(&socks)
-        .enumerate()
-        .map(|(i, ((name, mac, ip), sock))| GuestConfig {
-            name: (*name).to_owned(),
-            socket: sock.clone(),
-            mode,
-            mac: (*mac).to_owned(),
-            ip: format!("{ip}/24"),
-            role: GuestRole::Ping {
-                peer: GUESTS[1 - i].2.to_owned(),
-                count: COUNT,
-                interval_ms: 200,
-                probes: 60,
-                linger: Duration::from_secs(120),
-            },
-            memory_mib: 192,
-            log_dir: dir.path().to_owned(),
-        })
-        .collect();
-
+    let dir = socket_dir()?;
+    let ping = |i: usize| GuestRole::Ping {
+        peer: GUESTS[1 - i].2.to_owned(),
+        count: COUNT,
+        interval_ms: 200,
+        probes: 60,
+        linger: Duration::from_secs(120),
+    };
     let t_start = Instant::now();
-    let (switch, mut guests) = match mode {
-        SocketMode::SwitchServer => {
-            let switch = SwitchProcess::start_with_ports(dir.path(), &ports)?;
-            for s in &socks {
-                wait_for_socket(s, Duration::from_secs(10))
-                    .with_context(|| format!("switch log:\n{}", tail(&switch.log(), 40)))?;
-            }
-            let guests = configs
-                .iter()
-                .map(|c| Guest::spawn(image, c))
-                .collect::<Result<Vec<_>>>()?;
-            (switch, guests)
-        }
-        SocketMode::SwitchClient => {
-            // QEMU listens and holds its guest until the switch connects.
-            let mut guests = configs
-                .iter()
-                .map(|c| Guest::spawn(image, c))
-                .collect::<Result<Vec<_>>>()?;
-            for (g, s) in guests.iter_mut().zip(&socks) {
-                if let Err(e) = wait_for_socket(s, Duration::from_secs(20)) {
-                    bail!("{e:#}: QEMU did not create its socket\n{}", g.console_tail(40));
-                }
-            }
-            (SwitchProcess::start_with_ports(dir.path(), &ports)?, guests)
-        }
-    };
-    let context = |guests: &[Guest], switch: &SwitchProcess| {
-        let mut s = String::new();
-        for g in guests {
-            s += &g.console_tail(40);
-        }
-        s + "--- heddle-switch log, last 40 lines ---\n" + &tail(&switch.log(), 40)
-    };
+    let (switch, mut guests) = start(kind, mode, dir.path(), [VLAN, VLAN], [ping(0), ping(1)])?;
 
     // Each guest's verdict on its own pings, with both consoles and the switch log on failure.
     let mut verdicts = Vec::new();
@@ -162,15 +197,12 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
 
     // The switch carried both directions: each guest sent COUNT requests and COUNT replies
     // (plus probes and ARP); the counters are read from the daemon over its API.
-    let client = switch.client();
     let stats = wait_until(
         "the switch's counters to show both guests' pings",
         Duration::from_secs(5),
         Duration::from_millis(200),
         || {
-            let s = client.stats()?;
-            let by_name: BTreeMap<String, heddle_api::PortStats> =
-                s.ports.into_iter().map(|p| (p.name.clone(), p)).collect();
+            let by_name = port_stats(&switch)?;
             let done = GUESTS.iter().all(|(n, _, _)| {
                 by_name.get(*n).is_some_and(|p| {
                     p.rx_packets >= 2 * u64::from(COUNT) && p.tx_packets >= 2 * u64::from(COUNT)
@@ -183,7 +215,7 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
         Ok(s) => s,
         Err(e) => bail!(
             "{e:#}: {:?}\n{}",
-            client.stats().map(|s| s.ports),
+            port_stats(&switch),
             context(&guests, &switch)
         ),
     };
@@ -194,7 +226,7 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
             p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.drops, p.device
         );
     }
-    let fdb = client.fdb()?;
+    let fdb = switch.client().fdb()?;
     for (name, mac, _) in GUESTS {
         ensure!(
             fdb.iter()
@@ -218,6 +250,63 @@ fn guests_ping_through_dpdk_vhost_switch_as_server() -> Result<()> {
 #[test]
 fn guests_ping_through_dpdk_vhost_switch_as_client() -> Result<()> {
     run_ping(VhostKind::DpdkNetVhost, SocketMode::SwitchClient)
+}
+
+/// A guest on VLAN 100 pings one on VLAN 200 (an idle responder): it must get no answer,
+/// and the switch must send nothing into VLAN 200.
+#[test]
+fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
+    require_dpdk_peers(300)?;
+    require_qemu()?;
+    let _cpus = exclusive_cpus();
+    let t0 = Instant::now();
+    let dir = socket_dir()?;
+    let pinger = GuestRole::Ping {
+        peer: GUESTS[1].2.to_owned(),
+        count: 3,
+        interval_ms: 200,
+        probes: 3,
+        linger: Duration::from_secs(60),
+    };
+    let idle = GuestRole::Idle {
+        time: Duration::from_secs(120),
+    };
+    let (switch, mut guests) = start(
+        VhostKind::DpdkNetVhost,
+        SocketMode::SwitchServer,
+        dir.path(),
+        [VLAN, 200],
+        [pinger, idle],
+    )?;
+    if let Err(e) = guests[1].wait_for(MARK_UP, VERDICT_TIMEOUT) {
+        bail!("{e:#}\n{}", context(&guests, &switch));
+    }
+    let verdict = guests[0].wait_for_any(&[MARK_PING_PASS, MARK_PING_FAIL], VERDICT_TIMEOUT);
+    let (which, line) = match verdict {
+        Ok(v) => v,
+        Err(e) => bail!("{e:#}\n{}", context(&guests, &switch)),
+    };
+    ensure!(
+        which == 1,
+        "vm-a on VLAN {VLAN} reached vm-b on VLAN 200: {line}\n{}",
+        context(&guests, &switch)
+    );
+    let stats = port_stats(&switch)?;
+    let (a, b) = (&stats["vm-a"], &stats["vm-b"]);
+    eprintln!("vm-a: {line}\nswitch port vm-a {a:?}\nswitch port vm-b {b:?}");
+    ensure!(a.rx_packets > 0, "the switch saw nothing from vm-a: {a:?}");
+    ensure!(
+        b.tx_packets == 0,
+        "the switch sent {} frames from VLAN {VLAN} into VLAN 200\n{}",
+        b.tx_packets,
+        context(&guests, &switch)
+    );
+    eprintln!(
+        "{}\nwhole test {:.1?}",
+        guests[0].console_tail(30),
+        t0.elapsed()
+    );
+    Ok(())
 }
 
 // The switch's native vhost-user port kind is being built on another branch; drop the
