@@ -139,6 +139,9 @@ pub struct GuestImageBuilder {
 
 static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Images kept in the cache (each about 35 MB): one per kernel/init version in use.
+const KEEP_IMAGES: usize = 3;
+
 impl GuestImage {
     /// A builder on `$HEDDLE_GUEST_CACHE` or [`DEFAULT_CACHE_DIR`].
     pub fn builder() -> GuestImageBuilder {
@@ -189,16 +192,27 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `Version` and `Depends` of a package's candidate, from `apt-cache show`.
-fn apt_show(pkg: &str) -> Result<(String, String)> {
-    let text = run(Command::new("apt-cache").args(["show", "--no-all-versions", pkg]))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-    };
-    let version = field("Version:").with_context(|| format!("no Version for {pkg}"))?;
-    Ok((version, field("Depends:").unwrap_or_default()))
+/// `(Version, Depends)` of each package's candidate, from one `apt-cache show` (apt-cache
+/// takes a second or two to start).
+fn apt_show(pkgs: &[&str]) -> Result<Vec<(String, String)>> {
+    let text = run(Command::new("apt-cache")
+        .args(["show", "--no-all-versions"])
+        .args(pkgs))?;
+    pkgs.iter()
+        .map(|pkg| {
+            let para = text
+                .split("\n\n")
+                .find(|p| p.lines().any(|l| l == format!("Package: {pkg}")))
+                .with_context(|| format!("apt-cache show printed nothing for {pkg}"))?;
+            let field = |name: &str| {
+                para.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            let version = field("Version:").with_context(|| format!("no Version for {pkg}"))?;
+            Ok((version, field("Depends:").unwrap_or_default()))
+        })
+        .collect()
 }
 
 /// The kernel package behind `linux-image-amd64` and the busybox-static version:
@@ -206,7 +220,8 @@ fn apt_show(pkg: &str) -> Result<(String, String)> {
 /// lists do not know them.
 fn resolve_packages() -> Result<((String, String), String)> {
     let lookup = || -> Result<((String, String), String)> {
-        let (_, depends) = apt_show("linux-image-amd64")?;
+        let found = apt_show(&["linux-image-amd64", "busybox-static"])?;
+        let depends = &found[0].1;
         // "linux-image-6.1.0-56-amd64 (= 6.1.192-2)"
         let first = depends.split(',').next().unwrap_or_default().trim();
         let (pkg, rest) = first
@@ -217,8 +232,7 @@ fn resolve_packages() -> Result<((String, String), String)> {
             .trim_end_matches(')')
             .trim()
             .to_owned();
-        let (bb, _) = apt_show("busybox-static")?;
-        Ok(((pkg.to_owned(), version), bb))
+        Ok(((pkg.to_owned(), version), found[1].0.clone()))
     };
     match lookup() {
         Ok(v) => Ok(v),
@@ -326,8 +340,27 @@ impl GuestImageBuilder {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        self.prune(KEEP_IMAGES);
         GuestImage::at(dir.clone())
             .with_context(|| format!("{} is incomplete right after building it", dir.display()))
+    }
+
+    /// Removes all but the `keep` most recently built images (other checkouts may still use
+    /// an older one). Called with the lock held.
+    fn prune(&self, keep: usize) {
+        let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
+            return;
+        };
+        let mut images: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        images.sort();
+        let excess = images.len().saturating_sub(keep);
+        for (_, path) in images.into_iter().take(excess) {
+            let _ = std::fs::remove_dir_all(path);
+        }
     }
 
     fn newest_cached(&self) -> Result<GuestImage> {
