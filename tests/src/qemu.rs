@@ -105,6 +105,7 @@ ping)
   else
     say "HEDDLE-PING-FAIL rc=$rc ${loss:-no summary line}"
   fi
+  say "eth0 counters: $(grep eth0 /proc/net/dev)"
   say "staying up for $h_time s"; sleep $h_time ;;
 idle)
   say "idle responder for $h_time s"; sleep $h_time ;;
