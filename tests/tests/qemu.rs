@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use heddle_tests::qemu::{accel, require_qemu};
 use heddle_tests::{
-    exclusive_cpus, require_dpdk_peers, wait_for_socket, wait_until, Guest, GuestConfig,
-    GuestImage, GuestRole, SocketMode, SwitchProcess, VhostKind, MARK_PING_FAIL, MARK_PING_PASS,
-    MARK_UP,
+    exclusive_cpus, require_hugepages, require_root, wait_for_socket, wait_until, Guest,
+    GuestConfig, GuestImage, GuestRole, SocketMode, SwitchProcess, VhostKind, MARK_PING_FAIL,
+    MARK_PING_PASS, MARK_UP,
 };
 
 const VLAN: u16 = 100;
@@ -120,11 +120,13 @@ fn start(
     }
 }
 
-/// Both consoles and the switch's log, for failure messages.
-fn context(guests: &[Guest], switch: &SwitchProcess) -> String {
+/// The guests' consoles (but `skip`'s) and the switch's log, for failure messages.
+fn context(guests: &[Guest], skip: Option<usize>, switch: &SwitchProcess) -> String {
     let mut s = String::new();
-    for g in guests {
-        s += &g.console_tail(40);
+    for (i, g) in guests.iter().enumerate() {
+        if Some(i) != skip {
+            s += &g.console_tail(40);
+        }
     }
     s + "--- heddle-switch log, last 40 lines ---\n" + &tail(&switch.log(), 40)
 }
@@ -152,7 +154,8 @@ fn socket_dir() -> Result<tempfile::TempDir> {
 /// sockets), lets each ping the other [`COUNT`] times, and checks the guests' verdicts and
 /// the switch's per-port counters.
 fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
-    require_dpdk_peers(300)?;
+    require_root()?;
+    require_hugepages(300)?;
     require_qemu()?;
     let _cpus = exclusive_cpus();
     let t0 = Instant::now();
@@ -167,30 +170,27 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
     let t_start = Instant::now();
     let (switch, mut guests) = start(kind, mode, dir.path(), [VLAN, VLAN], [ping(0), ping(1)])?;
 
-    // Each guest's verdict on its own pings, with both consoles and the switch log on failure.
-    let mut verdicts = Vec::new();
+    // Each guest's verdict on its own pings, with the consoles and the switch log on failure.
     for i in 0..guests.len() {
-        let up = guests[i].wait_for(MARK_UP, VERDICT_TIMEOUT);
-        let t_up = guests[i].uptime();
-        let got = up.and_then(|_| {
+        let got = guests[i].wait_for(MARK_UP, VERDICT_TIMEOUT).and_then(|_| {
             guests[i].wait_for_any(&[MARK_PING_PASS, MARK_PING_FAIL], VERDICT_TIMEOUT)
         });
         let (which, line) = match got {
             Ok(v) => v,
-            Err(e) => bail!("{e:#}\n{}", context(&guests, &switch)),
+            // The error has this guest's console already.
+            Err(e) => bail!("{e:#}\n{}", context(&guests, Some(i), &switch)),
         };
-        let t_verdict = guests[i].uptime();
         ensure!(
             which == 0,
             "guest {} reports packet loss: {line}\n{}",
             guests[i].name(),
-            context(&guests, &switch)
+            context(&guests, None, &switch)
         );
         eprintln!(
-            "{}: eth0 up {t_up:.1?} after launch, verdict at {t_verdict:.1?}: {line}",
-            guests[i].name()
+            "{}: {line} (seen {:.1?} after its launch)",
+            guests[i].name(),
+            guests[i].uptime()
         );
-        verdicts.push(line);
     }
     let t_ping = t_start.elapsed();
 
@@ -215,7 +215,7 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
         Err(e) => bail!(
             "{e:#}: {:?}\n{}",
             port_stats(&switch),
-            context(&guests, &switch)
+            context(&guests, None, &switch)
         ),
     };
     for (name, _, _) in GUESTS {
@@ -255,7 +255,8 @@ fn guests_ping_through_dpdk_vhost_switch_as_client() -> Result<()> {
 /// and the switch must send nothing into VLAN 200.
 #[test]
 fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
-    require_dpdk_peers(300)?;
+    require_root()?;
+    require_hugepages(300)?;
     require_qemu()?;
     let _cpus = exclusive_cpus();
     let t0 = Instant::now();
@@ -278,17 +279,17 @@ fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
         [pinger, idle],
     )?;
     if let Err(e) = guests[1].wait_for(MARK_UP, VERDICT_TIMEOUT) {
-        bail!("{e:#}\n{}", context(&guests, &switch));
+        bail!("{e:#}\n{}", context(&guests, Some(1), &switch));
     }
     let verdict = guests[0].wait_for_any(&[MARK_PING_PASS, MARK_PING_FAIL], VERDICT_TIMEOUT);
     let (which, line) = match verdict {
         Ok(v) => v,
-        Err(e) => bail!("{e:#}\n{}", context(&guests, &switch)),
+        Err(e) => bail!("{e:#}\n{}", context(&guests, Some(0), &switch)),
     };
     ensure!(
         which == 1,
         "vm-a on VLAN {VLAN} reached vm-b on VLAN 200: {line}\n{}",
-        context(&guests, &switch)
+        context(&guests, None, &switch)
     );
     let stats = port_stats(&switch)?;
     let (a, b) = (&stats["vm-a"], &stats["vm-b"]);
@@ -298,7 +299,7 @@ fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
         b.tx_packets == 0,
         "the switch sent {} frames from VLAN {VLAN} into VLAN 200\n{}",
         b.tx_packets,
-        context(&guests, &switch)
+        context(&guests, None, &switch)
     );
     eprintln!(
         "{}\nwhole test {:.1?}",
