@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/scripts/install-deps.sh
-deploy/scripts/hugepages.sh 3072
+deploy/scripts/hugepages.sh 3072   # switch and testpmd peers; QEMU guests use memfd RAM, no hugepages
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

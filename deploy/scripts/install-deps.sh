@@ -20,6 +20,8 @@ PACKAGES=(
     containernetworking-plugins  # host-local IPAM and the reference bridge plugin (CNI tests)
     iputils-ping    # ping between pods in the CNI tests
     openssl curl    # the manager's webhook TLS test makes a certificate and posts a review
+    qemu-system-x86 # qemu-system-x86_64: Linux guests on vhost-user ports (tests/tests/qemu.rs)
+    xz-utils        # unpacks the guests' kernel (vmlinuz -> vmlinux) for the QEMU tests
     "$@"
 )
 

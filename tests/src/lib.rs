@@ -8,6 +8,9 @@
 //! - [`netns`] has [`Netns`], [`VethPair`], `ip` helpers.
 //! - [`raw`] has [`RawSocket`] (AF_PACKET with the VLAN tag recovered from `PACKET_AUXDATA`)
 //!   and frame builders.
+//! - [`qemu`] has [`GuestImage`] / [`Guest`]: Linux guests in QEMU (Debian kernel, busybox
+//!   initramfs) whose virtio-net NIC is a vhost-user port of the switch; see its docs for
+//!   the QEMU pitfalls.
 //! - [`mod@env`] has `require_*` preconditions that fail with a fix-it sentence, polling helpers,
 //!   unique names and file prefixes, [`exclusive_cpus`].
 //!
@@ -93,6 +96,7 @@ pub mod cni;
 pub mod env;
 pub mod netns;
 pub mod podman;
+pub mod qemu;
 pub mod raw;
 pub mod stats;
 pub mod switch;
@@ -103,6 +107,10 @@ pub use env::{
     require_tool, unique_name, wait_for_socket, wait_until, HugepageInfo,
 };
 pub use netns::{Netns, VethPair};
+pub use qemu::{
+    Guest, GuestConfig, GuestImage, GuestRole, SocketMode, VhostKind, MARK_PING_FAIL,
+    MARK_PING_PASS, MARK_UP,
+};
 pub use raw::{ethernet_frame, frame_vlan, Frame, RawSocket};
 pub use stats::{latest_port_stats, parse_port_stats_blocks, PortStats};
 pub use switch::{
