@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use heddle_dataplane::vhost::device::VIRTIO_FEATURES;
 use heddle_dataplane::vhost::port::{VhostConfig, VhostPort};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -152,9 +152,13 @@ fn memory_tables_and_rings_that_lie_are_refused() {
     let port = start(dir.path());
     let mut f = Frontend::connect(&port.config().path, 2).expect("connect");
     f.set_owner().unwrap();
+    assert_eq!(f.get_features().unwrap(), VIRTIO_FEATURES);
     f.set_features(VIRTIO_FEATURES).unwrap();
+    f.get_protocol_features().unwrap();
     f.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK)
         .unwrap();
+    // Ask for an acknowledgement of every request, so refusals come back as errors.
+    f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
 
     // A 64 KiB file claimed to be 1 GiB: mapping it would SIGBUS on access.
     let small = memfd(64 << 10);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{Mbuf, Mempool};
 use crate::switch::io::{Burst, PacketIo, PortIndex, MAX_PORTS};
 use crate::vhost::ring::PortRings;
-use crate::vhost::virtq::RxPool;
+use super::rxpool::MbufPool;
 
 /// Spin lock for a TX queue shared between workers. Uncontended it is one atomic swap.
 #[derive(Debug, Default)]
@@ -71,12 +71,18 @@ pub fn empty_paths() -> PortPaths {
 pub struct DpdkIo {
     paths: Arc<PortPaths>,
     pool: Arc<Mempool>,
+    /// Buffers for frames copied out of native vhost-user guests.
+    rx_pool: MbufPool,
 }
 
 impl DpdkIo {
     /// An I/O for a worker with this path table and buffer pool (for flood copies).
     pub fn new(paths: Arc<PortPaths>, pool: Arc<Mempool>) -> DpdkIo {
-        DpdkIo { paths, pool }
+        DpdkIo {
+            paths,
+            rx_pool: MbufPool::new(pool.clone()),
+            pool,
+        }
     }
 
     /// Switches to the path table of a new configuration snapshot.
@@ -93,7 +99,7 @@ impl PacketIo for DpdkIo {
         let eth = match self.paths.get(port as usize) {
             Some(Some(PortPath::Eth { eth, .. })) => *eth,
             Some(Some(PortPath::Vhost { rings, .. })) => {
-                rings.rx_burst(queue, &mut MbufPool(&self.pool), out);
+                rings.rx_burst(queue, &mut self.rx_pool, out);
                 return;
             }
             _ => return,
@@ -168,26 +174,3 @@ impl PacketIo for DpdkIo {
     }
 }
 
-/// Guest TX frames land in mbufs from the worker's pool.
-struct MbufPool<'a>(&'a Mempool);
-
-impl RxPool for MbufPool<'_> {
-    type Pkt = Mbuf;
-
-    #[inline]
-    fn alloc(&mut self, len: usize) -> Option<Mbuf> {
-        let len = u16::try_from(len).ok()?;
-        let raw = Mbuf::alloc(self.0)?.into_raw();
-        // SAFETY: `raw` is a fresh mbuf we own; append returns null (checked) or extends its
-        // single segment by `len` bytes inside the data room.
-        let dst = unsafe { dpdk_sys::heddle_rte_pktmbuf_append(raw.as_ptr(), len) };
-        // SAFETY: `raw` came from `into_raw` just above and nothing else owns it.
-        let m = unsafe { Mbuf::from_raw(raw) };
-        (!dst.is_null()).then_some(m)
-    }
-
-    fn max_len(&self) -> usize {
-        // The daemon's pools have 2176-byte data rooms with 128 bytes of headroom.
-        2048
-    }
-}

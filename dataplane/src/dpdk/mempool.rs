@@ -8,6 +8,7 @@ use super::error::{errno, strerror, DpdkError};
 pub struct Mempool {
     raw: NonNull<dpdk_sys::rte_mempool>,
     name: String,
+    data_room: u16,
 }
 
 // SAFETY: a DPDK mempool is designed for concurrent get/put from many lcores (per-lcore
@@ -37,6 +38,7 @@ impl Mempool {
             Some(raw) => Ok(Mempool {
                 raw,
                 name: name.to_owned(),
+                data_room,
             }),
             None => Err(DpdkError::Mempool {
                 name: name.to_owned(),
@@ -49,6 +51,11 @@ impl Mempool {
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Bytes of each mbuf's data room, headroom included (as passed to `create`).
+    pub fn data_room(&self) -> u16 {
+        self.data_room
     }
 
     /// Raw pointer for DPDK calls that take the pool.

@@ -13,9 +13,11 @@ mod ethdev;
 pub mod io;
 mod mbuf;
 mod mempool;
+mod rxpool;
 
 pub use eal::{tsc, Eal};
 pub use error::DpdkError;
 pub use ethdev::{EthPort, EthStats, LinkStatus, PortInfo, QueueConfig};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
+pub use rxpool::MbufPool;

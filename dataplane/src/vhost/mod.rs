@@ -5,13 +5,20 @@
 //!   translation of guest-physical and frontend-virtual addresses.
 //! - [`virtq`]: the poll-mode split-ring fast path: dequeue (guest TX into switch packets)
 //!   and enqueue (switch packets into guest RX buffers), hardened against hostile rings.
-//! - `backend`: the vhost-user protocol (through the `vhost` crate), one thread per
-//!   connection, publishing ring setups to the PMD workers without a lock on their side.
-//! - `port`: a port's socket in server or client role, with reconnect.
+//! - [`device`]: the vhost-user protocol state (messages parsed and validated by the `vhost`
+//!   crate): features, memory table, when each vring starts and stops.
+//! - [`ring`]: how a running vring passes to the PMD workers without a lock on their side.
+//! - [`port`]: a port's socket in server or client role, with reconnect, one thread each.
+//! - [`testing`]: an in-process virtio driver, a heap packet pool and the ring fuzzer, for
+//!   tests, fuzzing and benches; [`fuzz`]: the protocol fuzzer's entry point.
 
 pub mod device;
 pub mod fuzz;
 pub mod memory;
 pub mod port;
 pub mod ring;
+pub mod testing;
 pub mod virtq;
+
+#[cfg(test)]
+mod tests;
