@@ -309,16 +309,12 @@ fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
     Ok(())
 }
 
-// The switch's native vhost-user port kind is being built on another branch; drop the
-// `ignore` once heddle-switch accepts `vhost-user-<n>` devargs.
 #[test]
-#[ignore = "native vhost-user port kind (vhost-user-<n> devargs) not merged yet"]
 fn guests_ping_through_native_vhost_switch_as_server() -> Result<()> {
     run_ping(VhostKind::Native, SocketMode::SwitchServer)
 }
 
 #[test]
-#[ignore = "native vhost-user port kind (vhost-user-<n> devargs) not merged yet"]
 fn guests_ping_through_native_vhost_switch_as_client() -> Result<()> {
     run_ping(VhostKind::Native, SocketMode::SwitchClient)
 }

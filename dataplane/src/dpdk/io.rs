@@ -7,10 +7,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::rxpool::MbufPool;
 use super::{Mbuf, Mempool};
 use crate::switch::io::{Burst, PacketIo, PortIndex, MAX_PORTS};
 use crate::vhost::ring::PortRings;
-use super::rxpool::MbufPool;
 
 /// Spin lock for a TX queue shared between workers. Uncontended it is one atomic swap.
 #[derive(Debug, Default)]
@@ -173,4 +173,3 @@ impl PacketIo for DpdkIo {
         pkt.copy(&self.pool)
     }
 }
-

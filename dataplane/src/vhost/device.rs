@@ -74,6 +74,21 @@ fn invalid(what: &'static str) -> Error {
     Error::InvalidOperation(what)
 }
 
+/// The used ring's `idx` field, read from guest memory.
+fn ring_used_idx(mem: &GuestMemory, used_uva: u64) -> Option<u16> {
+    let p = mem.translate_uva(used_uva.checked_add(2)?, 2)?;
+    if p.as_ptr().align_offset(2) != 0 {
+        return None;
+    }
+    // SAFETY: `translate_uva` checked that the two bytes lie inside one mapped region, which
+    // `mem` keeps mapped; the alignment is checked above. The guest may write it at any time:
+    // a volatile read of a plain u16 gives some value, which is only used as an index the
+    // ring code bounds anyway.
+    Some(u16::from_le(unsafe {
+        std::ptr::read_volatile(p.as_ptr().cast::<u16>())
+    }))
+}
+
 impl VhostDevice {
     /// A device for port `name`, installing its rings in `rings`.
     pub fn new(name: String, rings: Arc<PortRings>, quiesce: Quiesce) -> VhostDevice {
@@ -148,6 +163,17 @@ impl VhostDevice {
             && (v.enabled || !negotiated)
             && self.mem.is_some();
         if !ready {
+            tracing::trace!(
+                port = %self.name,
+                vring = i,
+                addrs = v.addrs.is_some(),
+                size = v.size,
+                kicked = v.kicked,
+                enabled = v.enabled,
+                negotiated,
+                mem = self.mem.is_some(),
+                "vring not ready"
+            );
             self.stop(i);
             return;
         }
@@ -157,7 +183,18 @@ impl VhostDevice {
         let (Some(mem), Some(addrs)) = (self.mem.clone(), v.addrs) else {
             return;
         };
-        let mut queue = match SplitQueue::new(&mem, &addrs, v.base, self.features) {
+        // A frontend that reconnects to a restarted switch (DPDK virtio-user as server) sends
+        // base 0 for split rings; the ring itself says where the device left off. Every
+        // chain this switch took was returned before it could stop, so the used index is
+        // the resume point. A consistent frontend's base equals it anyway.
+        let mut base = v.base;
+        if let Some(used_idx) = ring_used_idx(&mem, addrs.used_uva) {
+            if used_idx != base {
+                tracing::info!(port = %self.name, vring = i, base, used_idx, "resuming the vring at the guest's used index");
+                base = used_idx;
+            }
+        }
+        let mut queue = match SplitQueue::new(&mem, &addrs, base, self.features) {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(port = %self.name, vring = i, error = %e, "vring refused");
@@ -209,6 +246,24 @@ impl VhostDevice {
         self.update_up();
     }
 
+    /// True once the frontend acked `VHOST_USER_F_PROTOCOL_FEATURES`.
+    pub fn protocol_features_acked(&self) -> bool {
+        self.protocol_negotiated()
+    }
+
+    /// True when the frontend negotiated `REPLY_ACK`.
+    pub fn reply_ack(&self) -> bool {
+        self.protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
+    }
+
+    /// `SET_VRING_ENABLE`, also when it comes before the features (see `port`).
+    pub fn enable_vring(&mut self, index: u32, enable: bool) -> Result<()> {
+        let i = index as usize;
+        self.vring(index)?.enabled = enable;
+        self.refresh(i);
+        Ok(())
+    }
+
     /// Queue pairs whose two vrings run.
     pub fn running_pairs(&self) -> u16 {
         self.vrings
@@ -244,6 +299,7 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
+        tracing::debug!(port = %self.name, features = format_args!("{features:#x}"), "SET_FEATURES");
         if features & !VIRTIO_FEATURES != 0 {
             return Err(invalid("frontend acked features the switch did not offer"));
         }
@@ -391,10 +447,7 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
-        let i = index as usize;
-        self.vring(index)?.enabled = enable;
-        self.refresh(i);
-        Ok(())
+        self.enable_vring(index, enable)
     }
 
     fn get_config(

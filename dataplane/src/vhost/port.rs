@@ -258,6 +258,40 @@ pub(crate) fn ends_connection(e: &VuError) -> bool {
     )
 }
 
+/// `VHOST_USER_SET_VRING_ENABLE`.
+const SET_VRING_ENABLE: u32 = 18;
+/// Header flags: protocol version 1, reply, need reply.
+const FLAG_VERSION: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// A vhost-user message header.
+struct Header {
+    request: u32,
+    flags: u32,
+    size: u32,
+}
+
+/// The next message's header, left in the socket for the handler.
+fn peek_header(fd: i32) -> Option<Header> {
+    let mut hdr = [0u8; 12];
+    // SAFETY: `hdr` is 12 writable bytes; MSG_PEEK leaves the message in place.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            hdr.as_mut_ptr().cast(),
+            hdr.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+    (n == 12).then(|| Header {
+        request: word(0),
+        flags: word(4),
+        size: word(8),
+    })
+}
+
 struct Worker {
     name: String,
     config: VhostConfig,
@@ -269,6 +303,46 @@ struct Worker {
 }
 
 impl Worker {
+    fn lock_device(&self) -> std::sync::MutexGuard<'_, VhostDevice> {
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// QEMU 7.2 enables its vrings before it sets the features. The `vhost` crate refuses
+    /// `SET_VRING_ENABLE` until `VHOST_USER_F_PROTOCOL_FEATURES` is acked (as the spec's
+    /// wording allows), which would leave QEMU's rings disabled for good; DPDK's vhost
+    /// library accepts it, and so does Heddle: the message is read and applied here.
+    fn early_vring_enable(&self, hdr: &Header) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let mut conn = {
+            let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_ref() {
+                Some(c) => c.try_clone()?,
+                None => return Err(std::io::ErrorKind::NotConnected.into()),
+            }
+        };
+        let mut msg = [0u8; 20];
+        conn.read_exact(&mut msg)?;
+        let index = u32::from_le_bytes([msg[12], msg[13], msg[14], msg[15]]);
+        let num = u32::from_le_bytes([msg[16], msg[17], msg[18], msg[19]]);
+        let res = match num {
+            0 | 1 => self.lock_device().enable_vring(index, num == 1),
+            _ => Err(VuError::InvalidParam),
+        };
+        if let Err(e) = &res {
+            self.link.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(port = %self.name, error = %e, index, num, "SET_VRING_ENABLE refused");
+        }
+        if hdr.flags & FLAG_NEED_REPLY != 0 && self.lock_device().reply_ack() {
+            let mut reply = Vec::with_capacity(20);
+            reply.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+            reply.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+            reply.extend_from_slice(&8u32.to_le_bytes());
+            reply.extend_from_slice(&u64::from(res.is_err()).to_le_bytes());
+            conn.write_all(&reply)?;
+        }
+        Ok(())
+    }
+
     fn serve(&self, stream: UnixStream) {
         let fd = stream.as_raw_fd();
         if let Ok(clone) = stream.try_clone() {
@@ -282,6 +356,18 @@ impl Worker {
             if !readable(fd, &self.wake, 1000) {
                 continue;
             }
+            if let Some(hdr) = peek_header(fd) {
+                tracing::trace!(port = %self.name, request = hdr.request, flags = hdr.flags, size = hdr.size, "vhost-user message");
+                if hdr.request == SET_VRING_ENABLE
+                    && hdr.size == 8
+                    && !self.lock_device().protocol_features_acked()
+                {
+                    if self.early_vring_enable(&hdr).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
             match handler.handle_request() {
                 Ok(()) => {}
                 Err(VuError::Disconnected | VuError::PartialMessage) => break,
@@ -291,6 +377,12 @@ impl Worker {
                         tracing::warn!(port = %self.name, error = %e, "vhost-user frontend sent a bad message: closing the connection");
                     }
                     break;
+                }
+                // DPDK's virtio-user disables its queues before it has acked
+                // VHOST_USER_F_PROTOCOL_FEATURES; the crate refuses that (as the spec says)
+                // and the frontend carries on. Not worth an operator's attention.
+                Err(e @ VuError::InactiveFeature(_)) => {
+                    tracing::debug!(port = %self.name, error = %e, "vhost-user request refused");
                 }
                 Err(e) => {
                     self.link.protocol_errors.fetch_add(1, Ordering::Relaxed);
