@@ -220,3 +220,41 @@ fn memory_tables_and_rings_that_lie_are_refused() {
     drop(f);
     well_behaved(&port);
 }
+
+/// The protocol fuzzer's entry point on pseudo-random inputs, briefly (the cargo-fuzz target
+/// in `dataplane/fuzz` runs the same function for as long as one likes): random bytes, and
+/// streams of well-formed headers with random codes, flags, sizes and bodies.
+#[test]
+fn protocol_fuzz_smoke() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let started = Instant::now();
+    let mut runs = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let mut input = Vec::new();
+        if next() % 4 == 0 {
+            let n = (next() % 512) as usize;
+            input.extend((0..n).map(|_| next() as u8));
+        } else {
+            for _ in 0..(next() % 12) {
+                let code = (next() % 45) as u32;
+                let size = match next() % 8 {
+                    0 => (next() % 0x1_0000) as u32,
+                    _ => (next() % 64) as u32,
+                };
+                input.extend_from_slice(&header(code, 1 | (next() as u32 & 0xc), size));
+                let body = size.min(256);
+                input.extend((0..body).map(|_| next() as u8));
+            }
+        }
+        heddle_dataplane::vhost::fuzz::fuzz_protocol(&input);
+        runs += 1;
+    }
+    eprintln!("{runs} protocol inputs in 3 s");
+    assert!(runs > 100);
+}
