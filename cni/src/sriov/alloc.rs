@@ -153,7 +153,8 @@ impl Allocations {
         write().map_err(|e| CniError::io("writing the VF allocation", &path, e))
     }
 
-    /// Removes the allocation (and the lock file). Call with its lock held.
+    /// Removes the allocation. Call with its lock held. The lock file stays: unlinking it
+    /// while another call waits on it would let two calls lock different files.
     pub fn remove(&self, pci: &str, _lock: &VfLock) -> Result<(), CniError> {
         let path = self.path(pci);
         match std::fs::remove_file(&path) {
