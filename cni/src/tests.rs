@@ -436,3 +436,27 @@ fn a_vfio_vf_gets_pf_settings_pci_id_and_device_info_and_del_restores_them() {
     );
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
+
+#[test]
+fn gc_gives_back_a_vf_whose_pod_the_runtime_forgot() {
+    let env = Env::new();
+    crate::sriov::sysfs::fixture::create(
+        &env.dir.path().join("sys"),
+        "0000:03:00.0",
+        "ens1f0",
+        &[("0000:03:02.0", None, "vfio-pci")],
+    )
+    .unwrap();
+    let conf = env.conf(r#","kind":"sriov","trust":"on","deviceID":"0000:03:02.0""#);
+    env.call("ADD", "gone", "net1", &conf).unwrap();
+    assert_eq!(env.pf.vfs.borrow()[&0].trust, Some(true));
+    env.call(
+        "GC",
+        "",
+        "",
+        &env.conf(r#","cni.dev/valid-attachments":[]"#),
+    )
+    .unwrap();
+    assert_eq!(env.pf.vfs.borrow()[&0].trust, Some(false));
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}

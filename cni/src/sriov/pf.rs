@@ -55,8 +55,9 @@ impl VfSettings {
             vlan: current.vlan.filter(|_| vlan).or(vlan.then_some(0)),
             qos: current.qos.filter(|_| vlan).or(vlan.then_some(0)),
             mac: current.mac.filter(|_| self.mac.is_some()),
-            spoofchk: current.spoofchk.filter(|_| self.spoofchk.is_some()),
-            trust: current.trust.filter(|_| self.trust.is_some()),
+            // A kernel that does not report one of these had it at the driver default.
+            spoofchk: self.spoofchk.map(|_| current.spoofchk.unwrap_or(true)),
+            trust: self.trust.map(|_| current.trust.unwrap_or(false)),
             min_tx_rate: current.min_tx_rate.filter(|_| rate).or(rate.then_some(0)),
             max_tx_rate: current.max_tx_rate.filter(|_| rate).or(rate.then_some(0)),
         }
