@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{code, CniError};
+use crate::sriov::pf::VfSettings;
+use crate::sriov::SriovConf;
 
 /// The CNI versions this plugin speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
@@ -18,6 +20,9 @@ pub const DEFAULT_SWITCH_SOCKET: &str = heddle_api::DEFAULT_SOCKET;
 pub const DEFAULT_SOCKET_DIR: &str = "/run/heddle/pods";
 /// Default directory of per-attachment records.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/heddle/cni";
+/// vhost-user backend when the config names none. The native (Rust) backend is not merged
+/// in heddle-switch yet; flip this to [`VhostBackend::Native`] when it is.
+pub const DEFAULT_VHOST_BACKEND: VhostBackend = VhostBackend::Dpdk;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -45,6 +50,15 @@ pub fn version_reply(requested: Option<&str>) -> Value {
     serde_json::json!({ "cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
+/// Which heddle-switch port kind serves a vhost-user socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VhostBackend {
+    /// DPDK's `net_vhost` (socket owner and mode set by heddle-cni after the port is added).
+    Dpdk,
+    /// heddle-switch's own vhost-user port (`vhost-user-<id>`, owner and mode in devargs).
+    Native,
+}
+
 /// What kind of interface the pod gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -55,6 +69,8 @@ pub enum Kind {
         switch_is_server: bool,
         /// Queue pairs.
         queues: u16,
+        /// The switch port kind behind the socket.
+        backend: VhostBackend,
     },
     /// A memif socket in the pod's socket directory.
     Memif {
@@ -65,8 +81,8 @@ pub enum Kind {
     },
     /// A veth pair: the pod end in the pod's netns, the host end an AF_PACKET switch port.
     Kernel,
-    /// An SR-IOV VF (not implemented: no hardware to prove it on).
-    Sriov,
+    /// An SR-IOV VF handed over by the device plugin.
+    Sriov(SriovConf),
 }
 
 impl Kind {
@@ -76,7 +92,7 @@ impl Kind {
             Kind::VhostUser { .. } => "vhost-user",
             Kind::Memif { .. } => "memif",
             Kind::Kernel => "kernel",
-            Kind::Sriov => "sriov",
+            Kind::Sriov(_) => "sriov",
         }
     }
 }
@@ -122,9 +138,11 @@ struct RawConf {
     #[serde(default)]
     socket_dir: Option<String>,
     #[serde(default)]
-    socket_owner: Option<u32>,
+    socket_owner: Option<Value>,
     #[serde(default)]
-    socket_group: Option<u32>,
+    socket_group: Option<Value>,
+    #[serde(default)]
+    backend: Option<String>,
     #[serde(default)]
     socket_mode: Option<String>,
     #[serde(default)]
@@ -147,6 +165,20 @@ struct RawConf {
     prev_result: Option<Value>,
     #[serde(default, rename = "deviceID")]
     device_id: Option<String>,
+    #[serde(default, rename = "vlanQoS")]
+    vlan_qos: Option<u8>,
+    #[serde(default)]
+    spoofchk: Option<Value>,
+    #[serde(default)]
+    trust: Option<Value>,
+    #[serde(default)]
+    min_tx_rate: Option<u32>,
+    #[serde(default)]
+    max_tx_rate: Option<u32>,
+    #[serde(default)]
+    admin_mac: Option<bool>,
+    #[serde(default)]
+    resource_name: Option<String>,
     #[serde(default, rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<ValidAttachment>>,
 }
@@ -172,7 +204,7 @@ pub struct NetConf {
     pub network: String,
     /// Interface kind.
     pub kind: Kind,
-    /// Access VLAN, 1-4094.
+    /// Access VLAN, 1-4094 (for `sriov`: the VF's PF-side VLAN, 0 for none).
     pub vlan: u16,
     /// MAC from the config.
     pub mac: Option<[u8; 6]>,
@@ -184,7 +216,8 @@ pub struct NetConf {
     pub socket_owner: Option<u32>,
     /// Group of the pod's socket directory and socket.
     pub socket_group: Option<u32>,
-    /// Mode of the pod's socket directory (the socket gets it without the execute bits).
+    /// Mode of the socket (`socketMode`, default `0660`); the pod's socket directory gets
+    /// it with search bits added ([`crate::owner::dir_mode`]).
     pub socket_mode: u32,
     /// The node daemon's control socket.
     pub switch_socket: PathBuf,
@@ -292,9 +325,21 @@ impl NetConf {
                         format!("got {queues}"),
                     ));
                 }
+                let backend = match c.backend.as_deref() {
+                    None => DEFAULT_VHOST_BACKEND,
+                    Some("dpdk") => VhostBackend::Dpdk,
+                    Some("native") => VhostBackend::Native,
+                    Some(other) => {
+                        return Err(CniError::config(
+                            "backend must be \"dpdk\" (DPDK net_vhost) or \"native\" (heddle-switch's own vhost-user port)",
+                            format!("got {other:?}"),
+                        ))
+                    }
+                };
                 Kind::VhostUser {
                     switch_is_server,
                     queues,
+                    backend,
                 }
             }
             Some("memif") => {
@@ -321,7 +366,7 @@ impl NetConf {
                 }
             }
             Some("kernel") => Kind::Kernel,
-            Some("sriov") => Kind::Sriov,
+            Some("sriov") => Kind::Sriov(sriov_conf(&c)?),
             other => {
                 return Err(CniError::config(
                     "kind must be one of vhost-user, memif, kernel, sriov",
@@ -329,8 +374,10 @@ impl NetConf {
                 ))
             }
         };
+        let is_sriov = matches!(kind, Kind::Sriov(_));
         let vlan = match c.vlan {
             Some(v) if (1..=4094).contains(&v) => v as u16,
+            Some(0) | None if is_sriov => 0,
             None if !needs_kind => 1,
             Some(v) => return Err(CniError::config("vlan must be 1-4094", format!("got {v}"))),
             None => {
@@ -357,17 +404,19 @@ impl NetConf {
             c.socket_dir.as_deref().unwrap_or(DEFAULT_SOCKET_DIR),
         )?;
         let socket_mode = match c.socket_mode.as_deref() {
-            None => 0o770,
-            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|m| *m <= 0o777)
-                .ok_or_else(|| {
-                    CniError::config(
-                        "socketMode must be an octal mode such as \"0770\"",
-                        format!("got {m:?}"),
-                    )
-                })?,
+            None => 0o660,
+            Some(m) => crate::owner::parse_mode(m)?,
         };
+        let socket_owner = c
+            .socket_owner
+            .as_ref()
+            .map(|v| crate::owner::resolve_user("socketOwner", v))
+            .transpose()?;
+        let socket_group = c
+            .socket_group
+            .as_ref()
+            .map(|v| crate::owner::resolve_group("socketGroup", v))
+            .transpose()?;
         let switch_socket = clean_abs_path(
             "switchSocket",
             c.switch_socket.as_deref().unwrap_or(DEFAULT_SWITCH_SOCKET),
@@ -405,8 +454,8 @@ impl NetConf {
             mac,
             mtu: c.mtu,
             socket_dir,
-            socket_owner: c.socket_owner,
-            socket_group: c.socket_group,
+            socket_owner,
+            socket_group,
             socket_mode,
             switch_socket,
             state_dir,
@@ -420,6 +469,78 @@ impl NetConf {
             raw,
         })
     }
+}
+
+/// `"on"`/`"off"` (as the SR-IOV CNI writes them) or a JSON boolean.
+fn on_off(field: &str, v: Option<&Value>) -> Result<Option<bool>, CniError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if s == "on" => Ok(Some(true)),
+        Some(Value::String(s)) if s == "off" => Ok(Some(false)),
+        Some(other) => Err(CniError::config(
+            format!("{field} must be \"on\" or \"off\""),
+            format!("got {other}"),
+        )),
+    }
+}
+
+/// The `sriov` keys: PF-side settings and how the VF is found.
+fn sriov_conf(c: &RawConf) -> Result<SriovConf, CniError> {
+    let vlan = match c.vlan {
+        None | Some(0) => None,
+        Some(v) if (1..=4094).contains(&v) => Some(v as u16),
+        Some(v) => {
+            return Err(CniError::config(
+                "vlan of an sriov network is the VF's VLAN: 1-4094, or 0 / absent for none",
+                format!("got {v}"),
+            ))
+        }
+    };
+    if let Some(q) = c.vlan_qos {
+        if q > 7 {
+            return Err(CniError::config("vlanQoS must be 0-7", format!("got {q}")));
+        }
+        if vlan.is_none() {
+            return Err(CniError::config(
+                "vlanQoS needs a vlan: set vlan (1-4094) or remove vlanQoS",
+                format!("vlanQoS {q} without vlan"),
+            ));
+        }
+    }
+    if let (Some(min), Some(max)) = (c.min_tx_rate, c.max_tx_rate) {
+        if max != 0 && min > max {
+            return Err(CniError::config(
+                "minTxRate must not exceed maxTxRate (Mbit/s; 0 means no limit)",
+                format!("got {min} > {max}"),
+            ));
+        }
+    }
+    if let Some(r) = &c.resource_name {
+        if r.is_empty()
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"./_-".contains(&b))
+        {
+            return Err(CniError::config(
+                "resourceName must be a device plugin resource such as intel.com/sriov_a",
+                format!("got {r:?}"),
+            ));
+        }
+    }
+    Ok(SriovConf {
+        settings: VfSettings {
+            vlan,
+            qos: vlan.and(c.vlan_qos),
+            mac: None,
+            spoofchk: on_off("spoofchk", c.spoofchk.as_ref())?,
+            trust: on_off("trust", c.trust.as_ref())?,
+            min_tx_rate: c.min_tx_rate,
+            max_tx_rate: c.max_tx_rate,
+        },
+        admin_mac: c.admin_mac.unwrap_or(true),
+        resource_name: c.resource_name.clone(),
+    })
 }
 
 /// Parses a unicast MAC (code 7 for anything else, including multicast and all-zero).
@@ -460,11 +581,17 @@ mod tests {
             c.kind,
             Kind::VhostUser {
                 switch_is_server: true,
-                queues: 1
+                queues: 1,
+                backend: DEFAULT_VHOST_BACKEND,
             }
         );
         assert_eq!(c.socket_dir, PathBuf::from(DEFAULT_SOCKET_DIR));
-        assert_eq!(c.socket_mode, 0o770);
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(
+            DEFAULT_VHOST_BACKEND,
+            VhostBackend::Dpdk,
+            "until native is merged"
+        );
     }
 
     #[test]
@@ -501,6 +628,10 @@ mod tests {
             r#","queues":0"#,
             r#","mtu":20"#,
             r#","socketMode":"0999""#,
+            r#","socketMode":"rw""#,
+            r#","socketOwner":"no-such-user-heddle""#,
+            r#","socketGroup":-5"#,
+            r#","backend":"spdk""#,
             r#","type":"bridge""#,
             r#","runtimeConfig":{"mac":"ff:ff:ff:ff:ff:ff"}"#,
             r#","runtimeConfig":{"ips":["10.0.0.1"]}"#,
@@ -523,6 +654,75 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn vhost_user_backend_and_socket_ownership() {
+        let c = NetConf::parse(
+            conf(
+                r#","backend":"native","socketOwner":"root","socketGroup":"0","socketMode":"0640""#,
+            )
+            .as_bytes(),
+            true,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.kind,
+            Kind::VhostUser {
+                backend: VhostBackend::Native,
+                ..
+            }
+        ));
+        assert_eq!(
+            (c.socket_owner, c.socket_group, c.socket_mode),
+            (Some(0), Some(0), 0o640)
+        );
+        let e =
+            NetConf::parse(conf(r#","socketOwner":"nobody-heddle""#).as_bytes(), true).unwrap_err();
+        assert!(
+            e.msg.contains("socketOwner must be a uid or a user name"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn sriov_keys() {
+        let sriov = |extra: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.1.0","name":"s","kind":"sriov"{extra}}}"#).as_bytes(),
+                true,
+            )
+        };
+        let c = sriov(r#","deviceID":"0000:03:02.0""#).unwrap();
+        let Kind::Sriov(s) = &c.kind else { panic!() };
+        assert!(s.settings.is_empty() && s.admin_mac);
+        assert_eq!(c.vlan, 0);
+        let c = sriov(
+            r#","vlan":100,"vlanQoS":3,"spoofchk":"off","trust":true,"maxTxRate":1000,"adminMac":false"#,
+        )
+        .unwrap();
+        let Kind::Sriov(s) = &c.kind else { panic!() };
+        assert_eq!(
+            (
+                s.settings.vlan,
+                s.settings.qos,
+                s.settings.spoofchk,
+                s.settings.trust
+            ),
+            (Some(100), Some(3), Some(false), Some(true))
+        );
+        assert!(!s.admin_mac);
+        for bad in [
+            r#","vlan":4095"#,
+            r#","vlanQoS":2"#,
+            r#","vlan":5,"vlanQoS":8"#,
+            r#","spoofchk":"yes""#,
+            r#","minTxRate":100,"maxTxRate":10"#,
+            r#","resourceName":"a b""#,
+        ] {
+            assert_eq!(sriov(bad).unwrap_err().code, 7, "{bad}");
+        }
     }
 
     #[test]

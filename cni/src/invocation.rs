@@ -114,7 +114,14 @@ pub struct Invocation {
     pub args: CniArgs,
     /// `CNI_PATH` directories, searched for IPAM plugins.
     pub path: Vec<PathBuf>,
+    /// Where sysfs is (`HEDDLE_SYSFS_ROOT`, default `/sys`; tests point it at a fixture).
+    pub sysfs_root: PathBuf,
+    /// `PCIDEVICE_*` variables (device plugin hand-over), name and value.
+    pub pci_devices: Vec<(String, String)>,
 }
+
+/// Where sysfs is mounted on a node.
+pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
 
 /// A container id as the spec allows it: starts alphanumeric, then `[A-Za-z0-9_.-]`, at
 /// most 256 bytes. This also rules out `/` and `..` components.
@@ -190,6 +197,15 @@ impl Invocation {
         let path = get("CNI_PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
+        let sysfs_root = get("HEDDLE_SYSFS_ROOT")
+            .filter(|s| !s.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_SYSFS_ROOT), PathBuf::from);
+        if !sysfs_root.is_absolute() {
+            return Err(CniError::env(
+                "HEDDLE_SYSFS_ROOT must be an absolute path (it is meant for tests; leave it unset on a node)",
+                format!("got {}", sysfs_root.display()),
+            ));
+        }
         Ok(Invocation {
             command,
             container_id,
@@ -197,7 +213,18 @@ impl Invocation {
             ifname,
             args,
             path,
+            sysfs_root,
+            pci_devices: vec![],
         })
+    }
+
+    /// Adds the `PCIDEVICE_*` variables among `vars` (the process environment in the binary).
+    pub fn with_pci_devices(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.pci_devices = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("PCIDEVICE_"))
+            .collect();
+        self
     }
 }
 

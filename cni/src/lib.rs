@@ -7,6 +7,8 @@
 //! - [`plugin`]: ADD, DEL, CHECK, STATUS, GC, VERSION, doing the effects under a node-wide
 //!   lock with a [`record`] per attachment written before the first effect;
 //! - [`switch`], [`netlink`], [`ipam`]: the node daemon, the kernel and delegated IPAM;
+//! - [`sriov`]: SR-IOV VFs (sysfs discovery, PF-side settings, per-VF allocation);
+//! - [`owner`]: socket owner, group and mode from the config;
 //! - [`result`] and [`error`]: what goes to stdout, per CNI version.
 //!
 //! Only the JSON reply goes to stdout; diagnostics go to stderr.
@@ -18,10 +20,12 @@ pub mod error;
 pub mod invocation;
 pub mod ipam;
 pub mod netlink;
+pub mod owner;
 pub mod plan;
 pub mod plugin;
 pub mod record;
 pub mod result;
+pub mod sriov;
 pub mod switch;
 
 pub use error::CniError;

@@ -27,6 +27,7 @@ fn main() {
             e.to_string(),
         )),
         Ok(_) => Invocation::from_env(|k| std::env::var(k).ok())
+            .map(|inv| inv.with_pci_devices(std::env::vars()))
             .and_then(|inv| plugin::run(&inv, &stdin, &connect)),
     };
     let mut out = std::io::stdout().lock();

@@ -1,4 +1,5 @@
-//! Kernel interfaces by rtnetlink: the veth pair of a `kernel` attachment. Work inside the
+//! Kernel interfaces by rtnetlink: the veth pair of a `kernel` attachment, a VF netdev
+//! moved into a pod and back, and a PF's VF table. Work inside the
 //! pod's netns runs on a dedicated thread that `setns()`es first and only then opens its own
 //! netlink socket (setns changes the calling thread only; the socket stays in the namespace
 //! it was created in).
@@ -9,9 +10,11 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkVfInfo};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::CniError;
+use crate::sriov::alloc::NetdevState;
 
 /// The pod side of a veth.
 #[derive(Debug, Clone)]
@@ -22,10 +25,10 @@ pub struct PodSide {
     pub tmp_name: String,
     /// Name it gets inside the pod (`CNI_IFNAME`).
     pub ifname: String,
-    /// MAC.
-    pub mac: [u8; 6],
-    /// MTU.
-    pub mtu: u32,
+    /// MAC (`None` keeps the device's own).
+    pub mac: Option<[u8; 6]>,
+    /// MTU (`None` keeps the device's own).
+    pub mtu: Option<u32>,
     /// `addr/prefix` to add.
     pub addresses: Vec<(IpAddr, u8)>,
     /// `(dst, prefix, gateway)` routes to add.
@@ -128,7 +131,11 @@ pub fn create_veth(host: &str, pod: &PodSide) -> Result<(), CniError> {
                 }
             }
             h.link()
-                .add(LinkVeth::new(&host, &p.tmp_name).mtu(p.mtu).build())
+                .add(
+                    LinkVeth::new(&host, &p.tmp_name)
+                        .mtu(p.mtu.unwrap_or(1500))
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| CniError::netlink(format!("creating veth {host}"), e))?;
@@ -159,25 +166,28 @@ pub fn create_veth(host: &str, pod: &PodSide) -> Result<(), CniError> {
             Ok(())
         })
     })?;
+    configure_pod_end(pod)
+}
+
+/// Inside the pod: renames `pod.tmp_name` to `pod.ifname`, sets MAC and MTU when given,
+/// brings it up and adds the addresses and routes.
+fn configure_pod_end(pod: &PodSide) -> Result<(), CniError> {
     let p = pod.clone();
     on_thread(Some(pod.netns.clone()), move |h| {
         Box::pin(async move {
             let idx = index_of(&h, &p.tmp_name).await?.ok_or_else(|| {
                 CniError::netlink("pod interface", format!("{} is not in the pod", p.tmp_name))
             })?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(idx)
-                        .name(p.ifname.clone())
-                        .address(p.mac.to_vec())
-                        .mtu(p.mtu)
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| {
-                    CniError::netlink(format!("naming the pod interface {}", p.ifname), e)
-                })?;
+            let mut set = LinkUnspec::new_with_index(idx).name(p.ifname.clone());
+            if let Some(mac) = p.mac {
+                set = set.address(mac.to_vec());
+            }
+            if let Some(mtu) = p.mtu {
+                set = set.mtu(mtu);
+            }
+            h.link().set(set.build()).execute().await.map_err(|e| {
+                CniError::netlink(format!("naming the pod interface {}", p.ifname), e)
+            })?;
             h.link()
                 .set(LinkUnspec::new_with_index(idx).up().build())
                 .execute()
@@ -205,6 +215,225 @@ pub fn create_veth(host: &str, pod: &PodSide) -> Result<(), CniError> {
                     .map_err(|e| CniError::netlink(format!("adding route {dst}/{len}"), e))?;
             }
             Ok(())
+        })
+    })
+}
+
+/// The state of the host-namespace link `name` (`None` when there is none).
+pub fn link_state(name: &str) -> Result<Option<NetdevState>, CniError> {
+    let name = name.to_owned();
+    on_thread(None, move |h| {
+        Box::pin(async move { state_of(&h, &name).await })
+    })
+}
+
+async fn state_of(h: &Handle, name: &str) -> Result<Option<NetdevState>, CniError> {
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    let msg = match links.try_next().await {
+        Ok(Some(msg)) => msg,
+        Ok(None) => return Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(CniError::netlink(format!("looking up {name}"), e)),
+    };
+    let mut state = NetdevState {
+        name: name.to_owned(),
+        mac: [0; 6],
+        mtu: 1500,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::Address(m) if m.len() == 6 => state.mac.copy_from_slice(m),
+            LinkAttribute::Mtu(m) => state.mtu = *m,
+            _ => {}
+        }
+    }
+    Ok(Some(state))
+}
+
+/// Moves the host link `host_name` into the pod: down, renamed to `pod.tmp_name` (so it
+/// cannot clash in either namespace), moved by netns fd, then set up as `pod.ifname` there.
+pub fn move_into_pod(host_name: &str, pod: &PodSide) -> Result<(), CniError> {
+    let (host, p) = (host_name.to_owned(), pod.clone());
+    on_thread(None, move |h| {
+        Box::pin(async move {
+            let idx = index_of(&h, &host).await?.ok_or_else(|| {
+                CniError::netlink("VF netdev", format!("{host} is not in the host namespace"))
+            })?;
+            let ns = File::open(&p.netns).map_err(|e| {
+                CniError::netlink(format!("opening the pod netns {}", p.netns.display()), e)
+            })?;
+            h.link()
+                .set(LinkUnspec::new_with_index(idx).down().build())
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("setting {host} down"), e))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .name(p.tmp_name.clone())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("renaming {host} to {}", p.tmp_name), e))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .setns_by_fd(ns.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("moving {host} into the pod netns"), e))?;
+            Ok(())
+        })
+    })?;
+    configure_pod_end(pod)
+}
+
+/// Moves `ifname` (or, after an interrupted DEL, `tmp_name`) out of the pod netns back to
+/// the host namespace, down and named `tmp_name`; `Ok(false)` when the pod has neither.
+pub fn move_to_host(netns: &Path, ifname: &str, tmp_name: &str) -> Result<bool, CniError> {
+    let host_ns = File::open("/proc/self/ns/net")
+        .map_err(|e| CniError::netlink("opening the host netns", e))?;
+    let (ifname, tmp) = (ifname.to_owned(), tmp_name.to_owned());
+    on_thread(Some(netns.to_owned()), move |h| {
+        Box::pin(async move {
+            let idx = match index_of(&h, &ifname).await? {
+                Some(i) => i,
+                None => match index_of(&h, &tmp).await? {
+                    Some(i) => i,
+                    None => return Ok(false),
+                },
+            };
+            h.link()
+                .set(LinkUnspec::new_with_index(idx).down().build())
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("setting {ifname} down in the pod"), e))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(idx).name(tmp.clone()).build())
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("renaming {ifname} to {tmp}"), e))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .setns_by_fd(host_ns.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("moving {ifname} back to the host"), e))?;
+            Ok(true)
+        })
+    })
+}
+
+/// Puts the first of `names` found in the host namespace back to `orig` (name, MAC, MTU,
+/// up/down); `Ok(false)` when none is there.
+pub fn restore_in_host(names: &[String], orig: &NetdevState) -> Result<bool, CniError> {
+    let (names, orig) = (names.to_vec(), orig.clone());
+    on_thread(None, move |h| {
+        Box::pin(async move {
+            let mut found = None;
+            for n in &names {
+                if let Some(i) = index_of(&h, n).await? {
+                    found = Some((i, n.clone()));
+                    break;
+                }
+            }
+            let Some((idx, now)) = found else {
+                return Ok(false);
+            };
+            h.link()
+                .set(LinkUnspec::new_with_index(idx).down().build())
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("setting {now} down"), e))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .name(orig.name.clone())
+                        .address(orig.mac.to_vec())
+                        .mtu(orig.mtu)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| {
+                    CniError::netlink(format!("restoring {now} as {} (MAC, MTU)", orig.name), e)
+                })?;
+            if orig.up {
+                h.link()
+                    .set(LinkUnspec::new_with_index(idx).up().build())
+                    .execute()
+                    .await
+                    .map_err(|e| CniError::netlink(format!("bringing {} up", orig.name), e))?;
+            }
+            Ok(true)
+        })
+    })
+}
+
+/// The VF table of PF `pf` (`RTM_GETLINK` with `RTEXT_FILTER_VF`): `None` when there is no
+/// such link, an empty list when the kernel reports no VFs on it.
+pub fn vf_list(pf: &str) -> Result<Option<Vec<LinkVfInfo>>, CniError> {
+    let pf = pf.to_owned();
+    on_thread(None, move |h| {
+        Box::pin(async move {
+            let (family, mask) = crate::sriov::pf::vf_query();
+            let mut links = h
+                .link()
+                .get()
+                .match_name(pf.clone())
+                .set_filter_mask(family, mask)
+                .execute();
+            let msg = match links.try_next().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Ok(None),
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(CniError::netlink(format!("reading the VFs of {pf}"), e)),
+            };
+            Ok(Some(
+                msg.attributes
+                    .into_iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::VfInfoList(l) => Some(l),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+            ))
+        })
+    })
+}
+
+/// Sends `info` (one VF's settings) to PF `pf` (`RTM_SETLINK` with `IFLA_VFINFO_LIST`).
+pub fn set_vf(pf: &str, info: LinkVfInfo) -> Result<(), CniError> {
+    let pf = pf.to_owned();
+    on_thread(None, move |h| {
+        Box::pin(async move {
+            let idx = index_of(&h, &pf)
+                .await?
+                .ok_or_else(|| CniError::netlink(format!("PF {pf}"), "no such interface"))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .append_extra_attribute(crate::sriov::pf::vf_set_attribute(info))
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| CniError::netlink(format!("setting VF attributes on {pf}"), e))
         })
     })
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use heddle_api::{MacText, PortMode, PortSpec};
 use serde_json::Value;
 
-use crate::config::{parse_unicast_mac, Kind, NetConf, MAX_SOCKET_PATH};
+use crate::config::{parse_unicast_mac, Kind, NetConf, VhostBackend, MAX_SOCKET_PATH};
 use crate::error::{code, CniError};
 use crate::invocation::Invocation;
 
@@ -85,6 +85,17 @@ pub struct Plan {
     pub host_veth: Option<String>,
     /// Temporary name of the pod end before it is renamed to `ifname` in the pod.
     pub peer_tmp: Option<String>,
+    /// The SR-IOV VF to take.
+    pub vf: Option<VfPlan>,
+}
+
+/// Which VF an `sriov` attachment may take, and the MAC asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfPlan {
+    /// PCI addresses handed over, in order of preference (the first free one is taken).
+    pub candidates: Vec<String>,
+    /// MAC asked for (runtime, `CNI_ARGS`, config); `None` keeps the VF's own.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// A locally administered unicast MAC derived from the attachment.
@@ -112,12 +123,13 @@ impl Plan {
                 })
             })
             .transpose()?;
-        let mac = match (&conf.runtime.mac, args_mac, conf.mac) {
-            (Some(m), _, _) => parse_unicast_mac(m)?,
-            (None, Some(m), _) => m,
-            (None, None, Some(m)) => m,
-            _ => derived_mac(&key),
+        let asked = match (&conf.runtime.mac, args_mac, conf.mac) {
+            (Some(m), _, _) => Some(parse_unicast_mac(m)?),
+            (None, Some(m), _) => Some(m),
+            (None, None, Some(m)) => Some(m),
+            _ => None,
         };
+        let mac = asked.unwrap_or_else(|| derived_mac(&key));
         let mac_text = MacText(mac).to_string();
         let access = PortMode::Access { vlan: conf.vlan };
         let socket = |switch_is_server: bool, info: Value| -> Result<SocketPlan, CniError> {
@@ -149,6 +161,7 @@ impl Plan {
             Kind::VhostUser {
                 switch_is_server,
                 queues,
+                backend,
             } => {
                 let s = socket(
                     *switch_is_server,
@@ -160,13 +173,7 @@ impl Plan {
                         }
                     }),
                 )?;
-                let mut devargs = format!("net_vhost_{id},iface={}", s.path.display());
-                if !switch_is_server {
-                    devargs.push_str(",client=1");
-                }
-                if *queues > 1 {
-                    devargs.push_str(&format!(",queues={queues}"));
-                }
+                let devargs = vhost_user_devargs(*backend, &id, &s, *queues, conf);
                 Plan {
                     port: Some(PortSpec {
                         name: key.port_name(),
@@ -180,6 +187,7 @@ impl Plan {
                     mac,
                     host_veth: None,
                     peer_tmp: None,
+                    vf: None,
                 }
             }
             Kind::Memif {
@@ -220,6 +228,7 @@ impl Plan {
                     mac,
                     host_veth: None,
                     peer_tmp: None,
+                    vf: None,
                 }
             }
             Kind::Kernel => {
@@ -235,20 +244,65 @@ impl Plan {
                     socket: None,
                     host_veth: Some(host),
                     peer_tmp: Some(format!("hp{}", &id[..12])),
+                    vf: None,
                     key,
                     mac,
                 }
             }
-            Kind::Sriov => {
-                return Err(CniError::new(
-                    code::UNSUPPORTED_FIELD,
-                    "kind \"sriov\" is not implemented in this heddle-cni build",
-                    "SR-IOV VF hand-over needs hardware this build was not proven on",
-                ))
-            }
+            Kind::Sriov(sriov) => Plan {
+                port: None,
+                socket: None,
+                host_veth: None,
+                peer_tmp: None,
+                vf: Some(VfPlan {
+                    candidates: crate::sriov::device_candidates(
+                        conf.runtime.device_id.as_deref(),
+                        conf.device_id.as_deref(),
+                        sriov.resource_name.as_deref(),
+                        &inv.pci_devices,
+                    )?,
+                    mac: asked,
+                }),
+                key,
+                mac,
+            },
         };
         Ok(plan)
     }
+}
+
+/// The switch port's devargs for a vhost-user socket. DPDK: `net_vhost_<id>,iface=<socket>
+/// [,client=1][,queues=N]` (heddle-cni sets the socket's owner and mode afterwards). Native:
+/// `vhost-user-<id>,iface=<socket>[,client=1][,queues=N][,owner=<uid>][,group=<gid>]
+/// [,perm=<octal>]`, the switch creating the socket with them (server mode only: in client
+/// mode the pod owns the socket).
+pub fn vhost_user_devargs(
+    backend: VhostBackend,
+    id: &str,
+    s: &SocketPlan,
+    queues: u16,
+    conf: &NetConf,
+) -> String {
+    let mut d = match backend {
+        VhostBackend::Dpdk => format!("net_vhost_{id},iface={}", s.path.display()),
+        VhostBackend::Native => format!("vhost-user-{id},iface={}", s.path.display()),
+    };
+    if !s.switch_is_server {
+        d.push_str(",client=1");
+    }
+    if queues > 1 {
+        d.push_str(&format!(",queues={queues}"));
+    }
+    if backend == VhostBackend::Native && s.switch_is_server {
+        if let Some(uid) = conf.socket_owner {
+            d.push_str(&format!(",owner={uid}"));
+        }
+        if let Some(gid) = conf.socket_group {
+            d.push_str(&format!(",group={gid}"));
+        }
+        d.push_str(&format!(",perm={:04o}", conf.socket_mode & 0o777));
+    }
+    d
 }
 
 #[cfg(test)]
@@ -264,6 +318,8 @@ mod tests {
             ifname: ifname.into(),
             args: CniArgs::default(),
             path: vec![],
+            sysfs_root: "/sys".into(),
+            pci_devices: vec![],
         }
     }
 
@@ -295,6 +351,71 @@ mod tests {
             s.path.display().to_string()
         );
         assert_eq!(p.mac[0] & 3, 2, "locally administered unicast");
+    }
+
+    #[test]
+    fn vhost_user_devargs_per_backend() {
+        let c = conf(
+            r#","kind":"vhost-user","queues":2,"socketOwner":1000,"socketGroup":"0","socketMode":"0660""#,
+        );
+        let p = Plan::new(&c, &inv("abc", "net1")).unwrap();
+        let sock = p.socket.as_ref().unwrap().path.display().to_string();
+        let id = p.key.id();
+        assert_eq!(
+            p.port.unwrap().devargs,
+            format!("net_vhost_{id},iface={sock},queues=2"),
+            "dpdk: ownership is applied by chown/chmod, not devargs"
+        );
+        let c = conf(
+            r#","kind":"vhost-user","backend":"native","queues":2,"socketOwner":1000,"socketGroup":"0","socketMode":"0660""#,
+        );
+        let p = Plan::new(&c, &inv("abc", "net1")).unwrap();
+        assert_eq!(
+            p.port.unwrap().devargs,
+            format!("vhost-user-{id},iface={sock},queues=2,owner=1000,group=0,perm=0660")
+        );
+        let c = conf(r#","kind":"vhost-user","backend":"native""#);
+        let d = Plan::new(&c, &inv("abc", "net1"))
+            .unwrap()
+            .port
+            .unwrap()
+            .devargs;
+        assert_eq!(d, format!("vhost-user-{id},iface={sock},perm=0660"));
+        assert_eq!(id.len(), 16);
+        let c =
+            conf(r#","kind":"vhost-user","backend":"native","vhostMode":"client","socketOwner":7"#);
+        let d = Plan::new(&c, &inv("abc", "net1"))
+            .unwrap()
+            .port
+            .unwrap()
+            .devargs;
+        assert_eq!(
+            d,
+            format!("vhost-user-{id},iface={sock},client=1"),
+            "the pod owns a client-mode socket"
+        );
+    }
+
+    #[test]
+    fn sriov_plan_takes_the_device_id_and_only_an_asked_mac() {
+        let c = conf(r#","kind":"sriov","runtimeConfig":{"deviceID":"0000:03:02.0"}"#);
+        let p = Plan::new(&c, &inv("abc", "net1")).unwrap();
+        assert!(p.port.is_none() && p.socket.is_none());
+        let vf = p.vf.unwrap();
+        assert_eq!(vf.candidates, ["0000:03:02.0"]);
+        assert_eq!(vf.mac, None);
+        let c = conf(r#","kind":"sriov","mac":"02:00:00:00:00:05""#);
+        let mut i = inv("abc", "net1");
+        i.pci_devices = vec![("PCIDEVICE_X_COM_VF".into(), "0000:03:02.1".into())];
+        let vf = Plan::new(&c, &i).unwrap().vf.unwrap();
+        assert_eq!(vf.candidates, ["0000:03:02.1"]);
+        assert_eq!(vf.mac, Some([2, 0, 0, 0, 0, 5]));
+        assert_eq!(
+            Plan::new(&conf(r#","kind":"sriov""#), &inv("abc", "net1"))
+                .unwrap_err()
+                .code,
+            7
+        );
     }
 
     #[test]

@@ -6,18 +6,29 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::config::{self, parse_cidr, Kind, NetConf};
+use std::net::IpAddr;
+
+use crate::config::{self, parse_cidr, Kind, NetConf, VhostBackend};
 use crate::error::{code, CniError};
 use crate::invocation::{Command, Invocation};
 use crate::ipam::{self, IpamCall};
 use crate::netlink;
+use crate::owner;
 use crate::plan::{AttachmentKey, Plan};
 use crate::record::{Record, Store};
 use crate::result::{CniResult, Interface, IpConfig};
+use crate::sriov::{self, pf::NetlinkPf, pf::PfControl};
 use crate::switch::Switch;
 
 /// Opens a connection to the node daemon behind a socket path.
 pub type Connect<'a> = &'a dyn Fn(&Path) -> Box<dyn Switch>;
+
+/// What the effects act on besides the switch: the PF of SR-IOV VFs (a double in tests).
+#[derive(Clone, Copy)]
+pub struct Host<'a> {
+    /// PF-side VF settings.
+    pub pf: &'a dyn PfControl,
+}
 
 /// Runs one CNI call. `Ok(Some(json))` is printed on stdout, `Ok(None)` prints nothing.
 pub fn run(
@@ -25,17 +36,27 @@ pub fn run(
     stdin: &[u8],
     connect: Connect<'_>,
 ) -> Result<Option<Value>, CniError> {
+    run_on(inv, stdin, connect, Host { pf: &NetlinkPf })
+}
+
+/// [`run`] with the PF given.
+pub fn run_on(
+    inv: &Invocation,
+    stdin: &[u8],
+    connect: Connect<'_>,
+    host: Host<'_>,
+) -> Result<Option<Value>, CniError> {
     match inv.command {
         Command::Version => Ok(Some(config::version_reply(
             config::requested_version(stdin).as_deref(),
         ))),
         Command::Add => {
             let conf = NetConf::parse(stdin, true)?;
-            add(&conf, inv, connect).map(|r| Some(r.render(&conf.cni_version)))
+            add(&conf, inv, connect, host).map(|r| Some(r.render(&conf.cni_version)))
         }
         Command::Del => {
             let conf = NetConf::parse(stdin, true)?;
-            del(&conf, inv, connect).map(|()| None)
+            del(&conf, inv, connect, host).map(|()| None)
         }
         Command::Check => {
             let conf = NetConf::parse(stdin, true)?;
@@ -47,7 +68,7 @@ pub fn run(
         }
         Command::Gc => {
             let conf = NetConf::parse(stdin, false)?;
-            gc(&conf, connect).map(|()| None)
+            gc(&conf, inv, connect, host).map(|()| None)
         }
     }
 }
@@ -64,21 +85,49 @@ fn chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), CniError
     std::os::unix::fs::chown(path, uid, gid).map_err(io("changing the owner of", path))
 }
 
+/// Where a teardown finds what is not in the record.
+struct Undo<'a> {
+    switch: &'a dyn Switch,
+    host: Host<'a>,
+    state_dir: &'a Path,
+    sysfs_root: &'a Path,
+    netns: Option<&'a Path>,
+}
+
 /// ADD: the attachment, created or (when already recorded) returned again.
-pub fn add(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<CniResult, CniError> {
+pub fn add(
+    conf: &NetConf,
+    inv: &Invocation,
+    connect: Connect<'_>,
+    host: Host<'_>,
+) -> Result<CniResult, CniError> {
     let plan = Plan::new(conf, inv)?;
     let store = Store::new(&conf.state_dir);
     let _lock = store.lock()?;
     let switch = connect(&conf.switch_socket);
+    let undo = Undo {
+        switch: &*switch,
+        host,
+        state_dir: &conf.state_dir,
+        sysfs_root: &inv.sysfs_root,
+        netns: inv.netns.as_deref(),
+    };
     if let Some(existing) = store.read(&plan.key)? {
-        if let (Some(result), Some(port)) = (&existing.result, &plan.port) {
+        if let Some(result) = &existing.result {
             // Repeated ADD: make sure the port is still there and answer the same.
-            switch.add_port(port)?;
+            if let Some(port) = &plan.port {
+                switch.add_port(port)?;
+            }
             return Ok(result.clone());
         }
         // An ADD that died part-way: clean it up before starting again.
-        teardown(&existing, &*switch, false)?;
+        teardown(&existing, &undo, false)?;
     }
+    let vf_pci = plan
+        .vf
+        .as_ref()
+        .map(|vf| sriov::pick(&conf.state_dir, &vf.candidates, &plan.key))
+        .transpose()?;
     let mut record = Record {
         container_id: plan.key.container_id.clone(),
         ifname: plan.key.ifname.clone(),
@@ -92,26 +141,27 @@ pub fn add(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<Cni
             .runtime
             .device_info_file
             .as_ref()
-            .filter(|_| plan.socket.is_some())
+            .filter(|_| plan.socket.is_some() || vf_pci.is_some())
             .map(Into::into),
         host_veth: plan.host_veth.clone(),
+        vf_pci: vf_pci.clone(),
         ipam_conf: conf.ipam.as_ref().map(|_| conf.raw.clone()),
         cni_path: inv.path.clone(),
         result: None,
     };
     store.write(&record)?;
-    match effects(conf, inv, &plan, &*switch) {
+    match effects(conf, inv, &plan, vf_pci.as_deref(), &undo) {
         Ok(result) => {
             record.result = Some(result.clone());
             if let Err(e) = store.write(&record) {
-                let _ = teardown(&record, &*switch, true);
+                let _ = teardown(&record, &undo, true);
                 let _ = store.remove(&plan.key);
                 return Err(e);
             }
             Ok(result)
         }
         Err(e) => {
-            if let Err(undo) = teardown(&record, &*switch, false) {
+            if let Err(undo) = teardown(&record, &undo, false) {
                 eprintln!("heddle-cni: undoing a failed ADD also failed: {undo}");
                 return Err(e);
             }
@@ -143,12 +193,57 @@ fn static_ips(conf: &NetConf, inv: &Invocation) -> Result<Vec<String>, CniError>
     Ok(ips)
 }
 
+/// The addresses of interface `idx` in `result`, and its routes (a route without a gateway
+/// takes the gateway of an IP of the same family), as netlink wants them.
+#[allow(clippy::type_complexity)]
+fn pod_addressing(
+    result: &CniResult,
+    idx: usize,
+) -> (Vec<(IpAddr, u8)>, Vec<(IpAddr, u8, Option<IpAddr>)>) {
+    let addresses = result
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(idx))
+        .filter_map(|ip| parse_cidr(&ip.address))
+        .collect();
+    let routes = result
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let (dst, len) = parse_cidr(&r.dst)?;
+            let gw = r.gw.as_deref().and_then(|g| g.parse().ok()).or_else(|| {
+                result
+                    .ips
+                    .iter()
+                    .filter_map(|ip| ip.gateway.as_deref()?.parse().ok())
+                    .find(|g: &IpAddr| g.is_ipv4() == dst.is_ipv4())
+            });
+            Some((dst, len, gw))
+        })
+        .collect();
+    (addresses, routes)
+}
+
+fn write_device_info(conf: &NetConf, info: &Value) -> Result<(), CniError> {
+    if let Some(f) = &conf.runtime.device_info_file {
+        let f = Path::new(f);
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        let body = serde_json::to_vec_pretty(info).expect("JSON serialises");
+        std::fs::write(f, body).map_err(io("writing the device-info file", f))?;
+    }
+    Ok(())
+}
+
 fn effects(
     conf: &NetConf,
     inv: &Invocation,
     plan: &Plan,
-    switch: &dyn Switch,
+    vf_pci: Option<&str>,
+    undo: &Undo<'_>,
 ) -> Result<CniResult, CniError> {
+    let switch = undo.switch;
     let mut result = prev_or_empty(conf)?;
     let mac = heddle_api::MacText(plan.mac).to_string();
     let sandbox = inv.netns.as_ref().map(|p| p.display().to_string());
@@ -164,22 +259,29 @@ fn effects(
                 .mode(0o755)
                 .create(parent)
                 .map_err(io("creating the socket directory", parent))?;
-            match std::fs::DirBuilder::new()
-                .mode(conf.socket_mode)
-                .create(&s.dir)
-            {
+            let dir_mode = owner::dir_mode(conf.socket_mode);
+            match std::fs::DirBuilder::new().mode(dir_mode).create(&s.dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                     return Err(CniError::io("creating the pod socket directory", &s.dir, e))
                 }
                 _ => {}
             }
-            std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(conf.socket_mode))
+            std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(dir_mode))
                 .map_err(io("setting the mode of", &s.dir))?;
             chown(&s.dir, conf.socket_owner, conf.socket_group)?;
             if let Some(port) = &plan.port {
                 switch.add_port(port)?;
             }
-            if s.switch_is_server {
+            // The native backend creates the socket with the owner and mode from its devargs;
+            // DPDK's net_vhost (and memif) create it as root, so it is fixed up here.
+            let native = matches!(
+                conf.kind,
+                Kind::VhostUser {
+                    backend: VhostBackend::Native,
+                    ..
+                }
+            );
+            if s.switch_is_server && !native {
                 if let Ok(meta) = std::fs::symlink_metadata(&s.path) {
                     if meta.file_type().is_socket() {
                         std::fs::set_permissions(
@@ -191,14 +293,7 @@ fn effects(
                     }
                 }
             }
-            if let Some(f) = &conf.runtime.device_info_file {
-                let f = Path::new(f);
-                if let Some(dir) = f.parent() {
-                    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-                }
-                let body = serde_json::to_vec_pretty(&s.device_info).expect("JSON serialises");
-                std::fs::write(f, body).map_err(io("writing the device-info file", f))?;
-            }
+            write_device_info(conf, &s.device_info)?;
             let idx = result.push_interface(Interface {
                 name: inv.ifname.clone(),
                 mac: Some(mac),
@@ -255,28 +350,7 @@ fn effects(
                 let r = ipam::run(&conf.raw, &ipam_call("ADD", inv))?.unwrap_or_default();
                 absorb_ipam(&mut result, r, pod_idx);
             }
-            let addresses = result
-                .ips
-                .iter()
-                .filter(|ip| ip.interface == Some(pod_idx))
-                .filter_map(|ip| parse_cidr(&ip.address))
-                .collect();
-            let routes = result
-                .routes
-                .iter()
-                .filter_map(|r| {
-                    let (dst, len) = parse_cidr(&r.dst)?;
-                    let gw = r.gw.as_deref().and_then(|g| g.parse().ok()).or_else(|| {
-                        // A route without gw uses the gateway of an IP of the same family.
-                        result
-                            .ips
-                            .iter()
-                            .filter_map(|ip| ip.gateway.as_deref()?.parse().ok())
-                            .find(|g: &std::net::IpAddr| g.is_ipv4() == dst.is_ipv4())
-                    });
-                    Some((dst, len, gw))
-                })
-                .collect();
+            let (addresses, routes) = pod_addressing(&result, pod_idx);
             netlink::create_veth(
                 &host,
                 &netlink::PodSide {
@@ -286,8 +360,8 @@ fn effects(
                         .clone()
                         .expect("kernel plans have a peer name"),
                     ifname: inv.ifname.clone(),
-                    mac: plan.mac,
-                    mtu: conf.mtu.unwrap_or(1500),
+                    mac: Some(plan.mac),
+                    mtu: Some(conf.mtu.unwrap_or(1500)),
                     addresses,
                     routes,
                 },
@@ -296,7 +370,54 @@ fn effects(
                 switch.add_port(port)?;
             }
         }
-        Kind::Sriov => unreachable!("Plan::new refuses sriov"),
+        Kind::Sriov(sriov_conf) => {
+            let netns = inv.netns.clone().ok_or_else(|| {
+                CniError::env(
+                    "CNI_NETNS is required for an sriov attachment",
+                    "it is empty",
+                )
+            })?;
+            let pci = vf_pci.expect("sriov ADDs pick a VF before their effects");
+            let vf_plan = plan.vf.as_ref().expect("sriov plans have a VF plan");
+            let idx = result.push_interface(Interface {
+                name: inv.ifname.clone(),
+                mtu: conf.mtu,
+                sandbox,
+                pci_id: Some(pci.to_owned()),
+                ..Default::default()
+            });
+            for ip in static_ips(conf, inv)? {
+                result.ips.push(IpConfig {
+                    address: ip,
+                    gateway: None,
+                    interface: Some(idx),
+                });
+            }
+            if conf.ipam.is_some() {
+                let r = ipam::run(&conf.raw, &ipam_call("ADD", inv))?.unwrap_or_default();
+                absorb_ipam(&mut result, r, idx);
+            }
+            let (addresses, routes) = pod_addressing(&result, idx);
+            let attached = sriov::attach(
+                &conf.state_dir,
+                &inv.sysfs_root,
+                pci,
+                &sriov::AttachRequest {
+                    key: &plan.key,
+                    netns: &netns,
+                    conf: sriov_conf,
+                    mac: vf_plan.mac,
+                    mtu: conf.mtu,
+                    addresses,
+                    routes,
+                },
+                undo.host.pf,
+            )?;
+            let iface = &mut result.interfaces[idx];
+            iface.mac = attached.mac.map(|m| heddle_api::MacText(m).to_string());
+            iface.mtu = attached.mtu;
+            write_device_info(conf, &sriov::device_info(&attached.vf))?;
+        }
     }
     Ok(result)
 }
@@ -325,13 +446,23 @@ fn absorb_ipam(result: &mut CniResult, r: CniResult, iface: usize) {
 /// Undoes what a record says was (or may have been) created. Every step tolerates the thing
 /// being gone already. `daemon_required` false lets DEL of an attachment that never reached
 /// the daemon succeed while the daemon is down.
-fn teardown(r: &Record, switch: &dyn Switch, daemon_required: bool) -> Result<(), CniError> {
+fn teardown(r: &Record, undo: &Undo<'_>, daemon_required: bool) -> Result<(), CniError> {
     if let Some(port) = &r.port_name {
-        match switch.remove_port(port) {
+        match undo.switch.remove_port(port) {
             Ok(()) => {}
             Err(e) if e.code == code::TRY_AGAIN_LATER && !daemon_required => {}
             Err(e) => return Err(e),
         }
+    }
+    if let Some(pci) = &r.vf_pci {
+        sriov::release(
+            undo.state_dir,
+            undo.sysfs_root,
+            pci,
+            &r.key(),
+            undo.netns,
+            undo.host.pf,
+        )?;
     }
     if let Some(conf) = &r.ipam_conf {
         ipam::run(
@@ -364,7 +495,12 @@ fn teardown(r: &Record, switch: &dyn Switch, daemon_required: bool) -> Result<()
 }
 
 /// DEL: removes everything ADD recorded; succeeds when repeated and without a netns.
-pub fn del(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<(), CniError> {
+pub fn del(
+    conf: &NetConf,
+    inv: &Invocation,
+    connect: Connect<'_>,
+    host: Host<'_>,
+) -> Result<(), CniError> {
     let store = Store::new(&conf.state_dir);
     let key = AttachmentKey {
         container_id: inv.container_id.clone(),
@@ -376,7 +512,14 @@ pub fn del(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<(),
         return Ok(());
     };
     let switch = connect(&record.switch_socket);
-    teardown(&record, &*switch, true)?;
+    let undo = Undo {
+        switch: &*switch,
+        host,
+        state_dir: &conf.state_dir,
+        sysfs_root: &inv.sysfs_root,
+        netns: inv.netns.as_deref(),
+    };
+    teardown(&record, &undo, true)?;
     store.remove(&key)
 }
 
@@ -409,6 +552,11 @@ pub fn check(conf: &NetConf, inv: &Invocation, connect: Connect<'_>) -> Result<(
     if let Some(port) = &record.port_name {
         if !switch.has_port(port)? {
             return broken(format!("switch port {port} is missing"));
+        }
+    }
+    if let Some(pci) = &record.vf_pci {
+        if let Some(what) = sriov::check(&conf.state_dir, pci, &key, inv.netns.as_deref())? {
+            return broken(what);
         }
     }
     if let Some(host) = &record.host_veth {
@@ -458,7 +606,12 @@ pub fn status(conf: &NetConf, connect: Connect<'_>) -> Result<(), CniError> {
 }
 
 /// GC: removes every attachment of this network that is not in `cni.dev/valid-attachments`.
-pub fn gc(conf: &NetConf, connect: Connect<'_>) -> Result<(), CniError> {
+pub fn gc(
+    conf: &NetConf,
+    inv: &Invocation,
+    connect: Connect<'_>,
+    host: Host<'_>,
+) -> Result<(), CniError> {
     let valid = conf.valid_attachments.clone().unwrap_or_default();
     let store = Store::new(&conf.state_dir);
     let _lock = store.lock()?;
@@ -472,7 +625,14 @@ pub fn gc(conf: &NetConf, connect: Connect<'_>) -> Result<(), CniError> {
             continue;
         }
         let switch = connect(&r.switch_socket);
-        match teardown(&r, &*switch, true).and_then(|()| store.remove(&r.key())) {
+        let undo = Undo {
+            switch: &*switch,
+            host,
+            state_dir: &conf.state_dir,
+            sysfs_root: &inv.sysfs_root,
+            netns: None,
+        };
+        match teardown(&r, &undo, true).and_then(|()| store.remove(&r.key())) {
             Ok(()) => eprintln!("heddle-cni: GC removed {}/{}", r.container_id, r.ifname),
             Err(e) => {
                 first_error.get_or_insert(e);

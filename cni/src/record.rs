@@ -45,6 +45,9 @@ pub struct Record {
     /// Host end of the veth.
     #[serde(default)]
     pub host_veth: Option<String>,
+    /// PCI address of the SR-IOV VF (its allocation says what to restore).
+    #[serde(default)]
+    pub vf_pci: Option<String>,
     /// Network config as received (replayed to the IPAM plugin on DEL).
     #[serde(default)]
     pub ipam_conf: Option<Value>,

@@ -11,6 +11,7 @@ use heddle_api::PortSpec;
 use crate::error::{code, CniError};
 use crate::invocation::Invocation;
 use crate::plugin;
+use crate::sriov::pf::{PfControl, VfSettings};
 use crate::switch::Switch;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -74,9 +75,41 @@ impl Switch for Fake {
     }
 }
 
+/// A PF whose VF table lives in memory, recording what it is sent; `refuse` makes it
+/// answer like a netdev without VFs.
+#[derive(Default)]
+struct FakePf {
+    vfs: RefCell<BTreeMap<u32, VfSettings>>,
+    sent: RefCell<Vec<(u32, VfSettings)>>,
+    refuse: RefCell<bool>,
+}
+
+impl PfControl for FakePf {
+    fn read(&self, pf: &str, vf: u32) -> Result<VfSettings, CniError> {
+        if *self.refuse.borrow() {
+            return Err(crate::sriov::pf::refused(
+                pf,
+                "Operation not supported (os error 95)",
+            ));
+        }
+        Ok(self.vfs.borrow().get(&vf).copied().unwrap_or_default())
+    }
+    fn apply(&self, _pf: &str, vf: u32, s: &VfSettings) -> Result<(), CniError> {
+        self.sent.borrow_mut().push((vf, *s));
+        let mut vfs = self.vfs.borrow_mut();
+        let cur = vfs.entry(vf).or_default();
+        *cur = s.overriding(cur);
+        Ok(())
+    }
+    fn has_pf(&self, _pf: &str) -> Result<bool, CniError> {
+        Ok(true)
+    }
+}
+
 struct Env {
     dir: tempfile::TempDir,
     fake: Fake,
+    pf: FakePf,
 }
 
 impl Env {
@@ -84,6 +117,7 @@ impl Env {
         Env {
             dir: tempfile::tempdir().unwrap(),
             fake: Fake::new(),
+            pf: FakePf::default(),
         }
     }
     fn conf(&self, extra: &str) -> String {
@@ -110,27 +144,44 @@ impl Env {
             ("CNI_IFNAME", ifname.to_owned()),
             ("CNI_NETNS", "/run/netns/test".to_owned()),
             ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p".to_owned()),
+            (
+                "HEDDLE_SYSFS_ROOT",
+                self.dir.path().join("sys").display().to_string(),
+            ),
         ];
         let inv =
             Invocation::from_env(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
         let fake = self.fake.clone();
         let connect = move |_: &Path| -> Box<dyn Switch> { Box::new(fake.clone()) };
-        plugin::run(&inv, stdin.as_bytes(), &connect)
+        plugin::run_on(
+            &inv,
+            stdin.as_bytes(),
+            &connect,
+            plugin::Host { pf: &self.pf },
+        )
     }
     /// Every file left under the temp dir, except the lock file.
     fn leftovers(&self) -> Vec<PathBuf> {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {
             for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
                 let path = e.path();
+                if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                    continue;
+                }
                 if path.is_dir() {
                     walk(&path, out);
-                } else if path.file_name().is_some_and(|n| n != ".lock") {
+                } else if path
+                    .file_name()
+                    .is_some_and(|n| !n.to_string_lossy().ends_with(".lock"))
+                {
                     out.push(path);
                 }
             }
         }
         let mut out = vec![];
         walk(self.dir.path(), &mut out);
+        // The sysfs fixture is not state.
+        out.retain(|p| !p.starts_with(self.dir.path().join("sys")));
         out
     }
 }
@@ -256,7 +307,13 @@ fn malformed_inputs_get_their_codes_and_leave_no_state() {
             env.conf(r#","kind":"sriov""#),
             "c1",
             "net1",
-            code::UNSUPPORTED_FIELD,
+            code::INVALID_CONFIG,
+        ),
+        (
+            env.conf(r#","kind":"sriov","deviceID":"0000:7f:00.1""#),
+            "c1",
+            "net1",
+            code::INVALID_CONFIG,
         ),
     ];
     for (stdin, id, ifname, want) in cases {
@@ -308,4 +365,98 @@ fn version_reply() {
         r["supportedVersions"],
         serde_json::json!(["0.4.0", "1.0.0", "1.1.0"])
     );
+}
+
+#[test]
+fn a_vfio_vf_gets_pf_settings_pci_id_and_device_info_and_del_restores_them() {
+    let env = Env::new();
+    crate::sriov::sysfs::fixture::create(
+        &env.dir.path().join("sys"),
+        "0000:03:00.0",
+        "ens1f0",
+        &[
+            ("0000:03:02.0", None, "vfio-pci"),
+            ("0000:03:02.1", None, "vfio-pci"),
+        ],
+    )
+    .unwrap();
+    env.pf.vfs.borrow_mut().insert(
+        1,
+        VfSettings {
+            vlan: Some(0),
+            qos: Some(0),
+            spoofchk: Some(true),
+            trust: Some(false),
+            mac: Some([0; 6]),
+            ..Default::default()
+        },
+    );
+    let di = env.dir.path().join("devinfo/vf.json");
+    let conf = env.conf(&format!(
+        r#","kind":"sriov","vlan":300,"spoofchk":"off","mac":"02:00:00:00:03:01","runtimeConfig":{{"deviceID":"0000:03:02.1","CNIDeviceInfoFile":"{}"}}"#,
+        di.display()
+    ));
+    let r = env.call("ADD", "p1", "net1", &conf).unwrap().unwrap();
+    let i = &r["interfaces"][0];
+    assert_eq!(i["pciID"], "0000:03:02.1");
+    assert_eq!(i["mac"], "02:00:00:00:03:01");
+    assert_eq!(i["sandbox"], "/run/netns/test");
+    let sent = env.pf.sent.borrow()[0];
+    assert_eq!(sent.0, 1);
+    assert_eq!(
+        (sent.1.vlan, sent.1.spoofchk, sent.1.mac, sent.1.trust),
+        (Some(300), Some(false), Some([2, 0, 0, 0, 3, 1]), None)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&di).unwrap()).unwrap();
+    assert_eq!(info["type"], "pci");
+    assert_eq!(info["pci"]["pci-address"], "0000:03:02.1");
+    assert_eq!(info["pci"]["pf-pci-address"], "0000:03:00.0");
+    // Repeated ADD answers the same and sends nothing.
+    assert_eq!(env.call("ADD", "p1", "net1", &conf).unwrap().unwrap(), r);
+    assert_eq!(env.pf.sent.borrow().len(), 1);
+    env.call("CHECK", "p1", "net1", &conf).unwrap();
+    env.call("DEL", "p1", "net1", &conf).unwrap();
+    env.call("DEL", "p1", "net1", &conf).unwrap();
+    let restored = env.pf.vfs.borrow()[&1];
+    assert_eq!(
+        (restored.vlan, restored.spoofchk, restored.mac),
+        (Some(0), Some(true), Some([0; 6]))
+    );
+    assert!(!di.exists());
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+
+    // A PF that refuses VF settings: the ADD fails with the PF named and leaves nothing.
+    *env.pf.refuse.borrow_mut() = true;
+    let e = env.call("ADD", "p2", "net1", &conf).unwrap_err();
+    assert_eq!(e.code, code::NETLINK);
+    assert!(
+        e.msg.starts_with("PF ens1f0 does not accept VF settings: "),
+        "{}",
+        e.msg
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn gc_gives_back_a_vf_whose_pod_the_runtime_forgot() {
+    let env = Env::new();
+    crate::sriov::sysfs::fixture::create(
+        &env.dir.path().join("sys"),
+        "0000:03:00.0",
+        "ens1f0",
+        &[("0000:03:02.0", None, "vfio-pci")],
+    )
+    .unwrap();
+    let conf = env.conf(r#","kind":"sriov","trust":"on","deviceID":"0000:03:02.0""#);
+    env.call("ADD", "gone", "net1", &conf).unwrap();
+    assert_eq!(env.pf.vfs.borrow()[&0].trust, Some(true));
+    env.call(
+        "GC",
+        "",
+        "",
+        &env.conf(r#","cni.dev/valid-attachments":[]"#),
+    )
+    .unwrap();
+    assert_eq!(env.pf.vfs.borrow()[&0].trust, Some(false));
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }

@@ -53,6 +53,8 @@ pub struct CniPlugin {
     pub binary: PathBuf,
     /// `CNI_PATH`.
     pub cni_path: String,
+    /// Extra environment for every call (`HEDDLE_SYSFS_ROOT`, `PCIDEVICE_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl CniPlugin {
@@ -61,6 +63,7 @@ impl CniPlugin {
         Ok(CniPlugin {
             binary: workspace_binary("heddle-cni")?,
             cni_path: DEBIAN_CNI_DIR.into(),
+            env: vec![],
         })
     }
 
@@ -69,7 +72,14 @@ impl CniPlugin {
         Ok(CniPlugin {
             binary: require_reference_plugin(name)?,
             cni_path: DEBIAN_CNI_DIR.into(),
+            env: vec![],
         })
+    }
+
+    /// The same plugin with `key=value` added to the environment of every call.
+    pub fn with_env(mut self, key: &str, value: &str) -> CniPlugin {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Runs `command` for `(container_id, ifname)` in `netns` (may be empty) with `conf` on
@@ -93,6 +103,7 @@ impl CniPlugin {
                 "IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME=pod",
             )
             .env("CNI_PATH", &self.cni_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -402,3 +402,61 @@ fn vhost_user_switch_as_client_reaches_a_pod_that_listens() -> Result<()> {
     ensure!(!info.exists());
     Ok(())
 }
+
+#[test]
+fn dpdk_vhost_user_socket_gets_the_owner_group_and_mode_by_name() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_dpdk_peers(300)?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let switch = SwitchProcess::start_with_ports(dir.path(), "  []")?;
+    let cni = CniPlugin::heddle()?;
+    let c = conf(
+        dir.path(),
+        &switch.socket(),
+        "vhost-user",
+        120,
+        json!({"backend": "dpdk", "socketOwner": "nobody", "socketGroup": "nogroup", "socketMode": "0640"}),
+    );
+    let r = cni.ok("ADD", "own-pod", "net1", "/run/netns/none", &c)?;
+    let sock = r["interfaces"][0]["socketPath"]
+        .as_str()
+        .context("socketPath")?
+        .to_owned();
+    let meta = std::fs::metadata(&sock)?;
+    ensure!(
+        meta.uid() == 65534 && meta.permissions().mode() & 0o777 == 0o640,
+        "socket uid {} mode {:o}",
+        meta.uid(),
+        meta.permissions().mode()
+    );
+    let parent = Path::new(&sock).parent().context("socket dir")?;
+    let dmeta = std::fs::metadata(parent)?;
+    ensure!(
+        dmeta.uid() == 65534 && dmeta.permissions().mode() & 0o777 == 0o750,
+        "dir uid {} mode {:o}",
+        dmeta.uid(),
+        dmeta.permissions().mode()
+    );
+    cni.ok("DEL", "own-pod", "net1", "", &c)?;
+    // An owner the node does not know: code 7 naming the key, nothing created.
+    let mut bad = c.clone();
+    bad["socketOwner"] = json!("no-such-user-heddle");
+    let r = cni.call("ADD", "own-pod", "net1", "/run/netns/none", &bad)?;
+    ensure!(
+        r.code() == Some(7)
+            && r.json["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("socketOwner"),
+        "{:?}",
+        r
+    );
+    ensure!(switch.port_names()?.is_empty());
+    ensure!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+    Ok(())
+}
