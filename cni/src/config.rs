@@ -20,9 +20,9 @@ pub const DEFAULT_SWITCH_SOCKET: &str = heddle_api::DEFAULT_SOCKET;
 pub const DEFAULT_SOCKET_DIR: &str = "/run/heddle/pods";
 /// Default directory of per-attachment records.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/heddle/cni";
-/// vhost-user backend when the config names none. The native (Rust) backend is not merged
-/// in heddle-switch yet; flip this to [`VhostBackend::Native`] when it is.
-pub const DEFAULT_VHOST_BACKEND: VhostBackend = VhostBackend::Dpdk;
+/// vhost-user backend when the config names none: heddle-switch's own (Rust) backend.
+/// `backend: dpdk` selects DPDK's `net_vhost` instead.
+pub const DEFAULT_VHOST_BACKEND: VhostBackend = VhostBackend::Native;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -587,11 +587,7 @@ mod tests {
         );
         assert_eq!(c.socket_dir, PathBuf::from(DEFAULT_SOCKET_DIR));
         assert_eq!(c.socket_mode, 0o660);
-        assert_eq!(
-            DEFAULT_VHOST_BACKEND,
-            VhostBackend::Dpdk,
-            "until native is merged"
-        );
+        assert_eq!(DEFAULT_VHOST_BACKEND, VhostBackend::Native);
     }
 
     #[test]

@@ -339,7 +339,7 @@ mod tests {
         let p = Plan::new(&conf(r#","kind":"vhost-user""#), &inv("abc", "net1")).unwrap();
         let port = p.port.unwrap();
         assert_eq!(port.name, "cni/abc/net1");
-        assert!(port.devargs.starts_with("net_vhost_"), "{}", port.devargs);
+        assert!(port.devargs.starts_with("vhost-user-"), "{}", port.devargs);
         assert!(!port.devargs.contains("client=1"));
         assert_eq!(port.mode, PortMode::Access { vlan: 100 });
         let s = p.socket.unwrap();
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn vhost_user_devargs_per_backend() {
         let c = conf(
-            r#","kind":"vhost-user","queues":2,"socketOwner":1000,"socketGroup":"0","socketMode":"0660""#,
+            r#","kind":"vhost-user","backend":"dpdk","queues":2,"socketOwner":1000,"socketGroup":"0","socketMode":"0660""#,
         );
         let p = Plan::new(&c, &inv("abc", "net1")).unwrap();
         let sock = p.socket.as_ref().unwrap().path.display().to_string();
