@@ -233,10 +233,12 @@ pub async fn run_with(
             Ok(None)
         }
         Command::Status => {
+            // STATUS reports "not available" (50) whatever the cause.
+            let unavailable = |e: CniError| CniError::new(code::NOT_AVAILABLE, e.msg, e.details);
             api.get_opt(&alloc_name)
                 .await
-                .map_err(|e| kube_error("network allocation", e))?
-                .ok_or_else(not_ready)?;
+                .map_err(|e| unavailable(kube_error("network allocation", e)))?
+                .ok_or_else(|| unavailable(not_ready()))?;
             Ok(None)
         }
         Command::Gc | Command::Version => Ok(None),

@@ -41,6 +41,11 @@ pub fn run(req: &Request, inv: &Invocation) -> Result<Option<Value>, CniError> {
     let net = req.ipam.network.as_str();
     let cfg = EmbeddedConfig::read(config).map_err(store_error)?;
     let Some(spec) = cfg.networks.get(net).cloned() else {
+        if inv.command == Command::Del {
+            // The network left the file; the store drops its leases at the next open.
+            eprintln!("heddle-ipam: DEL: network {net:?} is no longer configured; nothing to free");
+            return Ok(None);
+        }
         return Err(CniError::new(
             code::INVALID_CONFIG,
             format!(

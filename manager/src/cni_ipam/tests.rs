@@ -183,7 +183,9 @@ fn static_requests_come_from_runtime_config_and_cni_args() {
 #[test]
 fn unknown_network_and_exhausted_pool_name_the_network_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let e = add(&embedded(dir.path(), "green", json!({})), "c1").unwrap_err();
+    let green = embedded(dir.path(), "green", json!({}));
+    run(&inv("DEL", "c1", ""), &green).expect("DEL of a network no longer configured succeeds");
+    let e = add(&green, "c1").unwrap_err();
     assert_eq!(e.code, code::INVALID_CONFIG);
     assert!(
         e.msg.starts_with("network \"green\" is not in ")
