@@ -121,6 +121,10 @@ pod() { # name mac prefix args...
 echo "== starting pods: pod-a and pod-b (red, VLAN $RED) bounce frames to each other, pod-c (blue, VLAN $BLUE) listens"
 pod pod-b 02:00:00:00:01:0b --forward-mode=mac --eth-peer=0,02:00:00:00:01:0a
 pod pod-c 02:00:00:00:02:0c --forward-mode=rxonly
+# pod-a seeds one burst that the two pods then bounce; sent before pod-b's queue is up, it
+# is dropped and nothing flows. Wait for pod-b's link first.
+link_up() { ctl --json ports | jq -e --arg p "cni/$1/net1" '.[] | select(.spec.name==$p) | .link_up' >/dev/null; }
+for _ in $(seq 100); do link_up pod-b && break; sleep 0.1; done
 pod pod-a 02:00:00:00:01:0a --forward-mode=mac --eth-peer=0,02:00:00:00:01:0b --tx-first
 
 echo "== live stats for ${SECS}s"
