@@ -4,15 +4,20 @@
 //! `heddle-manager embedded show`, as an operator would.
 //!
 //! The direct tests need only the binaries built (`cargo build --workspace --bins`); the
-//! heddle-cni test also needs root, dpdk-testpmd's peers check and hugepages for the switch.
+//! heddle-cni tests also need root, dpdk-testpmd and hugepages for the switch, and `ping`
+//! (iputils-ping) for the kernel one.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use heddle_tests::cni::CniPlugin;
-use heddle_tests::{exclusive_cpus, require_dpdk_peers, workspace_binary, SwitchProcess};
+use heddle_tests::{
+    exclusive_cpus, require_dpdk_peers, require_tool, wait_until, workspace_binary, Netns,
+    SwitchProcess,
+};
 use serde_json::{json, Value};
 
 const NETWORKS: &str = "\
@@ -240,5 +245,53 @@ fn heddle_cni_gets_vhost_user_pods_addresses_from_heddle_ipam() -> Result<()> {
         "{:?}",
         switch.port_names()?
     );
+    Ok(())
+}
+
+#[test]
+fn kernel_pods_with_heddle_ipam_addresses_and_routes_ping_through_the_switch() -> Result<()> {
+    require_dpdk_peers(300)?;
+    require_tool("ping").context("ping comes from the Debian package iputils-ping")?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let switch = SwitchProcess::start_with_ports(dir.path(), "  []")?;
+    let cni = CniPlugin::heddle()?;
+    let mut ipam = ipam(dir.path(), "blue")?;
+    ipam["routes"] = json!([{"dst": "10.21.0.0/16"}]);
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "blue", "type": "heddle-cni", "kind": "kernel",
+        "vlan": 210, "mtu": 1500,
+        "socketDir": dir.path().join("pods"), "stateDir": dir.path().join("cni-state"),
+        "switchSocket": switch.socket(), "ipam": ipam,
+    });
+    let (ns1, ns2) = (Netns::unique("ipam-k1")?, Netns::unique("ipam-k2")?);
+    let (p1, p2) = (
+        ns1.path().display().to_string(),
+        ns2.path().display().to_string(),
+    );
+    let r1 = cni.ok("ADD", "kpod-1", "eth0", &p1, &conf)?;
+    let r2 = cni.ok("ADD", "kpod-2", "eth0", &p2, &conf)?;
+    ensure!(
+        r1["ips"] == json!([{"address": "10.20.0.2/24", "gateway": "10.20.0.1", "interface": 1}]),
+        "{r1}"
+    );
+    ensure!(address(&r2)? == "10.20.0.3/24", "{r2}");
+    let shown = ns1.exec(&["ip", "-o", "addr", "show", "dev", "eth0"])?;
+    ensure!(shown.contains("10.20.0.2/24"), "{shown}");
+    let routes = ns1.exec(&["ip", "route"])?;
+    ensure!(routes.contains("10.21.0.0/16 via 10.20.0.1"), "{routes}");
+    wait_until(
+        "ping from pod 1 to pod 2 through the switch",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || Ok(ns1.exec(&["ping", "-c", "1", "-W", "1", "10.20.0.3"]).ok()),
+    )
+    .with_context(|| format!("switch log:\n{}", switch.log()))?;
+    for _ in 0..2 {
+        cni.ok("DEL", "kpod-1", "eth0", "", &conf)?;
+        cni.ok("DEL", "kpod-2", "eth0", &p2, &conf)?;
+    }
+    ensure!(leases(dir.path(), "blue")? == json!({}));
+    ensure!(switch.port_names()?.is_empty());
     Ok(())
 }
