@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Heddle local demo: the switch on its built-in config, heddle-manager in embedded mode
-# assigning two networks their VLANs and the pods their addresses, three "pods" (network
-# namespaces running dpdk-testpmd with a virtio-user NIC) attached by heddle-cni as kubelet would, on
-# vhost-user ports; traffic between the two pods of network red and none into the pod of
-# network blue, live stats, then a clean teardown (CNI DEL, address release, switch stop).
+# assigning two networks their VLANs, three "pods" (network namespaces running dpdk-testpmd
+# with a virtio-user NIC) attached by heddle-cni as kubelet would, on vhost-user ports, with
+# their addresses from heddle-ipam (heddle-manager as a CNI IPAM plugin, embedded mode);
+# traffic between the two pods of network red and none into the pod of network blue, live
+# stats, then a clean teardown (CNI DEL releases the addresses, checked; switch stop).
 #
 # Usage (root, fresh Debian 12): ./deploy/demo.sh [seconds of traffic, default 10]
 set -euo pipefail
@@ -25,21 +26,34 @@ mkdir -p "$RUN" "$LOG"
 
 pids=()
 PODS=()
+ADDED=()
+status=0
 cleanup() {
+    local rc=$?
     set +e
     echo "== teardown"
     for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; done
     sleep 1
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    for p in "${PODS[@]}"; do
+    for p in "${ADDED[@]}"; do
         set -- $p
-        cni DEL "$1" "$2" "$3" >/dev/null || echo "CNI DEL $1 failed"
-        mgr release "$4" "$1/net1" >/dev/null || echo "address release for $1 failed"
+        cni DEL "$1" "$2" "$3" "$4" >/dev/null || echo "CNI DEL $1 failed"
     done
+    if [ -d "$RUN/manager" ]; then
+        left=$(mgr show --json | jq '[.[].leases | length] | add')
+        if [ "$left" = 0 ]; then
+            echo "== heddle-manager: no leases left (CNI DEL released every address)"
+        else
+            echo "== FAILED: $left leases left after CNI DEL:"; mgr show
+            status=1
+        fi
+    fi
     if [ -n "${SWITCH_PID:-}" ]; then kill -TERM "$SWITCH_PID" 2>/dev/null; wait "$SWITCH_PID" 2>/dev/null; fi
     for pod in pod-a pod-b pod-c; do ip netns del "heddle-$pod" 2>/dev/null; done
     rm -rf "$RUN"
     echo "== done: switch stopped, namespaces and sockets removed"
+    if [ "$status" -ne 0 ]; then exit "$status"; fi
+    exit "$rc"
 }
 trap cleanup EXIT
 
@@ -56,8 +70,8 @@ for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 ctl() { "$BIN/heddlectl" --socket "$SOCK" "$@"; }
 
 # The cluster brain in single-node (embedded) mode: two networks on one provider network;
-# heddle-manager assigns each a VLAN from the pool and addresses to the pods, on a
-# crash-safe local store.
+# heddle-manager assigns each a VLAN from the pool and, as the IPAM plugin heddle-ipam that
+# heddle-cni delegates to, addresses to the pods, on a crash-safe local store.
 cat > "$RUN/networks.yaml" <<'YAML'
 providers:
   physnet: {interface: uplink0, vlanPool: [{start: 100, end: 199}]}
@@ -71,12 +85,17 @@ vlan_of() { echo "$NETS" | jq -r --arg n "$1" '.[$n].vlan'; }
 RED=$(vlan_of red); BLUE=$(vlan_of blue)
 echo "heddle-manager (embedded): network red on VLAN $RED, network blue on VLAN $BLUE"
 
-# What kubelet (through Multus) does for a pod: CNI ADD with the network's config.
-cni() { # command pod vlan mac [ip]
-    printf '{"cniVersion":"1.1.0","name":"vlan%s","type":"heddle-cni","network":"vlan%s","kind":"vhost-user","vlan":%s,"mac":"%s","socketDir":"%s","switchSocket":"%s","stateDir":"%s","runtimeConfig":{"ips":[%s]}}' \
-        "$3" "$3" "$3" "$4" "$RUN/pods" "$SOCK" "$RUN/cni" "${5:+\"$5\"}" |
+# The node's CNI bin directory: heddle-cni, and heddle-ipam (a symlink to heddle-manager).
+CNI_BIN=$RUN/cni-bin
+deploy/scripts/install-cni.sh "$CNI_BIN" "$BIN" >/dev/null
+
+# What kubelet (through Multus) does for a pod: CNI ADD with the network's config; heddle-cni
+# runs the IPAM plugin of the config's `ipam` object from CNI_PATH.
+cni() { # command pod vlan network mac
+    printf '{"cniVersion":"1.1.0","name":"%s","type":"heddle-cni","network":"%s","kind":"vhost-user","vlan":%s,"mac":"%s","socketDir":"%s","switchSocket":"%s","stateDir":"%s","ipam":{"type":"heddle-ipam","network":"%s","store":"%s","config":"%s"}}' \
+        "$4" "$4" "$3" "$5" "$RUN/pods" "$SOCK" "$RUN/cni" "$4" "$RUN/manager" "$RUN/networks.yaml" |
         CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=/run/netns/heddle-$2 CNI_IFNAME=net1 \
-        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=$2" CNI_PATH=/usr/lib/cni "$BIN/heddle-cni"
+        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=$2" CNI_PATH=$CNI_BIN:/usr/lib/cni "$CNI_BIN/heddle-cni"
 }
 declare -A SOCKS
 # pod name, network, VLAN, MAC
@@ -84,8 +103,8 @@ PODS=("pod-a $RED 02:00:00:00:01:0a red" "pod-b $RED 02:00:00:00:01:0b red" "pod
 for p in "${PODS[@]}"; do
     set -- $p
     ip netns add "heddle-$1"
-    ip=$(mgr allocate "$4" "$1/net1" | head -n 1)
-    result=$(cni ADD "$1" "$2" "$3" "$ip/24")
+    ADDED+=("$1 $2 $4 $3")
+    result=$(cni ADD "$1" "$2" "$4" "$3")
     SOCKS[$1]=$(echo "$result" | jq -r '.interfaces[] | select(.socketPath) | .socketPath')
     echo "CNI ADD $1 (network $4, VLAN $2, $(echo "$result" | jq -r '.ips[0].address')): vhost-user socket ${SOCKS[$1]}"
 done
@@ -102,6 +121,10 @@ pod() { # name mac prefix args...
 echo "== starting pods: pod-a and pod-b (red, VLAN $RED) bounce frames to each other, pod-c (blue, VLAN $BLUE) listens"
 pod pod-b 02:00:00:00:01:0b --forward-mode=mac --eth-peer=0,02:00:00:00:01:0a
 pod pod-c 02:00:00:00:02:0c --forward-mode=rxonly
+# pod-a seeds one burst that the two pods then bounce; sent before pod-b's queue is up, it
+# is dropped and nothing flows. Wait for pod-b's link first.
+link_up() { ctl --json ports | jq -e --arg p "cni/$1/net1" '.[] | select(.spec.name==$p) | .link_up' >/dev/null; }
+for _ in $(seq 100); do link_up pod-b && break; sleep 0.1; done
 pod pod-a 02:00:00:00:01:0a --forward-mode=mac --eth-peer=0,02:00:00:00:01:0b --tx-first
 
 echo "== live stats for ${SECS}s"
@@ -117,5 +140,5 @@ if [ "$b" -gt 0 ] && [ "$a" -gt 0 ] && [ "$c" -eq 0 ]; then
     echo "== OK: traffic flows inside VLAN $RED and nothing crosses into VLAN $BLUE"
 else
     echo "== FAILED: expected frames to pod-a and pod-b, none to pod-c; logs in $LOG"
-    trap - EXIT; cleanup; exit 1
+    status=1
 fi

@@ -13,7 +13,7 @@ use crate::result::CniResult;
 /// The attachment-level environment an IPAM call gets.
 #[derive(Debug, Clone)]
 pub struct IpamCall<'a> {
-    /// `ADD`, `DEL` or `CHECK`.
+    /// `ADD`, `DEL`, `CHECK` or `GC`.
     pub command: &'a str,
     /// `CNI_CONTAINERID`.
     pub container_id: &'a str,
@@ -98,6 +98,10 @@ pub fn run(conf: &Value, call: &IpamCall<'_>) -> Result<Option<CniResult>, CniEr
             format!("it supports {theirs:?}"),
         )
     })?;
+    if matches!(call.command, "GC" | "STATUS") && version != "1.1.0" {
+        // GC and STATUS came with CNI 1.1.0: an older delegate has nothing to say.
+        return Ok(None);
+    }
     let mut conf = conf.clone();
     conf["cniVersion"] = Value::from(version);
     let conf = &conf;

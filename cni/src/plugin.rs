@@ -68,7 +68,12 @@ pub fn run_on(
         }
         Command::Gc => {
             let conf = NetConf::parse(stdin, false)?;
-            gc(&conf, inv, connect, host).map(|()| None)
+            gc(&conf, inv, connect, host)?;
+            if conf.ipam.is_some() {
+                // The delegate releases what no record remembers (a DEL that died part-way).
+                ipam::run(&conf.raw, &ipam_call("GC", inv))?;
+            }
+            Ok(None)
         }
     }
 }
@@ -236,6 +241,18 @@ fn write_device_info(conf: &NetConf, info: &Value) -> Result<(), CniError> {
     Ok(())
 }
 
+/// The config an IPAM delegate gets: the network config with the static addresses asked for
+/// (`runtimeConfig.ips` and CNI_ARGS `IP`) in `runtimeConfig.ips`, the "ips" capability the
+/// delegate honours (it gets no CNI_ARGS). With a delegate, the addresses are its to give.
+fn delegate_conf(conf: &NetConf, inv: &Invocation) -> Result<Value, CniError> {
+    let mut raw = conf.raw.clone();
+    let ips = static_ips(conf, inv)?;
+    if !ips.is_empty() {
+        raw["runtimeConfig"]["ips"] = Value::from(ips);
+    }
+    Ok(raw)
+}
+
 fn effects(
     conf: &NetConf,
     inv: &Invocation,
@@ -302,16 +319,18 @@ fn effects(
                 socket_path: Some(s.path.display().to_string()),
                 pci_id: None,
             });
-            for ip in static_ips(conf, inv)? {
-                result.ips.push(IpConfig {
-                    address: ip,
-                    gateway: None,
-                    interface: Some(idx),
-                });
-            }
-            if let Some(ipam_conf) = conf.ipam.as_ref().map(|_| &conf.raw) {
-                let r = ipam::run(ipam_conf, &ipam_call("ADD", inv))?.unwrap_or_default();
+            if conf.ipam.is_some() {
+                let r = ipam::run(&delegate_conf(conf, inv)?, &ipam_call("ADD", inv))?
+                    .unwrap_or_default();
                 absorb_ipam(&mut result, r, idx);
+            } else {
+                for ip in static_ips(conf, inv)? {
+                    result.ips.push(IpConfig {
+                        address: ip,
+                        gateway: None,
+                        interface: Some(idx),
+                    });
+                }
             }
         }
         Kind::Kernel => {
@@ -339,16 +358,18 @@ fn effects(
                 sandbox,
                 ..Default::default()
             });
-            for ip in static_ips(conf, inv)? {
-                result.ips.push(IpConfig {
-                    address: ip,
-                    gateway: None,
-                    interface: Some(pod_idx),
-                });
-            }
             if conf.ipam.is_some() {
-                let r = ipam::run(&conf.raw, &ipam_call("ADD", inv))?.unwrap_or_default();
+                let r = ipam::run(&delegate_conf(conf, inv)?, &ipam_call("ADD", inv))?
+                    .unwrap_or_default();
                 absorb_ipam(&mut result, r, pod_idx);
+            } else {
+                for ip in static_ips(conf, inv)? {
+                    result.ips.push(IpConfig {
+                        address: ip,
+                        gateway: None,
+                        interface: Some(pod_idx),
+                    });
+                }
             }
             let (addresses, routes) = pod_addressing(&result, pod_idx);
             netlink::create_veth(

@@ -12,6 +12,12 @@
 //! a sequence number and the snapshot the last one it includes, so a crash between the rename
 //! and the truncation replays nothing twice. Replay rebuilds the bitmaps through
 //! [`NetworkIpam::restore`], which refuses an address held twice.
+//!
+//! # One process at a time
+//! Several processes use one store on a node: `heddle-ipam` runs once per CNI call, often
+//! many at once, and `heddle-manager embedded` from scripts. An open store holds an exclusive
+//! `flock` on `lock` in the directory until it is dropped, so open (replay, torn-tail cut),
+//! allocate and commit of one process never interleave with another's; the others wait.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -91,6 +97,20 @@ pub struct EmbeddedConfig {
     pub networks: BTreeMap<String, NetworkSpec>,
 }
 
+impl EmbeddedConfig {
+    /// Reads the networks file (YAML with `providers:` and `networks:`).
+    pub fn read(path: &Path) -> Result<Self, StoreError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StoreError::Config(format!(
+                "{}: {e}; write the networks file or point to it",
+                path.display()
+            ))
+        })?;
+        serde_yaml::from_str(&text)
+            .map_err(|e| StoreError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 enum Record {
@@ -134,6 +154,8 @@ struct Snapshot {
 #[derive(Debug)]
 pub struct EmbeddedStore {
     dir: PathBuf,
+    /// Held (`flock`, exclusive) for the life of the store; released when the file closes.
+    _lock: File,
     journal: File,
     journal_len: u64,
     seq: u64,
@@ -176,6 +198,7 @@ impl EmbeddedStore {
             );
         }
 
+        let lock = lock_dir(&dir)?;
         let snap_path = dir.join("snapshot");
         let snapshot = read_snapshot(&snap_path)?;
         let journal_path = dir.join("journal");
@@ -195,6 +218,7 @@ impl EmbeddedStore {
 
         let mut store = Self {
             dir,
+            _lock: lock,
             journal,
             journal_len: valid_len,
             seq: snapshot.seq,
@@ -516,6 +540,30 @@ fn validate_config(config: &EmbeddedConfig) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// Takes the store's exclusive lock, waiting for another process that holds it.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    loop {
+        // SAFETY: `file` is open for the whole call, so its descriptor is valid; flock takes
+        // no pointers.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(io(&path)(e));
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

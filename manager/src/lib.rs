@@ -6,8 +6,10 @@
 //! * [`ipam`]: IPv4/IPv6 address allocation (chunked bitmap, leases by owner).
 //! * [`embedded`]: the same allocators on a crash-safe local journal, for single-node sites.
 //! * [`controller`]: the kube-rs reconcilers and the cluster-wide allocator.
+//! * [`cni_ipam`]: `heddle-ipam`, the allocators as a CNI IPAM plugin (embedded or cluster).
 //! * [`trunks`]: the VLANs each uplink trunk of a node must carry, for the node daemon.
 
+pub mod cni_ipam;
 pub mod controller;
 pub mod crd;
 pub mod embedded;

@@ -3,6 +3,8 @@
 //! * `heddle-manager crdgen` prints the CRDs the chart ships.
 //! * `heddle-manager run` runs the controllers against the cluster.
 //! * `heddle-manager embedded allocate|release|show` uses the single-node store.
+//! * `heddle-manager ipam`, or the binary run as `heddle-ipam` (a symlink next to the CNI
+//!   plugins), is the CNI IPAM plugin: `CNI_*` environment, config on stdin, result on stdout.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -57,6 +59,9 @@ enum Command {
         #[arg(long, default_value = "30")]
         resync_seconds: u64,
     },
+    /// The CNI IPAM plugin `heddle-ipam` (CNI_COMMAND etc. in the environment, the network
+    /// config on stdin); what a `heddle-ipam` symlink to this binary runs.
+    Ipam,
     /// Single-node mode: the allocators on a crash-safe local store.
     Embedded {
         /// Directory of the store (journal + snapshot).
@@ -101,7 +106,28 @@ enum EmbeddedAction {
     },
 }
 
+/// Run as `heddle-ipam` (argv[0]) or `heddle-manager ipam`: the CNI protocol, no clap (its
+/// usage text must never reach stdout, where the runtime expects JSON).
+fn invoked_as_ipam_plugin() -> bool {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .unwrap_or_default()
+        .to_owned();
+    name == heddle_manager::cni_ipam::PLUGIN_NAME
+        || (args.next().is_some_and(|a| a == "ipam") && args.next().is_none())
+}
+
 fn main() -> ExitCode {
+    if invoked_as_ipam_plugin() {
+        // Logs to stderr only; the reply is the one line on stdout.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+        return heddle_manager::cni_ipam::main();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -117,6 +143,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Ipam => unreachable!("handled before argument parsing"),
         Command::Crdgen => print!("{}", heddle_manager::crd::crds_yaml()),
         Command::Run { system_namespace } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -167,14 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             action,
         } => {
-            let text = std::fs::read_to_string(&config).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: {e}; write the networks file or pass --config",
-                    config.display()
-                )
-            })?;
-            let cfg: EmbeddedConfig = serde_yaml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let cfg = EmbeddedConfig::read(&config)?;
             let mut store = EmbeddedStore::open(&store, cfg.clone())?;
             match action {
                 EmbeddedAction::Allocate {

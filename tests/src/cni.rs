@@ -57,12 +57,48 @@ pub struct CniPlugin {
     pub env: Vec<(String, String)>,
 }
 
+/// A CNI plugin directory holding `heddle-ipam`, a symlink to the workspace's
+/// `heddle-manager`, as a node installs it next to heddle-cni: `cni-plugins/` beside the
+/// binaries. The link is replaced by rename, so tests may call this at the same time.
+pub fn heddle_ipam_dir() -> Result<PathBuf> {
+    let manager = workspace_binary("heddle-manager")?;
+    let dir = manager
+        .parent()
+        .context("heddle-manager has a directory")?
+        .join("cni-plugins");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let link = dir.join("heddle-ipam");
+    if std::fs::read_link(&link).ok().as_deref() != Some(manager.as_path()) {
+        let tmp = dir.join(format!(".heddle-ipam.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&manager, &tmp)
+            .with_context(|| format!("linking {}", tmp.display()))?;
+        std::fs::rename(&tmp, &link).with_context(|| format!("installing {}", link.display()))?;
+    }
+    Ok(dir)
+}
+
 impl CniPlugin {
     /// The workspace's `heddle-cni` (found like `heddle-switch`: `HEDDLE_BIN_DIR` or target/).
+    /// `CNI_PATH` is [`heddle_ipam_dir`] (when heddle-manager is built) then Debian's plugins.
     pub fn heddle() -> Result<CniPlugin> {
+        let cni_path = match heddle_ipam_dir() {
+            Ok(d) => format!("{}:{DEBIAN_CNI_DIR}", d.display()),
+            Err(_) => DEBIAN_CNI_DIR.into(),
+        };
         Ok(CniPlugin {
             binary: workspace_binary("heddle-cni")?,
-            cni_path: DEBIAN_CNI_DIR.into(),
+            cni_path,
+            env: vec![],
+        })
+    }
+
+    /// `heddle-ipam` run directly, through its symlink (argv[0] picks the plugin).
+    pub fn heddle_ipam() -> Result<CniPlugin> {
+        let dir = heddle_ipam_dir()?;
+        Ok(CniPlugin {
+            binary: dir.join("heddle-ipam"),
+            cni_path: format!("{}:{DEBIAN_CNI_DIR}", dir.display()),
             env: vec![],
         })
     }

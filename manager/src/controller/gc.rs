@@ -6,6 +6,10 @@
 //! if its UID is missing there, the pod is gone for good (UIDs are never reused). Only those
 //! owners are dropped, also on a retry after a 409, so a lease written after the first
 //! listing is never collected by mistake.
+//!
+//! Leases `heddle-ipam` takes are owned by `<container id>/<ifname>` (the CNI attachment),
+//! which says nothing about the pod: only owners whose first part has the shape of a pod UID
+//! (a UUID) are judged here; the others are freed by their CNI DEL.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +23,17 @@ use crate::crd::NetworkAllocation;
 /// The pod UID of a cluster lease owner (`<pod uid>/<ifname>`).
 pub fn pod_uid_of(owner: &str) -> &str {
     owner.split_once('/').map_or(owner, |(uid, _)| uid)
+}
+
+/// Whether `s` has the shape of a Kubernetes UID (`8-4-4-4-12` hex digits); container ids
+/// (64 hex digits from containerd, CRI-O and podman) never do.
+pub fn looks_like_pod_uid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Drop every lease whose pod no longer exists; returns how many were dropped.
@@ -39,7 +54,7 @@ pub async fn collect_pod_leaks(client: &Client) -> Result<usize, ControllerError
             .spec
             .leases
             .keys()
-            .filter(|o| !live.contains(pod_uid_of(o)))
+            .filter(|o| looks_like_pod_uid(pod_uid_of(o)) && !live.contains(pod_uid_of(o)))
             .cloned()
             .collect();
         if dead.is_empty() {

@@ -600,13 +600,22 @@ async fn cluster_release_and_repeated_allocation_write_only_when_needed() {
     drop(api);
 }
 
+const POD_LIVE: &str = "0b7a7a4e-1c1d-4b7e-9e7e-1a2b3c4d5e01";
+const POD_GONE: &str = "0b7a7a4e-1c1d-4b7e-9e7e-1a2b3c4d5e02";
+const POD_NEW: &str = "0b7a7a4e-1c1d-4b7e-9e7e-1a2b3c4d5e03";
+/// A `heddle-ipam` lease: owned by a CNI attachment (container id), not a pod UID.
+const CNI_OWNER: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08/net1";
+
 #[tokio::test]
 async fn leases_of_deleted_pods_are_collected_and_new_ones_kept() {
     let (client, mut h) = mock_client();
     let task = tokio::spawn(async move { gc::collect_pod_leaks(&client).await });
+    let live = format!("{POD_LIVE}/eth1");
+    let gone = format!("{POD_GONE}/eth1");
+    let new = format!("{POD_NEW}/eth1");
     let list = json!({"apiVersion": "heddle.dev/v1alpha1", "kind": "NetworkAllocationList", "metadata": {},
     "items": [
-        alloc_object("5", json!({"pod-live/eth1": ["10.3.0.1"], "pod-gone/eth1": ["10.3.0.2"]})),
+        alloc_object("5", json!({&live: ["10.3.0.1"], &gone: ["10.3.0.2"], CNI_OWNER: ["10.3.0.9"]})),
     ]});
     expect(
         &mut h,
@@ -617,23 +626,43 @@ async fn leases_of_deleted_pods_are_collected_and_new_ones_kept() {
     )
     .await;
     let pods = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {},
-        "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "p", "namespace": "ns1", "uid": "pod-live"}}]});
+        "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "p", "namespace": "ns1", "uid": POD_LIVE}}]});
     expect(&mut h, Method::GET, "/api/v1/pods", 200, pods).await;
     let (_, put) = expect(&mut h, Method::PUT, ALLOC, 409, status(409, "Conflict")).await;
     assert_eq!(
         put["spec"]["leases"],
-        json!({"pod-live/eth1": ["10.3.0.1"]})
+        json!({&live: ["10.3.0.1"], CNI_OWNER: ["10.3.0.9"]}),
+        "the CNI attachment's lease is left to its DEL"
     );
     // A pod created after the pod listing allocated in between: its lease must survive.
-    expect(&mut h, Method::GET, ALLOC, 200, alloc_object("6", json!({
-        "pod-live/eth1": ["10.3.0.1"], "pod-gone/eth1": ["10.3.0.2"], "pod-new/eth1": ["10.3.0.3"]}))).await;
+    expect(
+        &mut h,
+        Method::GET,
+        ALLOC,
+        200,
+        alloc_object(
+            "6",
+            json!({
+        &live: ["10.3.0.1"], &gone: ["10.3.0.2"], &new: ["10.3.0.3"], CNI_OWNER: ["10.3.0.9"]}),
+        ),
+    )
+    .await;
     let (_, put) = expect(&mut h, Method::PUT, ALLOC, 200, Value::Null).await;
     assert_eq!(put["metadata"]["resourceVersion"], "6");
     assert_eq!(
         put["spec"]["leases"],
-        json!({"pod-live/eth1": ["10.3.0.1"], "pod-new/eth1": ["10.3.0.3"]})
+        json!({&live: ["10.3.0.1"], &new: ["10.3.0.3"], CNI_OWNER: ["10.3.0.9"]})
     );
     assert_eq!(task.await.unwrap().unwrap(), 1);
+}
+
+#[test]
+fn only_pod_uids_are_judged_by_the_leak_collector() {
+    assert!(gc::looks_like_pod_uid(POD_LIVE));
+    assert!(!gc::looks_like_pod_uid(
+        CNI_OWNER.split('/').next().unwrap()
+    ));
+    assert!(!gc::looks_like_pod_uid("pod-a"));
 }
 
 /// A fake API server for one NetworkAllocation object with real `resourceVersion`

@@ -1,0 +1,482 @@
+//! The plugin's decisions and both modes: the embedded store in a temporary directory, the
+//! cluster allocator against `tower_test` API scenarios.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use http::{Method, Request as HttpRequest, Response};
+use kube::client::Body;
+use serde_json::{json, Value};
+use tower_test::mock;
+
+use super::*;
+
+const NETWORKS: &str = r#"
+providers:
+  physnet: {interface: uplink0, vlanPool: [{start: 100, end: 199}]}
+networks:
+  red: {kind: vhost-user, provider: physnet, ipv4: {cidr: 10.10.0.0/24, gateway: 10.10.0.1}, ipv6: {cidr: "fd00:10::/120"}}
+  tiny: {kind: vhost-user, provider: physnet, ipv4: {cidr: 10.30.0.0/30, gateway: 10.30.0.1}}
+"#;
+
+fn inv(command: &str, container: &str, args: &str) -> Invocation {
+    let env = [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", container),
+        ("CNI_IFNAME", "net1"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_ARGS", args),
+    ];
+    Invocation::from_env(|k| {
+        env.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap()
+}
+
+fn embedded(dir: &Path, network: &str, extra: Value) -> Vec<u8> {
+    let networks = dir.join("networks.yaml");
+    if !networks.exists() {
+        std::fs::write(&networks, NETWORKS).unwrap();
+    }
+    let mut c = json!({
+        "cniVersion": "1.1.0", "name": "red", "type": "heddle-cni",
+        "ipam": {"type": "heddle-ipam", "network": network,
+                 "store": dir.join("store"), "config": networks},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    serde_json::to_vec(&c).unwrap()
+}
+
+fn add(stdin: &[u8], container: &str) -> Result<Value, CniError> {
+    run(&inv("ADD", container, ""), stdin).map(Option::unwrap)
+}
+
+#[test]
+fn mode_is_chosen_by_the_keys_and_mixed_keys_are_refused() {
+    let parse = |ipam: Value| {
+        Request::parse(&serde_json::to_vec(&json!({"cniVersion": "1.0.0", "ipam": ipam})).unwrap())
+    };
+    let r = parse(json!({"type": "heddle-ipam", "network": "red", "store": "/s"})).unwrap();
+    assert_eq!(
+        r.ipam.mode,
+        Mode::Embedded {
+            store: "/s".into(),
+            config: DEFAULT_NETWORKS.into()
+        }
+    );
+    let r =
+        parse(json!({"type": "heddle-ipam", "network": "red", "namespace": "tenant-a"})).unwrap();
+    assert_eq!(
+        r.ipam.mode,
+        Mode::Cluster {
+            namespace: Some("tenant-a".into()),
+            kubeconfig: None,
+            system_namespace: DEFAULT_SYSTEM_NAMESPACE.into()
+        }
+    );
+    let r = parse(json!({"type": "heddle-ipam", "network": "red", "mode": "cluster"})).unwrap();
+    assert!(matches!(
+        r.ipam.mode,
+        Mode::Cluster {
+            namespace: None,
+            ..
+        }
+    ));
+    for bad in [
+        json!({"type": "heddle-ipam", "network": "red"}),
+        json!({"type": "heddle-ipam", "network": "red", "store": "/s", "namespace": "a"}),
+        json!({"type": "heddle-ipam", "network": "red", "mode": "cluster", "store": "/s"}),
+        json!({"type": "heddle-ipam", "store": "/s"}),
+        json!({"type": "host-local", "network": "red", "store": "/s"}),
+    ] {
+        assert_eq!(
+            parse(bad.clone()).unwrap_err().code,
+            code::INVALID_CONFIG,
+            "{bad}"
+        );
+    }
+    let e = Request::parse(br#"{"cniVersion": "0.2.0", "ipam": {}}"#).unwrap_err();
+    assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
+    assert_eq!(
+        Request::parse(b"{").unwrap_err().code,
+        code::DECODING_FAILURE
+    );
+}
+
+#[test]
+fn version_lists_what_heddle_cni_speaks() {
+    let v = run(&inv("VERSION", "c", ""), br#"{"cniVersion":"0.4.0"}"#)
+        .unwrap()
+        .unwrap();
+    assert_eq!(v["cniVersion"], "0.4.0");
+    assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+}
+
+#[test]
+fn add_is_idempotent_per_attachment_and_del_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = embedded(
+        dir.path(),
+        "red",
+        json!({"ipam": {"type": "heddle-ipam", "network": "red",
+            "store": dir.path().join("store"), "config": dir.path().join("networks.yaml"),
+            "routes": [{"dst": "10.99.0.0/16"}], "dns": {"nameservers": ["10.10.0.53"]}}}),
+    );
+    let a = add(&conf, "ctr-a").unwrap();
+    assert_eq!(a["cniVersion"], "1.1.0");
+    assert_eq!(
+        a["ips"],
+        json!([{"address": "10.10.0.2/24", "gateway": "10.10.0.1"}, {"address": "fd00:10::1/120"}])
+    );
+    assert_eq!(a["routes"], json!([{"dst": "10.99.0.0/16"}]));
+    assert_eq!(a["dns"]["nameservers"][0], "10.10.0.53");
+    assert_eq!(add(&conf, "ctr-a").unwrap(), a, "repeated ADD, same answer");
+    let b = add(&conf, "ctr-b").unwrap();
+    assert_eq!(b["ips"][0]["address"], "10.10.0.3/24");
+    run(&inv("CHECK", "ctr-a", ""), &conf).unwrap();
+
+    assert_eq!(run(&inv("DEL", "ctr-a", ""), &conf).unwrap(), None);
+    run(&inv("DEL", "ctr-a", ""), &conf).expect("repeated DEL succeeds");
+    let e = run(&inv("CHECK", "ctr-a", ""), &conf).unwrap_err();
+    assert_eq!(e.code, code::UNKNOWN_CONTAINER);
+    let cfg = crate::embedded::EmbeddedConfig::read(&dir.path().join("networks.yaml")).unwrap();
+    let store = crate::embedded::EmbeddedStore::open(dir.path().join("store"), cfg).unwrap();
+    assert_eq!(
+        store.leases("red").unwrap().keys().collect::<Vec<_>>(),
+        ["ctr-b/net1"]
+    );
+}
+
+#[test]
+fn static_requests_come_from_runtime_config_and_cni_args() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = embedded(
+        dir.path(),
+        "red",
+        json!({"cniVersion": "0.4.0", "runtimeConfig": {"ips": ["10.10.0.50/24"]}}),
+    );
+    let r = add(&conf, "ctr-s").unwrap();
+    assert_eq!(
+        r["ips"],
+        json!([{"address": "10.10.0.50/24", "gateway": "10.10.0.1", "version": "4"}]),
+        "0.4.0 results carry the IP version"
+    );
+    let plain = embedded(dir.path(), "red", json!({}));
+    let r = run(
+        &inv("ADD", "ctr-t", "IgnoreUnknown=1;IP=10.10.0.60"),
+        &plain,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(r["ips"][0]["address"], "10.10.0.60/24");
+    let e = run(&inv("ADD", "ctr-u", "IP=10.10.0.60"), &plain).unwrap_err();
+    assert_eq!(e.code, code::IPAM);
+    assert!(e.msg.contains("10.10.0.60 is already in use"), "{}", e.msg);
+    let e = run(&inv("ADD", "ctr-v", "IP=10.10.9.1"), &plain).unwrap_err();
+    assert!(e.msg.starts_with("network red:"), "{}", e.msg);
+}
+
+#[test]
+fn unknown_network_and_exhausted_pool_name_the_network_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let green = embedded(dir.path(), "green", json!({}));
+    run(&inv("DEL", "c1", ""), &green).expect("DEL of a network no longer configured succeeds");
+    let e = add(&green, "c1").unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert!(
+        e.msg.starts_with("network \"green\" is not in ")
+            && e.msg
+                .ends_with("add it under `networks` or fix ipam.network"),
+        "{}",
+        e.msg
+    );
+    assert_eq!(e.details, "networks there: red, tiny");
+
+    let tiny = embedded(dir.path(), "tiny", json!({}));
+    assert_eq!(
+        add(&tiny, "c1").unwrap()["ips"][0]["address"],
+        "10.30.0.2/30"
+    );
+    let e = add(&tiny, "c2").unwrap_err();
+    assert_eq!(e.code, code::IPAM);
+    assert_eq!(
+        e.msg,
+        "network tiny: subnet 10.30.0.0/30 has no free address left; widen its ranges or release addresses"
+    );
+    assert!(e.details.contains("widen"), "{}", e.details);
+    let e = run(&inv("STATUS", "", ""), &tiny).unwrap_err();
+    assert_eq!(e.code, code::NOT_AVAILABLE);
+    run(
+        &inv("STATUS", "", ""),
+        &embedded(dir.path(), "red", json!({})),
+    )
+    .unwrap();
+}
+
+#[test]
+fn gc_releases_leases_not_in_valid_attachments() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = embedded(dir.path(), "red", json!({}));
+    for c in ["c1", "c2", "c3"] {
+        add(&conf, c).unwrap();
+    }
+    let gc = embedded(
+        dir.path(),
+        "red",
+        json!({"cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "net1"}]}),
+    );
+    assert_eq!(run(&inv("GC", "", ""), &gc).unwrap(), None);
+    run(&inv("CHECK", "c2", ""), &conf).unwrap();
+    for c in ["c1", "c3"] {
+        assert_eq!(
+            run(&inv("CHECK", c, ""), &conf).unwrap_err().code,
+            code::UNKNOWN_CONTAINER
+        );
+    }
+}
+
+#[test]
+fn concurrent_adds_on_one_node_get_distinct_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = embedded(dir.path(), "red", json!({}));
+    let threads: Vec<_> = (0..20)
+        .map(|i| {
+            let conf = conf.clone();
+            std::thread::spawn(move || add(&conf, &format!("ctr-{i}")).unwrap())
+        })
+        .collect();
+    let addrs: BTreeSet<String> = threads
+        .into_iter()
+        .map(|t| {
+            t.join().unwrap()["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(addrs.len(), 20);
+}
+
+// ---- cluster mode ----
+
+type Handle = mock::Handle<HttpRequest<Body>, Response<Body>>;
+
+const NETWORK: &str = "/apis/heddle.dev/v1alpha1/namespaces/tenant-a/networks/red";
+const ALLOC: &str = "/apis/heddle.dev/v1alpha1/namespaces/tenant-a/networkallocations/network.red";
+
+fn cluster_conf(extra: Value) -> Request {
+    let mut c = json!({"cniVersion": "1.0.0", "ipam": {"type": "heddle-ipam", "network": "red",
+        "namespace": "tenant-a", "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig"}});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    Request::parse(&serde_json::to_vec(&c).unwrap()).unwrap()
+}
+
+fn network_object(cidr: &str) -> Value {
+    json!({"apiVersion": "heddle.dev/v1alpha1", "kind": "Network",
+        "metadata": {"name": "red", "namespace": "tenant-a", "uid": "u1"},
+        "spec": {"kind": "vhost-user", "provider": "physnet", "ipv4": {"cidr": cidr, "gateway": "10.10.0.1"}}})
+}
+
+fn alloc_object(rv: &str, leases: Value) -> Value {
+    json!({"apiVersion": "heddle.dev/v1alpha1", "kind": "NetworkAllocation",
+        "metadata": {"name": "network.red", "namespace": "tenant-a", "resourceVersion": rv},
+        "spec": {"network": "tenant-a/red", "leases": leases}})
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"})
+}
+
+/// Answers the next request, which must be `method path`, with `status` and `reply` (the
+/// request body echoed when `reply` is null); returns the request body.
+async fn expect(h: &mut Handle, method: Method, path: &str, status: u16, reply: Value) -> Value {
+    let (req, send) = h.next_request().await.expect("a request");
+    assert_eq!((req.method(), req.uri().path()), (&method, path));
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let reply = if reply.is_null() { body.clone() } else { reply };
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+fn spawn_call(
+    command: &str,
+    container: &str,
+    req: Request,
+) -> (
+    Handle,
+    tokio::task::JoinHandle<Result<Option<Value>, CniError>>,
+) {
+    let (svc, handle) = mock::pair::<HttpRequest<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let inv = inv(command, container, "");
+    let task = tokio::spawn(async move { cluster::run_with(client, &req, &inv).await });
+    (handle, task)
+}
+
+#[tokio::test]
+async fn cluster_add_writes_the_lease_and_repeated_add_writes_nothing() {
+    let (mut h, task) = spawn_call("ADD", "ctr-a", cluster_conf(json!({})));
+    expect(
+        &mut h,
+        Method::GET,
+        NETWORK,
+        200,
+        network_object("10.10.0.0/24"),
+    )
+    .await;
+    expect(
+        &mut h,
+        Method::GET,
+        ALLOC,
+        200,
+        alloc_object("7", json!({"other/net1": ["10.10.0.2"]})),
+    )
+    .await;
+    let put = expect(&mut h, Method::PUT, ALLOC, 200, Value::Null).await;
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "7",
+        "written with the precondition"
+    );
+    assert_eq!(put["spec"]["leases"]["ctr-a/net1"], json!(["10.10.0.3"]));
+    let r = task.await.unwrap().unwrap().unwrap();
+    assert_eq!(r["cniVersion"], "1.0.0");
+    assert_eq!(
+        r["ips"],
+        json!([{"address": "10.10.0.3/24", "gateway": "10.10.0.1"}])
+    );
+
+    let (mut h, task) = spawn_call("ADD", "ctr-a", cluster_conf(json!({})));
+    expect(
+        &mut h,
+        Method::GET,
+        NETWORK,
+        200,
+        network_object("10.10.0.0/24"),
+    )
+    .await;
+    expect(
+        &mut h,
+        Method::GET,
+        ALLOC,
+        200,
+        alloc_object("8", put["spec"]["leases"].clone()),
+    )
+    .await;
+    let again = task.await.unwrap().unwrap().unwrap();
+    assert_eq!(again, r);
+}
+
+#[tokio::test]
+async fn cluster_del_frees_and_succeeds_when_the_network_is_gone() {
+    let (mut h, task) = spawn_call("DEL", "ctr-a", cluster_conf(json!({})));
+    expect(
+        &mut h,
+        Method::GET,
+        NETWORK,
+        200,
+        network_object("10.10.0.0/24"),
+    )
+    .await;
+    expect(
+        &mut h,
+        Method::GET,
+        ALLOC,
+        200,
+        alloc_object(
+            "8",
+            json!({"ctr-a/net1": ["10.10.0.3"], "b/net1": ["10.10.0.4"]}),
+        ),
+    )
+    .await;
+    let put = expect(&mut h, Method::PUT, ALLOC, 200, Value::Null).await;
+    assert_eq!(put["spec"]["leases"], json!({"b/net1": ["10.10.0.4"]}));
+    assert_eq!(task.await.unwrap().unwrap(), None);
+
+    let (mut h, task) = spawn_call("DEL", "ctr-a", cluster_conf(json!({})));
+    expect(&mut h, Method::GET, NETWORK, 404, not_found()).await;
+    assert_eq!(task.await.unwrap().unwrap(), None);
+}
+
+#[tokio::test]
+async fn cluster_unknown_network_and_exhausted_pool_are_reported() {
+    let (mut h, task) = spawn_call("ADD", "ctr-a", cluster_conf(json!({})));
+    expect(&mut h, Method::GET, NETWORK, 404, not_found()).await;
+    let e = task.await.unwrap().unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert_eq!(e.msg, "network tenant-a/red does not exist: create the Network (heddle.dev) or fix ipam.network / ipam.namespace");
+
+    let (mut h, task) = spawn_call("ADD", "ctr-c", cluster_conf(json!({})));
+    expect(
+        &mut h,
+        Method::GET,
+        NETWORK,
+        200,
+        network_object("10.10.0.0/30"),
+    )
+    .await;
+    expect(
+        &mut h,
+        Method::GET,
+        ALLOC,
+        200,
+        alloc_object("9", json!({"b/net1": ["10.10.0.2"]})),
+    )
+    .await;
+    let e = task.await.unwrap().unwrap_err();
+    assert_eq!(e.code, code::IPAM);
+    assert_eq!(e.msg, "network tenant-a/red: subnet 10.10.0.0/30 has no free address left; widen its ranges or release addresses");
+
+    let (mut h, task) = spawn_call("ADD", "ctr-d", cluster_conf(json!({})));
+    expect(
+        &mut h,
+        Method::GET,
+        NETWORK,
+        200,
+        network_object("10.10.0.0/24"),
+    )
+    .await;
+    expect(&mut h, Method::GET, ALLOC, 404, not_found()).await;
+    assert_eq!(task.await.unwrap().unwrap_err().code, code::TRY_AGAIN_LATER);
+}
+
+#[tokio::test]
+async fn cluster_static_request_and_gc_touches_nothing() {
+    let req = cluster_conf(json!({"runtimeConfig": {"ips": ["10.10.0.77/24"]}}));
+    let (mut h, task) = spawn_call("ADD", "ctr-s", req);
+    expect(
+        &mut h,
+        Method::GET,
+        NETWORK,
+        200,
+        network_object("10.10.0.0/24"),
+    )
+    .await;
+    expect(
+        &mut h,
+        Method::GET,
+        ALLOC,
+        200,
+        alloc_object("1", json!({})),
+    )
+    .await;
+    let put = expect(&mut h, Method::PUT, ALLOC, 200, Value::Null).await;
+    assert_eq!(put["spec"]["leases"]["ctr-s/net1"], json!(["10.10.0.77"]));
+    task.await.unwrap().unwrap();
+
+    // GC never reaches the API: the allocation holds every node's leases.
+    let req = cluster_conf(json!({"cni.dev/valid-attachments": []}));
+    let r = cluster::run(&req, &inv("GC", "", "")).unwrap();
+    assert_eq!(r, None);
+}
