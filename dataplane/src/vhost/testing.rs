@@ -452,7 +452,8 @@ impl Driver {
         self.post(&Driver::cut(len as usize, pieces), true, true, None)
     }
 
-    /// Takes every new used element and frees its chain's descriptors.
+    /// Takes every new used element and frees its chain's descriptors (its buffers can
+    /// still be read with `chain_bytes` until the head is reused).
     pub fn reap(&mut self) -> Vec<UsedElem> {
         let end = self.used_idx();
         let mut out = Vec::new();
@@ -460,8 +461,8 @@ impl Driver {
             let e = self.used_elem(self.last_used);
             self.last_used = self.last_used.wrapping_add(1);
             if let Some(c) = self.chains.get_mut(e.id as usize) {
-                let c = std::mem::take(c);
-                self.free.extend(c.descs);
+                // The buffers stay readable (`chain_bytes`) until the head is posted again.
+                self.free.extend(c.descs.drain(..));
             }
             out.push(e);
         }
