@@ -572,10 +572,12 @@ pub struct VecPacket {
 }
 
 impl Packet for VecPacket {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.end]
     }
@@ -636,6 +638,7 @@ impl VecPool {
 impl RxPool for VecPool {
     type Pkt = VecPacket;
 
+    #[inline]
     fn alloc(&mut self, len: usize) -> Option<VecPacket> {
         if self.out >= self.limit || len > self.max_len {
             return None;
@@ -651,6 +654,7 @@ impl RxPool for VecPool {
         Some(p)
     }
 
+    #[inline]
     fn max_len(&self) -> usize {
         self.max_len
     }
