@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 use super::memory::{GuestMemory, RegionSpec};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool, SplitQueue};
@@ -87,8 +88,9 @@ struct Chain {
 
 /// An in-process virtio driver for one queue.
 pub struct Driver {
-    /// The memory, as the device (the switch) sees it.
-    pub mem: GuestMemory,
+    /// The memory, as the device (the switch) sees it; shared so a device thread can run
+    /// against the driver concurrently.
+    pub mem: Arc<GuestMemory>,
     size: u16,
     features: u64,
     hdr_len: usize,
@@ -145,7 +147,7 @@ impl Driver {
             user_addr: UVA_BASE,
             mmap_offset: 0,
         };
-        let mem = GuestMemory::map(vec![(spec, memfd(end))]).expect("map test memory");
+        let mem = Arc::new(GuestMemory::map(vec![(spec, memfd(end))]).expect("map test memory"));
         let mut d = Driver {
             mem,
             size,
