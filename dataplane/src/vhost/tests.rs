@@ -1053,3 +1053,12 @@ fn a_driver_thread_and_a_device_thread_move_frames_concurrently() {
         assert_eq!(stats.packets, u64::from(N));
     }
 }
+
+#[test]
+fn memory_is_shared_and_queues_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<GuestMemory>();
+    send::<SplitQueue>();
+    send::<crate::dpdk::MbufPool>();
+}
