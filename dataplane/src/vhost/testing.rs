@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 use super::memory::{GuestMemory, RegionSpec};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool, SplitQueue};
@@ -87,8 +88,9 @@ struct Chain {
 
 /// An in-process virtio driver for one queue.
 pub struct Driver {
-    /// The memory, as the device (the switch) sees it.
-    pub mem: GuestMemory,
+    /// The memory, as the device (the switch) sees it; shared so a device thread can run
+    /// against the driver concurrently.
+    pub mem: Arc<GuestMemory>,
     size: u16,
     features: u64,
     hdr_len: usize,
@@ -145,7 +147,7 @@ impl Driver {
             user_addr: UVA_BASE,
             mmap_offset: 0,
         };
-        let mem = GuestMemory::map(vec![(spec, memfd(end))]).expect("map test memory");
+        let mem = Arc::new(GuestMemory::map(vec![(spec, memfd(end))]).expect("map test memory"));
         let mut d = Driver {
             mem,
             size,
@@ -452,7 +454,8 @@ impl Driver {
         self.post(&Driver::cut(len as usize, pieces), true, true, None)
     }
 
-    /// Takes every new used element and frees its chain's descriptors.
+    /// Takes every new used element and frees its chain's descriptors (its buffers can
+    /// still be read with `chain_bytes` until the head is reused).
     pub fn reap(&mut self) -> Vec<UsedElem> {
         let end = self.used_idx();
         let mut out = Vec::new();
@@ -460,8 +463,8 @@ impl Driver {
             let e = self.used_elem(self.last_used);
             self.last_used = self.last_used.wrapping_add(1);
             if let Some(c) = self.chains.get_mut(e.id as usize) {
-                let c = std::mem::take(c);
-                self.free.extend(c.descs);
+                // The buffers stay readable (`chain_bytes`) until the head is posted again.
+                self.free.extend(c.descs.drain(..));
             }
             out.push(e);
         }
@@ -571,10 +574,12 @@ pub struct VecPacket {
 }
 
 impl Packet for VecPacket {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.end]
     }
@@ -635,6 +640,7 @@ impl VecPool {
 impl RxPool for VecPool {
     type Pkt = VecPacket;
 
+    #[inline]
     fn alloc(&mut self, len: usize) -> Option<VecPacket> {
         if self.out >= self.limit || len > self.max_len {
             return None;
@@ -650,13 +656,14 @@ impl RxPool for VecPool {
         Some(p)
     }
 
+    #[inline]
     fn max_len(&self) -> usize {
         self.max_len
     }
 }
 
-/// Builds a small guest memory and queue from `data` (configuration byte, then the bytes
-/// of descriptor table, rings and buffers) and runs dequeue, enqueue and the notification
+/// Builds a small guest memory and queue from `data` (a configuration byte: queue size,
+/// features, "tame" mode; then indices, avail entries, descriptors and buffer bytes) and runs dequeue, enqueue and the notification
 /// calls on it, checking the invariants a hostile ring must not break: no panic, the used
 /// index advances by at most the queue size per call, every used id is below the size.
 /// Panics (a fuzz finding) when an invariant fails.
@@ -687,42 +694,69 @@ pub fn fuzz_rings(data: &[u8]) {
     let (avail_off, used_off, data_off) = (2048usize, 2560usize, 4096usize);
     let mut mem_buf = vec![0u64; MEM / 8];
     let base = mem_buf.as_mut_ptr().cast::<u8>();
-    let len = rest.len().min(MEM);
-    // SAFETY: `mem_buf` holds MEM bytes and `len <= MEM`.
-    unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), base, len) };
-    let rd16 = |off: usize| -> u16 {
-        // SAFETY: callers pass `off + 2 <= MEM`.
-        unsafe { base.add(off).cast::<u16>().read_unaligned() }
+    let wr = |off: usize, bytes: &[u8]| {
+        assert!(off + bytes.len() <= MEM);
+        // SAFETY: in bounds (asserted); `mem_buf` is only accessed through `base`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), bytes.len()) };
     };
-    let wr16 = |off: usize, v: u16| {
-        // SAFETY: callers pass `off + 2 <= MEM`.
-        unsafe { base.add(off).cast::<u16>().write_unaligned(v) }
+    // The input, compactly: base index, avail index delta, avail flags, used_event, one byte
+    // per avail entry, six bytes per descriptor, then buffer contents. Missing bytes are 0.
+    let mut at = 0usize;
+    let mut byte = || {
+        let b = rest.get(at).copied().unwrap_or(0);
+        at += 1;
+        b
     };
-    let start = rd16(used_off + 2);
-    if tame {
-        for i in 0..n {
-            let d = 16 * i;
-            // SAFETY: the table (16 * 128 bytes at most) is inside MEM.
-            unsafe {
-                let a = base.add(d).cast::<u64>().read_unaligned();
-                let l = base.add(d + 8).cast::<u32>().read_unaligned();
-                let f = rd16(d + 12);
-                let nx = rd16(d + 14);
-                let a = data_off as u64 + a % (MEM - data_off) as u64;
-                base.add(d).cast::<u64>().write_unaligned(a);
-                base.add(d + 8).cast::<u32>().write_unaligned(l % 4096);
-                wr16(d + 12, f & 7);
-                wr16(d + 14, nx % (size + 1));
-            }
-        }
-        for i in 0..n {
-            let o = avail_off + 4 + 2 * i;
-            wr16(o, rd16(o) % (size + 1));
-        }
-        let ai = rd16(avail_off + 2);
-        wr16(avail_off + 2, start.wrapping_add(ai % (size + 2)));
-        wr16(used_off + 2, start);
+    let start = u16::from_le_bytes([byte(), byte()]);
+    let delta = u16::from(byte());
+    let avail_flags = u16::from(byte() & 1);
+    let used_event = u16::from_le_bytes([byte(), byte()]);
+    let delta = if tame { delta % (size + 2) } else { delta };
+    wr(avail_off, &avail_flags.to_le_bytes());
+    wr(avail_off + 2, &start.wrapping_add(delta).to_le_bytes());
+    for i in 0..n {
+        let h = u16::from(byte());
+        let h = if tame { h % (size + 1) } else { h };
+        wr(avail_off + 4 + 2 * i, &h.to_le_bytes());
     }
+    wr(avail_off + 4 + 2 * n, &used_event.to_le_bytes());
+    wr(used_off + 2, &start.to_le_bytes());
+    for i in 0..n {
+        let addr = u64::from(u16::from_le_bytes([byte(), byte()]));
+        let len = u32::from(u16::from_le_bytes([byte(), byte()]));
+        let flags = byte();
+        let next = u16::from(byte());
+        let (addr, len, flags, next) = if tame {
+            (
+                data_off as u64 + addr % (MEM - data_off) as u64,
+                len % 4096,
+                u16::from(flags & 7),
+                next % (size + 1),
+            )
+        } else {
+            // High flag bits push the address or length to the edges of their range.
+            let addr = if flags & 0x80 != 0 {
+                u64::MAX - addr
+            } else {
+                addr
+            };
+            let len = if flags & 0x40 != 0 {
+                u32::MAX - len
+            } else {
+                len
+            };
+            (addr, len, u16::from(flags & 7), next)
+        };
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        wr(16 * i, &d);
+    }
+    // Indirect tables and buffers live in the data area: fill it with what is left.
+    let left = rest.get(at..).unwrap_or(&[]);
+    wr(data_off, &left[..left.len().min(MEM - data_off)]);
     let spec = RegionSpec {
         guest_phys_addr: 0,
         size: MEM as u64,

@@ -890,3 +890,175 @@ fn guest_memory_from_raw_serves_queues_too() {
     assert_eq!(q.size(), 8);
     assert_eq!(q.header_len(), 12);
 }
+
+#[test]
+fn chains_longer_than_max_chain_are_bad() {
+    use super::virtq::MAX_CHAIN;
+    let mut d = Driver::with(1024, V1, 0, 4096);
+    let mut q = d.queue();
+    let mut stats = QueueStats::default();
+    let mut pool = VecPool::new(9216, 8);
+    let f = eth(1000);
+    // Header plus MAX_CHAIN - 1 pieces: exactly MAX_CHAIN descriptors.
+    d.post_tx(&f, TxLayout::Pieces(usize::from(MAX_CHAIN) - 1))
+        .unwrap();
+    d.post_tx(&f, TxLayout::Pieces(usize::from(MAX_CHAIN)))
+        .unwrap();
+    d.post_tx(&f, TxLayout::Joined).unwrap();
+    let got = drain_tx(&mut q, &d, &mut pool, &mut stats);
+    assert_eq!(got, vec![f.clone(), f]);
+    assert_eq!(stats.bad_chains, 1);
+}
+
+#[test]
+fn mergeable_frame_meeting_a_bad_chain_starts_again_after_it() {
+    let mut d = Driver::new(16, V1 | MRG);
+    let mut q = d.queue();
+    let mut stats = QueueStats::default();
+    let g1 = d.post_rx(1000, 1).unwrap();
+    let a = d.slot_gpa(15);
+    bad_head(
+        &mut d,
+        15,
+        RawDesc {
+            addr: a,
+            len: 1000,
+            flags: 0,
+            next: 0,
+        },
+    );
+    let g2 = d.post_rx(1000, 1).unwrap();
+    let g3 = d.post_rx(1000, 1).unwrap();
+    assert_eq!(q.enqueue(&d.mem, &pkts(&[1518]), &mut stats), 1);
+    assert_eq!(stats.bad_chains, 1);
+    let used = d.reap();
+    let want = [(g1, 0), (15, 0), (g2, 1000), (g3, 530)];
+    assert_eq!(used.len(), 4);
+    for (u, (id, len)) in used.iter().zip(want) {
+        assert_eq!(*u, UsedElem { id: id.into(), len });
+    }
+    let mut bytes = d.chain_bytes(used[2]);
+    bytes.extend(d.chain_bytes(used[3]));
+    assert_eq!(&bytes[10..12], &2u16.to_le_bytes());
+    assert_eq!(&bytes[12..], &eth(1518)[..]);
+}
+
+#[test]
+fn a_ring_full_of_bad_chains_costs_one_budget_per_enqueue() {
+    use super::virtq::BAD_CHAIN_BUDGET;
+    for features in [V1, V1 | MRG] {
+        let mut d = Driver::new(64, features);
+        let mut q = d.queue();
+        let mut stats = QueueStats::default();
+        let a = d.slot_gpa(63);
+        for i in 0..40 {
+            bad_head(
+                &mut d,
+                63 - i,
+                RawDesc {
+                    addr: a,
+                    len: 2048,
+                    flags: 0,
+                    next: 0,
+                },
+            );
+        }
+        d.post_rx(2048, 1).unwrap();
+        assert_eq!(q.enqueue(&d.mem, &pkts(&[60]), &mut stats), 0);
+        assert_eq!(stats.bad_chains, BAD_CHAIN_BUDGET);
+        assert_eq!(stats.no_guest_buffers, 1);
+        assert_eq!(q.enqueue(&d.mem, &pkts(&[60]), &mut stats), 1);
+        assert_eq!(stats.bad_chains, 40);
+        let used = d.reap();
+        assert_eq!(used.len(), 41);
+        assert_eq!(used[40].len, 72);
+    }
+}
+
+/// A frame carrying sequence number `n` in its payload.
+fn seq_frame(n: u32) -> Vec<u8> {
+    let mut f = eth(60 + (n as usize * 7) % 1400);
+    f[14..18].copy_from_slice(&n.to_le_bytes());
+    f
+}
+
+#[test]
+fn a_driver_thread_and_a_device_thread_move_frames_concurrently() {
+    const N: u32 = 4_000;
+    for features in [V1 | EVT, V1 | MRG | IND] {
+        // Guest TX: the test thread drives, a device thread dequeues.
+        let mut d = Driver::new(64, features);
+        let mut q = d.queue();
+        let mem = d.mem.clone();
+        let device = std::thread::spawn(move || {
+            let mut pool = VecPool::new(2048, 64);
+            let mut stats = QueueStats::default();
+            let mut b = Burst::new();
+            let mut next = 0u32;
+            while next < N {
+                q.dequeue(&mem, &mut pool, &mut b, &mut stats);
+                for p in b.drain() {
+                    assert_eq!(p.data(), &seq_frame(next)[..]);
+                    next += 1;
+                    pool.give_back([p]);
+                }
+                assert!(!q.is_broken());
+                std::thread::yield_now();
+            }
+            stats
+        });
+        let mut sent = 0u32;
+        while sent < N {
+            d.reap();
+            let layout = if features & IND != 0 {
+                TxLayout::Indirect(2)
+            } else {
+                TxLayout::SplitHeader
+            };
+            while sent < N && d.post_tx(&seq_frame(sent), layout).is_some() {
+                sent += 1;
+            }
+            std::thread::yield_now();
+        }
+        let stats = device.join().unwrap();
+        assert_eq!(stats.packets, u64::from(N));
+        assert_eq!(stats.bad_chains, 0);
+
+        // Guest RX: a device thread enqueues, the test thread receives.
+        let mut d = Driver::new(64, features);
+        let mut q = d.queue();
+        let mem = d.mem.clone();
+        let device = std::thread::spawn(move || {
+            let mut stats = QueueStats::default();
+            let mut next = 0u32;
+            while next < N {
+                let burst: Vec<TestPacket> = (next..(next + 8).min(N))
+                    .map(|n| TestPacket::new(&seq_frame(n)))
+                    .collect();
+                next += q.enqueue(&mem, &burst, &mut stats) as u32;
+                std::thread::yield_now();
+            }
+            stats
+        });
+        let mut got = 0u32;
+        while got < N {
+            while d.post_rx(2048, 1).is_some() {}
+            for f in d.recv() {
+                assert_eq!(f.frame, seq_frame(got));
+                got += 1;
+            }
+            std::thread::yield_now();
+        }
+        let stats = device.join().unwrap();
+        assert_eq!(stats.packets, u64::from(N));
+    }
+}
+
+#[test]
+fn memory_is_shared_and_queues_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<GuestMemory>();
+    send::<SplitQueue>();
+    send::<crate::dpdk::MbufPool>();
+}

@@ -83,6 +83,16 @@ const USED_F_NO_NOTIFY: u16 = 1;
 /// chains are walked a second time.
 const MAX_SEGS: usize = 32;
 
+/// Most descriptors followed in one chain (in the ring, and again in an indirect table),
+/// as DPDK's `BUF_VECTOR_MAX`: virtio-net drivers use a few (Linux at most 19), and the
+/// bound keeps a looping or absurdly long chain from costing more than this.
+pub const MAX_CHAIN: u16 = 256;
+
+/// Bad chains one `enqueue` call returns before it stops for this burst: with the chain
+/// bound, the most work a hostile RX ring can cause per call is this many × `MAX_CHAIN`
+/// descriptors (dequeue is bounded by its burst already).
+pub const BAD_CHAIN_BUDGET: u64 = 32;
+
 /// Why a queue could not be set up.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RingError {
@@ -182,8 +192,8 @@ struct Table {
 impl Table {
     /// Walks the chain at `head` (`head < size`, checked by the caller), handing each
     /// buffer to `f` until it returns false or the chain ends. Buffers must all be
-    /// device-writable (`write`) or all device-readable. At most `size` descriptors are
-    /// visited in the ring and at most `size` in an indirect table, so loops end.
+    /// device-writable (`write`) or all device-readable. At most `min(size, MAX_CHAIN)`
+    /// descriptors are visited in the ring and as many in an indirect table, so loops end.
     #[inline(always)]
     fn walk(
         self,
@@ -196,7 +206,8 @@ impl Table {
         let mut table = self.desc;
         let mut table_len = u32::from(self.size);
         let mut idx = u32::from(head);
-        let mut steps = u32::from(self.size);
+        let max_steps = u32::from(self.size.min(MAX_CHAIN));
+        let mut steps = max_steps;
         let mut in_indirect = false;
         loop {
             if idx >= table_len || steps == 0 {
@@ -227,7 +238,7 @@ impl Table {
                 table = p.as_ptr().cast::<Desc>();
                 table_len = len / 16;
                 idx = 0;
-                steps = u32::from(self.size);
+                steps = max_steps;
                 in_indirect = true;
                 continue;
             }
@@ -324,6 +335,19 @@ fn ring(
         });
     }
     Ok(p)
+}
+
+/// Asks the CPU to start loading the cache line at `p`.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` is only a hint: it never faults and changes no memory, whatever
+    // the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Virtio's `vring_need_event`: has `new` passed `event` since `old`?
@@ -454,8 +478,19 @@ impl SplitQueue {
         }; MAX_SEGS];
         let mut got = 0;
         let mut used = self.used_idx;
-        for _ in 0..budget {
+        for i in 0..budget {
             let head = self.avail_entry(self.last_avail);
+            if i + 1 < budget {
+                // The guest's core just wrote the next chain's descriptor: start pulling it
+                // over while this frame is copied.
+                let next = self.avail_entry(self.last_avail.wrapping_add(1));
+                prefetch(
+                    self.table
+                        .desc
+                        .wrapping_add(usize::from(next & self.mask))
+                        .cast(),
+                );
+            }
             if head >= self.table.size {
                 // No valid id to return: consume the entry and count it.
                 self.last_avail = self.last_avail.wrapping_add(1);
@@ -524,8 +559,10 @@ impl SplitQueue {
     /// heads; otherwise it takes one chain (of any number of write-only descriptors) that
     /// must hold header and frame: a frame larger than the chain is dropped (`oversize`) and
     /// the chain kept for the next one. A bad chain goes back with length 0 (`bad_chains`)
-    /// and the frame tries the next chain. Out of guest buffers, the queue stops
-    /// (`no_guest_buffers` counts the frames left). Used entries are published once.
+    /// and the frame tries the next chain (with `MRG_RXBUF`, heads the frame had already
+    /// filled go back with length 0 too, and it starts again after the bad chain). Out of
+    /// guest buffers, or after [`BAD_CHAIN_BUDGET`] bad chains in this call, the queue
+    /// stops (`no_guest_buffers` counts the frames left). Used entries are published once.
     ///
     /// Returns how many packets of `pkts` were consumed, a prefix: delivered, or dropped as
     /// oversize. The caller still owns (and frees) every packet.
@@ -553,51 +590,76 @@ impl SplitQueue {
         }
         let mut used = self.used_idx;
         let mut done = 0;
+        let bad_limit = stats.bad_chains + BAD_CHAIN_BUDGET;
         'pkts: for pkt in pkts {
+            if stats.bad_chains >= bad_limit {
+                // Enough bad chains for one burst: the rest waits (and is counted as not
+                // delivered), so a hostile ring cannot keep the worker here.
+                stats.no_guest_buffers += (pkts.len() - done) as u64;
+                break;
+            }
             let frame = pkt.data();
             let need = self.hdr_len + frame.len();
             if self.mrg {
-                let (start_avail, start_used, start_bad) =
-                    (self.last_avail, used, stats.bad_chains);
+                // Where this frame (re)starts: after the last bad chain it met.
+                let (mut start_avail, mut start_used) = (self.last_avail, used);
                 let mut written = 0usize;
                 let mut nbufs = 0u16;
                 let mut num_buffers = [ptr::null_mut(); 2];
                 while written < need {
                     if self.last_avail == avail_idx {
-                        // Not enough buffers for this frame: give back what it took.
+                        // Not enough buffers for this frame: give back what it took (it
+                        // wrote into them, harmlessly: they are still the device's).
                         self.last_avail = start_avail;
                         used = start_used;
-                        stats.bad_chains = start_bad;
                         stats.no_guest_buffers += (pkts.len() - done) as u64;
                         break 'pkts;
                     }
                     let head = self.avail_entry(self.last_avail);
                     self.last_avail = self.last_avail.wrapping_add(1);
-                    if head >= self.table.size {
-                        stats.bad_chains += 1;
-                        continue;
-                    }
-                    match self.fill(mem, head, &hdr, frame, written, &mut num_buffers) {
-                        Ok(n) => {
+                    let filled = if head < self.table.size {
+                        self.fill(mem, head, &hdr, frame, written, &mut num_buffers)
+                    } else {
+                        Err(BadChain)
+                    };
+                    match filled {
+                        Ok(n) if n > 0 => {
                             self.put_used(used, head, n as u32);
-                            if n > 0 {
-                                nbufs += 1;
-                                written += n;
+                            used = used.wrapping_add(1);
+                            nbufs += 1;
+                            written += n;
+                        }
+                        _ => {
+                            // A bad (or empty) chain inside the frame's buffers: the heads
+                            // it took so far go back empty with it, and the frame starts
+                            // again after it (in-order used entries cannot skip a head).
+                            let mut i = start_used;
+                            while i != used {
+                                self.put_used_len(i, 0);
+                                i = i.wrapping_add(1);
+                            }
+                            if head < self.table.size {
+                                self.put_used(used, head, 0);
+                                used = used.wrapping_add(1);
+                            }
+                            stats.bad_chains += 1;
+                            (start_avail, start_used) = (self.last_avail, used);
+                            written = 0;
+                            nbufs = 0;
+                            if stats.bad_chains >= bad_limit {
+                                stats.no_guest_buffers += (pkts.len() - done) as u64;
+                                break 'pkts;
                             }
                         }
-                        Err(BadChain) => {
-                            self.put_used(used, head, 0);
-                            stats.bad_chains += 1;
-                        }
                     }
-                    used = used.wrapping_add(1);
                 }
                 let nb = nbufs.to_le_bytes();
                 for (p, b) in num_buffers.into_iter().zip(nb) {
                     // SAFETY: `fill` recorded these as pointers to bytes 10 and 11 of the
-                    // header inside a validated, mapped buffer of this frame's first head;
-                    // the memory table is borrowed for the whole call. Both are set: the
-                    // header (12 bytes) was written completely before the frame.
+                    // header inside validated, mapped buffers of this frame's heads (the
+                    // last recording wins, and the frame's final attempt wrote the whole
+                    // 12-byte header, so both are set); the memory table is borrowed for
+                    // the whole call.
                     unsafe { ptr::write_volatile(p, b) };
                 }
             } else {
@@ -607,13 +669,13 @@ impl SplitQueue {
                         break 'pkts;
                     }
                     let head = self.avail_entry(self.last_avail);
-                    if head >= self.table.size {
-                        self.last_avail = self.last_avail.wrapping_add(1);
-                        stats.bad_chains += 1;
-                        continue;
-                    }
-                    let mut unused = [ptr::null_mut(); 2];
-                    match self.fill(mem, head, &hdr, frame, 0, &mut unused) {
+                    let filled = if head < self.table.size {
+                        let mut unused = [ptr::null_mut(); 2];
+                        self.fill(mem, head, &hdr, frame, 0, &mut unused)
+                    } else {
+                        Err(BadChain)
+                    };
+                    match filled {
                         Ok(n) if n < need => {
                             // The chain is too small for this frame: drop the frame, keep
                             // the chain for the next one.
@@ -628,10 +690,16 @@ impl SplitQueue {
                             break;
                         }
                         Err(BadChain) => {
-                            self.put_used(used, head, 0);
-                            used = used.wrapping_add(1);
+                            if head < self.table.size {
+                                self.put_used(used, head, 0);
+                                used = used.wrapping_add(1);
+                            }
                             self.last_avail = self.last_avail.wrapping_add(1);
                             stats.bad_chains += 1;
+                            if stats.bad_chains >= bad_limit {
+                                stats.no_guest_buffers += (pkts.len() - done) as u64;
+                                break 'pkts;
+                            }
                         }
                     }
                 }
@@ -708,6 +776,14 @@ impl SplitQueue {
             ptr::write_volatile(e, u32::from(id).to_le());
             ptr::write_volatile(e.add(1), len.to_le());
         }
+    }
+
+    /// Rewrites the length of used ring slot `idx & mask` (not yet published).
+    #[inline(always)]
+    fn put_used_len(&self, idx: u16, len: u32) {
+        let slot = usize::from(idx & self.mask);
+        // SAFETY: as in `put_used`: the element's `len` field is 4 bytes after its `id`.
+        unsafe { ptr::write_volatile(self.used.add(8 + 8 * slot).cast::<u32>(), len.to_le()) };
     }
 
     /// Publishes used entries up to `used` with one release store, then reads what the

@@ -1,0 +1,13 @@
+//! A split virtqueue built from arbitrary bytes (descriptor table, rings, buffers, feature
+//! bits) run through dequeue, enqueue and the notification calls; see
+//! `heddle_dataplane::vhost::testing::fuzz_rings` for the invariants it checks.
+//!
+//! `cargo +nightly fuzz run virtq` from `dataplane/`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    heddle_dataplane::vhost::testing::fuzz_rings(data);
+});
