@@ -162,6 +162,9 @@ impl Guest {
     }
 }
 
+/// Writes a (hostile) chain at head `i`.
+type WriteChain = Box<dyn Fn(&Guest, u16)>;
+
 /// The PMD worker stand-in: polls every port's queue pair 0 and counts frames.
 struct Worker {
     stop: Arc<AtomicBool>,
@@ -275,7 +278,7 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
     // Malformed chains, and chains that add up to more than a switch buffer (a loop does).
     let bad_chains =
         || counters.bad_chains.load(Ordering::Relaxed) + counters.oversize.load(Ordering::Relaxed);
-    let hostile: Vec<(&str, Box<dyn Fn(&Guest, u16)>)> = vec![
+    let hostile: Vec<(&str, WriteChain)> = vec![
         (
             "descriptor loop",
             Box::new(|g, i| g.desc(i, BUFS as u64, 100, 1, i)),
