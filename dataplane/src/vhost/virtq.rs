@@ -83,6 +83,9 @@ const USED_F_NO_NOTIFY: u16 = 1;
 /// chains are walked a second time.
 const MAX_SEGS: usize = 32;
 
+/// Chains whose first buffers are prefetched at the start of a burst.
+const PREFETCH_AHEAD: usize = 32;
+
 /// Most descriptors followed in one chain (in the ring, and again in an indirect table),
 /// as DPDK's `BUF_VECTOR_MAX`: virtio-net drivers use a few (Linux at most 19), and the
 /// bound keeps a looping or absurdly long chain from costing more than this.
@@ -350,6 +353,19 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Hints that `p`'s cache line is about to be written (`prefetchw` where the CPU has it).
+#[inline(always)]
+fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and changes no memory, whatever
+    // the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_ET0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Virtio's `vring_need_event`: has `new` passed `event` since `old`?
 #[inline(always)]
 fn need_event(event: u16, new: u16, old: u16) -> bool {
@@ -469,6 +485,7 @@ impl SplitQueue {
             self.write_avail_event();
         }
         let budget = usize::from(pending).min(out.room());
+        self.prefetch_ahead(mem, budget, false);
         let max_len = pool.max_len();
         let hdr_len = self.hdr_len as u64;
         let limit = hdr_len + max_len as u64;
@@ -588,6 +605,8 @@ impl SplitQueue {
             // Without MRG_RXBUF a virtio 1 device sets num_buffers to 1.
             hdr[10] = 1;
         }
+        let ready = usize::from(avail_idx.wrapping_sub(self.last_avail));
+        self.prefetch_ahead(mem, ready.min(pkts.len()), true);
         let mut used = self.used_idx;
         let mut done = 0;
         let bad_limit = stats.bad_chains + BAD_CHAIN_BUDGET;
@@ -784,6 +803,39 @@ impl SplitQueue {
         let slot = usize::from(idx & self.mask);
         // SAFETY: as in `put_used`: the element's `len` field is 4 bytes after its `id`.
         unsafe { ptr::write_volatile(self.used.add(8 + 8 * slot).cast::<u32>(), len.to_le()) };
+    }
+
+    /// Asks the memory system for the next `count` chains' first buffers (and the avail
+    /// entries and descriptors on the way) before the burst walks them one by one. The lines
+    /// were last written by the guest's core: requested together, their transfers overlap
+    /// instead of costing one round trip after the other (what DPDK gets from its batched
+    /// copies). Only hints: nothing is validated or changed here; the real walk checks all.
+    #[inline(always)]
+    fn prefetch_ahead(&self, mem: &GuestMemory, count: usize, write: bool) {
+        let mut hint = self.hint;
+        for k in 0..count.min(PREFETCH_AHEAD) {
+            let head = self.avail_entry(self.last_avail.wrapping_add(k as u16));
+            if head >= self.table.size {
+                continue;
+            }
+            // SAFETY: `head < size`, so the descriptor is inside the mapped, aligned table
+            // (checked in `new`); a volatile read copies the guest's value once.
+            let d = unsafe { ptr::read_volatile(self.table.desc.add(usize::from(head))) };
+            let len = u64::from(u32::from_le(d.len)).min(128);
+            if len == 0 || u16::from_le(d.flags) & DESC_F_INDIRECT != 0 {
+                continue;
+            }
+            if let Some(p) = mem.translate_gpa_hinted(u64::from_le(d.addr), len, &mut hint) {
+                let p = p.as_ptr().cast_const();
+                if write {
+                    prefetch_write(p);
+                    prefetch_write(p.wrapping_add(64));
+                } else {
+                    prefetch(p);
+                    prefetch(p.wrapping_add(64));
+                }
+            }
+        }
     }
 
     /// Publishes used entries up to `used` with one release store, then reads what the
