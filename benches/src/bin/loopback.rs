@@ -395,6 +395,9 @@ impl Row {
     }
 }
 
+/// Port adds/s and removes/s.
+type Rate = Option<(f64, f64)>;
+
 /// Adds and removes `n` ports through the API, native vhost-user ones or `net_vhost` ones;
 /// returns (adds/s, removes/s).
 fn port_churn(n: usize, kind: Kind) -> Result<(f64, f64)> {
@@ -559,7 +562,7 @@ fn main() -> Result<()> {
         }
     }
     // Port churn: native ports at every scale; net_vhost ports up to the ethdev limit.
-    let mut churn: Vec<(usize, Option<(f64, f64)>, Option<(f64, f64)>)> = Vec::new();
+    let mut churn: Vec<(usize, Rate, Rate)> = Vec::new();
     for &n in &scale {
         let native = kept(&Sut::HeddleNative)
             .then(|| port_churn(n, Kind::Native))
@@ -711,7 +714,7 @@ fn main() -> Result<()> {
             md,
             "| ports | native adds/s | native removes/s | net_vhost adds/s | net_vhost removes/s |\n|---|---|---|---|---|"
         );
-        let cell = |x: &Option<(f64, f64)>, n: usize, native: bool| match x {
+        let cell = |x: &Rate, n: usize, native: bool| match x {
             Some((a, d)) => format!("{a:.0} | {d:.0}"),
             None if !native && n > MAX_ETHDEVS => "- (over 32 ethdevs) | -".to_owned(),
             None => "- | -".to_owned(),
