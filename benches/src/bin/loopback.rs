@@ -536,6 +536,12 @@ fn main() -> Result<()> {
         .map(|x| (x.sut, x.pods, x.size))
         .collect();
     let started = Instant::now();
+    // Every round's figures, also written to loopback-rounds.txt: medians hide how much
+    // single rounds swing.
+    let mut log = format!(
+        "# benches/loopback.sh {}, started at load average {load_start}\n",
+        args[1..].join(" ")
+    );
     for r in 0..rounds {
         // Alternate the order each round, so drift on the machine hits every switch alike.
         let order: Vec<_> = if r % 2 == 0 {
@@ -546,13 +552,16 @@ fn main() -> Result<()> {
         for (s, n, z) in order {
             let sample = round(s, n, z, secs)
                 .with_context(|| format!("{}, {n} pods, {z} B, round {r}", s.key()))?;
-            eprintln!(
+            let line = format!(
                 "[{:5.0} s] round {r}: {:<14} {n:>2} pods {z:>4} B {:6.2} Mpps {:7.1} cycles/pkt",
                 started.elapsed().as_secs_f64(),
                 s.key(),
                 sample.mpps,
                 sample.cycles_per_packet
             );
+            eprintln!("{line}");
+            log.push_str(&line);
+            log.push('\n');
             let row = rows
                 .iter_mut()
                 .find(|x| x.sut == s && x.pods == n && x.size == z)
@@ -572,7 +581,10 @@ fn main() -> Result<()> {
             .then(|| port_churn(n, Kind::Vhost))
             .transpose()
             .with_context(|| format!("churn of {n} net_vhost ports"))?;
-        eprintln!("churn {n} ports: native {native:?}, net_vhost {vhost:?}");
+        let line = format!("churn {n} ports: native {native:?}, net_vhost {vhost:?}");
+        eprintln!("{line}");
+        log.push_str(&line);
+        log.push('\n');
         churn.push((n, native, vhost));
     }
     let load_end = loadavg();
@@ -609,7 +621,10 @@ fn main() -> Result<()> {
         md,
         "{rounds} interleaved rounds of {secs} s after 1 s of warm-up; medians. Load average (1/5/15 min) at start {load_start}, at end {load_end}."
     );
-    let _ = writeln!(md, "Command: `{command}`\n");
+    let _ = writeln!(
+        md,
+        "Command: `{command}`. Every round's figures: `loopback-rounds.txt`.\n"
+    );
     let _ = writeln!(md, "| switch | pods | frame B | Mpps | Gbit/s | cycles/packet | Mpps vs testpmd | Mpps vs OVS | cycles vs testpmd | cycles vs OVS |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for x in &rows {
@@ -731,6 +746,7 @@ fn main() -> Result<()> {
     print!("{md}");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("loopback.md"), &md)?;
+    std::fs::write(out_dir.join("loopback-rounds.txt"), &log)?;
     // Wide tables for the chart: one row per switch, one column per frame size; and one row
     // per pod count, two columns (Mpps, cycles) per vhost-user switch.
     let mut mpps = String::new();
