@@ -227,17 +227,31 @@ pub fn link_state(name: &str) -> Result<Option<NetdevState>, CniError> {
     })
 }
 
-async fn state_of(h: &Handle, name: &str) -> Result<Option<NetdevState>, CniError> {
-    let mut links = h.link().get().match_name(name.to_owned()).execute();
-    let msg = match links.try_next().await {
-        Ok(Some(msg)) => msg,
-        Ok(None) => return Ok(None),
+/// The first answer of a link request; `None` when the link does not exist.
+async fn first_link<S>(
+    mut links: S,
+    what: impl FnOnce() -> String,
+) -> Result<Option<rtnetlink::packet_route::link::LinkMessage>, CniError>
+where
+    S: futures_util::Stream<
+            Item = Result<rtnetlink::packet_route::link::LinkMessage, rtnetlink::Error>,
+        > + Unpin,
+{
+    match links.try_next().await {
+        Ok(msg) => Ok(msg),
         Err(rtnetlink::Error::NetlinkError(e))
             if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
         {
-            return Ok(None)
+            Ok(None)
         }
-        Err(e) => return Err(CniError::netlink(format!("looking up {name}"), e)),
+        Err(e) => Err(CniError::netlink(what(), e)),
+    }
+}
+
+async fn state_of(h: &Handle, name: &str) -> Result<Option<NetdevState>, CniError> {
+    let links = h.link().get().match_name(name.to_owned()).execute();
+    let Some(msg) = first_link(links, || format!("looking up {name}")).await? else {
+        return Ok(None);
     };
     let mut state = NetdevState {
         name: name.to_owned(),
@@ -388,21 +402,14 @@ pub fn vf_list(pf: &str) -> Result<Option<Vec<LinkVfInfo>>, CniError> {
     on_thread(None, move |h| {
         Box::pin(async move {
             let (family, mask) = crate::sriov::pf::vf_query();
-            let mut links = h
+            let links = h
                 .link()
                 .get()
                 .match_name(pf.clone())
                 .set_filter_mask(family, mask)
                 .execute();
-            let msg = match links.try_next().await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return Ok(None),
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(CniError::netlink(format!("reading the VFs of {pf}"), e)),
+            let Some(msg) = first_link(links, || format!("reading the VFs of {pf}")).await? else {
+                return Ok(None);
             };
             Ok(Some(
                 msg.attributes

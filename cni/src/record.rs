@@ -101,24 +101,9 @@ impl Store {
     /// Takes the node-wide lock (`flock` on `<dir>/.lock`); waits for other heddle-cni calls.
     pub fn lock(&self) -> Result<Lock, CniError> {
         self.ensure_dir()?;
-        let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| CniError::io("opening the lock file", &path, e))?;
-        // SAFETY: flock on a descriptor `file` owns and keeps open for the call; the lock is
-        // released when `file` is closed (when the Lock drops).
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(CniError::io(
-                "locking",
-                &path,
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Lock { _file: file })
+        Ok(Lock {
+            _file: lock_file(&self.dir.join(".lock"))?,
+        })
     }
 
     fn path(&self, key: &AttachmentKey) -> PathBuf {
@@ -192,6 +177,28 @@ impl Store {
         out.sort_by_key(Record::key);
         Ok(out)
     }
+}
+
+/// Opens (creating) `path` and takes an exclusive `flock` on it, waiting for other holders.
+/// The lock lasts as long as the returned file is open.
+pub(crate) fn lock_file(path: &Path) -> Result<File, CniError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| CniError::io("opening the lock file", path, e))?;
+    // SAFETY: flock on a descriptor `file` owns and keeps open for the call; the lock is
+    // released when `file` is closed (when the caller drops it).
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(CniError::io(
+            "locking",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -96,23 +95,7 @@ impl Allocations {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| CniError::io("creating", &self.dir, e))?;
-        let path = self.dir.join(format!("{pci}.lock"));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| CniError::io("opening the VF lock", &path, e))?;
-        // SAFETY: flock on the descriptor `file` owns and keeps open during the call; the lock
-        // goes when the VfLock (and so the file) is dropped.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(CniError::io(
-                "locking",
-                &path,
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let file = crate::record::lock_file(&self.dir.join(format!("{pci}.lock")))?;
         Ok(VfLock { _file: file })
     }
 
