@@ -319,19 +319,7 @@ fn effects(
                 socket_path: Some(s.path.display().to_string()),
                 pci_id: None,
             });
-            if conf.ipam.is_some() {
-                let r = ipam::run(&delegate_conf(conf, inv)?, &ipam_call("ADD", inv))?
-                    .unwrap_or_default();
-                absorb_ipam(&mut result, r, idx);
-            } else {
-                for ip in static_ips(conf, inv)? {
-                    result.ips.push(IpConfig {
-                        address: ip,
-                        gateway: None,
-                        interface: Some(idx),
-                    });
-                }
-            }
+            assign_addresses(conf, inv, &mut result, idx)?;
         }
         Kind::Kernel => {
             let netns = inv.netns.clone().ok_or_else(|| {
@@ -358,19 +346,7 @@ fn effects(
                 sandbox,
                 ..Default::default()
             });
-            if conf.ipam.is_some() {
-                let r = ipam::run(&delegate_conf(conf, inv)?, &ipam_call("ADD", inv))?
-                    .unwrap_or_default();
-                absorb_ipam(&mut result, r, pod_idx);
-            } else {
-                for ip in static_ips(conf, inv)? {
-                    result.ips.push(IpConfig {
-                        address: ip,
-                        gateway: None,
-                        interface: Some(pod_idx),
-                    });
-                }
-            }
+            assign_addresses(conf, inv, &mut result, pod_idx)?;
             let (addresses, routes) = pod_addressing(&result, pod_idx);
             netlink::create_veth(
                 &host,
@@ -407,17 +383,7 @@ fn effects(
                 pci_id: Some(pci.to_owned()),
                 ..Default::default()
             });
-            for ip in static_ips(conf, inv)? {
-                result.ips.push(IpConfig {
-                    address: ip,
-                    gateway: None,
-                    interface: Some(idx),
-                });
-            }
-            if conf.ipam.is_some() {
-                let r = ipam::run(&conf.raw, &ipam_call("ADD", inv))?.unwrap_or_default();
-                absorb_ipam(&mut result, r, idx);
-            }
+            assign_addresses(conf, inv, &mut result, idx)?;
             let (addresses, routes) = pod_addressing(&result, idx);
             let attached = sriov::attach(
                 &conf.state_dir,
@@ -451,6 +417,29 @@ fn ipam_call<'a>(command: &'a str, inv: &'a Invocation) -> IpamCall<'a> {
         netns: inv.netns.as_deref(),
         path: &inv.path,
     }
+}
+
+/// Gives interface `idx` its addresses: from the IPAM delegate when the config has one (it
+/// gets the static requests in `runtimeConfig.ips`), else the static requests themselves.
+fn assign_addresses(
+    conf: &NetConf,
+    inv: &Invocation,
+    result: &mut CniResult,
+    idx: usize,
+) -> Result<(), CniError> {
+    if conf.ipam.is_some() {
+        let r = ipam::run(&delegate_conf(conf, inv)?, &ipam_call("ADD", inv))?.unwrap_or_default();
+        absorb_ipam(result, r, idx);
+    } else {
+        for ip in static_ips(conf, inv)? {
+            result.ips.push(IpConfig {
+                address: ip,
+                gateway: None,
+                interface: Some(idx),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn absorb_ipam(result: &mut CniResult, r: CniResult, iface: usize) {
