@@ -8,6 +8,8 @@
 //!   lock with a [`record`] per attachment written before the first effect;
 //! - [`switch`], [`netlink`], [`ipam`]: the node daemon, the kernel and delegated IPAM;
 //! - [`sriov`]: SR-IOV VFs (sysfs discovery, PF-side settings, per-VF allocation);
+//! - [`devices`]: where a device-plugin device (a socket directory) lives on the host and in a
+//!   container, shared with the device plugin;
 //! - [`owner`]: socket owner, group and mode from the config;
 //! - [`result`] and [`error`]: what goes to stdout, per CNI version.
 //!
@@ -16,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod invocation;
 pub mod ipam;
