@@ -60,7 +60,7 @@ trap cleanup EXIT
 # The built-in config, with this demo's socket, state directory and cores.
 "$BIN/heddle-switch" --print-default-config \
     | sed -e "s#socket: .*#socket: $SOCK#" -e "s#^state_dir: .*#state_dir: $RUN/state#" \
-          -e "s#pmd: \[1\]#pmd: [$PMD_CPU]#" -e "s#file_prefix: heddle#file_prefix: heddle-demo#" \
+          -e "s#^  pmd: .*#  pmd: [$PMD_CPU]#" -e "s#file_prefix: heddle#file_prefix: heddle-demo#" \
     > "$RUN/switch.yaml"
 echo "== starting heddle-switch (PMD on CPU $PMD_CPU)"
 "$BIN/heddle-switch" --config "$RUN/switch.yaml" >"$LOG/switch.log" 2>&1 &

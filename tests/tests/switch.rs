@@ -547,3 +547,116 @@ fn two_pmd_workers_split_the_ports_and_share_single_tx_queues() -> Result<()> {
     }
     Ok(())
 }
+
+/// Restricts the calling thread (and the processes it spawns from now on) to `cpus`, as the
+/// kubelet's static CPU manager restricts a Guaranteed container; returns the old mask.
+fn set_affinity(cpus: &[u32]) -> Result<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; both calls get the set's exact size
+    // and pid 0 (this thread), and every CPU index is below CPU_SETSIZE (checked).
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        ensure!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) == 0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            ensure!(
+                (c as usize) < libc::CPU_SETSIZE as usize,
+                "CPU {c} out of range"
+            );
+            libc::CPU_SET(c as usize, &mut set);
+        }
+        ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(old)
+    }
+}
+
+#[test]
+fn a_pmd_count_takes_the_non_control_cpu_of_a_two_cpu_mask_and_more_is_refused() -> Result<()> {
+    require_dpdk_peers(300)?;
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let prefix = heddle_tests::env::free_file_prefix("heddle-mask");
+    let base = config_yaml(dir.path(), &prefix, "");
+    ensure!(base.contains("cores: {control: 0, pmd: [1]}"), "{base}");
+    // The switch's affinity mask is CPUs 0 and 1 (what a pod with `cpu: 2` gets); the config
+    // names no CPU at all.
+    let old = set_affinity(&[0, 1])?;
+    let result = (|| -> Result<()> {
+        let yaml = base.replace("cores: {control: 0, pmd: [1]}", "cores: {pmd: 1}");
+        let sw = SwitchProcess::start(dir.path(), &yaml)?;
+        let s = sw.client().stats()?;
+        ensure!(
+            s.cores.control_cpu == 0
+                && s.cores.pmd_cpus == [1]
+                && s.cores.source == "count"
+                && s.cores.usable_cpus == [0, 1],
+            "placement reported by the API: {:?}",
+            s.cores
+        );
+        ensure!(
+            s.pmd.len() == 1 && s.pmd[0].cpu == 1,
+            "the PMD worker is not on CPU 1: {:?}",
+            s.pmd
+        );
+        let log = sw.log();
+        ensure!(
+            log.contains("PMD cores chosen")
+                && log.contains("pmd=[1]")
+                && log.contains("source=\"count\""),
+            "the switch does not log the cores it took:\n{log}"
+        );
+        let out = std::process::Command::new(heddle_tests::switch::workspace_binary("heddlectl")?)
+            .arg("--socket")
+            .arg(sw.socket())
+            .arg("pmd-stats")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success()
+                && text.contains(
+                    "PMD cores 1 (count from the affinity mask; affinity mask 0,1), control core 0"
+                ),
+            "heddlectl pmd-stats does not say which cores:\n{text}"
+        );
+        let metrics = sw.client().metrics()?;
+        ensure!(
+            metrics.contains(
+                "heddle_core_info{role=\"pmd\",worker=\"0\",cpu=\"1\",source=\"count\"} 1"
+            ) && metrics
+                .contains("heddle_core_info{role=\"control\",cpu=\"0\",source=\"count\"} 1"),
+            "metrics do not name the cores:\n{metrics}"
+        );
+        drop(sw);
+
+        // Two PMD cores do not fit a two-CPU mask with a control core: one sentence, no start.
+        let yaml = base.replace("cores: {control: 0, pmd: [1]}", "cores: {pmd: 2}");
+        let (status, out) = run_expect_failure(dir.path(), &yaml)?;
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("heddle-switch:"))
+            .collect();
+        ensure!(
+            !status.success()
+                && lines
+                    == ["heddle-switch: cores.pmd asks for 2 PMD cores but the affinity mask holds only CPUs 0,1 and CPU 0 is the control core: lower cores.pmd, or give the switch 3 CPUs (under the static CPU manager, an integer CPU request equal to its limit)"],
+            "too many PMD cores: {status}\n{out}"
+        );
+        ensure!(
+            !dir.path().join("switch.sock").exists(),
+            "the refused switch left its control socket behind"
+        );
+        Ok(())
+    })();
+    // SAFETY: `old` is the mask sched_getaffinity filled in, passed back with its exact size.
+    let restored =
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old) };
+    ensure!(restored == 0, "restoring the test thread's affinity failed");
+    result
+}

@@ -322,9 +322,26 @@ pub struct FdbStats {
     pub aged: u64,
 }
 
+/// Where the switch's threads run, and how its PMD CPUs were chosen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorePlacement {
+    /// The control thread's CPU (EAL main lcore).
+    pub control_cpu: u32,
+    /// The PMD workers' CPUs, worker 0 first.
+    pub pmd_cpus: Vec<u32>,
+    /// How `cores.pmd` was given: `list` (CPU ids), `count` or `auto` (both taken from the
+    /// process's affinity mask, which the kubelet's static CPU manager sets).
+    pub source: String,
+    /// CPUs the switch could use at start: online and in its affinity mask.
+    pub usable_cpus: Vec<u32>,
+}
+
 /// `GET /v1/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReply {
+    /// CPU placement (absent from switches older than this field).
+    #[serde(default)]
+    pub cores: CorePlacement,
     /// Per port.
     pub ports: Vec<PortStats>,
     /// Per PMD worker.

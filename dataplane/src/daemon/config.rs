@@ -40,20 +40,95 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Cores {
-    /// CPU for the control thread (EAL main lcore). Default: the first online CPU that is
-    /// not a PMD core, or the first PMD core when there is none.
+    /// CPU for the control thread (EAL main lcore). Default: the first usable CPU that is
+    /// not a PMD core (with a count or `auto`: the first CPU of the affinity mask), or the
+    /// first PMD core when there is none.
     pub control: Option<u32>,
-    /// CPUs that run PMD workers, one worker each.
-    pub pmd: Vec<u32>,
+    /// CPUs that run PMD workers, one worker each: a list of CPU ids, a count, or `auto`.
+    pub pmd: PmdCores,
 }
 
 impl Default for Cores {
     fn default() -> Self {
         Cores {
             control: None,
-            pmd: vec![1],
+            pmd: PmdCores::Count(1),
         }
     }
+}
+
+/// Which CPUs run PMD workers.
+///
+/// Under Kubernetes' static CPU manager the kubelet, not the operator, picks the CPU ids of a
+/// Guaranteed pod with integer CPU requests: the switch then finds its exclusive CPUs in its
+/// own affinity mask. A count or `auto` takes them from there; a list names them (for nodes
+/// without the CPU manager, with `isolcpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PmdCores {
+    /// These CPU ids (`pmd: [2, 3]`).
+    List(Vec<u32>),
+    /// This many CPUs from the affinity mask, after the control CPU (`pmd: 2`).
+    Count(u32),
+    /// Every CPU of the affinity mask but the control CPU (`pmd: auto`).
+    Auto,
+}
+
+impl PmdCores {
+    /// How the value was given, for logs, `heddlectl pmd-stats` and metrics.
+    pub fn source(&self) -> &'static str {
+        match self {
+            PmdCores::List(_) => "list",
+            PmdCores::Count(_) => "count",
+            PmdCores::Auto => "auto",
+        }
+    }
+}
+
+impl Serialize for PmdCores {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PmdCores::List(v) => v.serialize(s),
+            PmdCores::Count(n) => n.serialize(s),
+            PmdCores::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PmdCores {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<u32>),
+            Count(u32),
+            Word(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "cores.pmd must be a list of CPU ids ([2, 3]), a count of CPUs (2) or \"auto\"",
+            )
+        })? {
+            Raw::List(v) => Ok(PmdCores::List(v)),
+            Raw::Count(n) => Ok(PmdCores::Count(n)),
+            Raw::Word(w) if w == "auto" => Ok(PmdCores::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "cores.pmd is {w:?}: write a list of CPU ids ([2, 3]), a count of CPUs (2) or \"auto\""
+            ))),
+        }
+    }
+}
+
+/// Where the control thread and the PMD workers run, once checked against the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The control CPU (EAL main lcore).
+    pub control: u32,
+    /// One CPU per PMD worker.
+    pub pmd: Vec<u32>,
+    /// `list`, `count` or `auto`: how `cores.pmd` was given.
+    pub source: &'static str,
+    /// The CPUs this process could use (online and in its affinity mask).
+    pub usable: Vec<u32>,
 }
 
 /// Mbuf pool sizing.
@@ -169,18 +244,33 @@ impl DaemonConfig {
 
     /// Checks everything that can be checked without touching the host.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cores.pmd.is_empty() {
-            return Err(ConfigError::Invalid(
-                "cores.pmd is empty: list at least one CPU for a PMD worker".into(),
-            ));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for c in &self.cores.pmd {
-            if !seen.insert(*c) {
+        match &self.cores.pmd {
+            PmdCores::List(list) if list.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "cores.pmd is empty: list at least one CPU for a PMD worker, or give a count or \"auto\"".into(),
+                ));
+            }
+            PmdCores::List(list) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for c in list {
+                    if !seen.insert(*c) {
+                        return Err(ConfigError::Invalid(format!(
+                            "cores.pmd lists CPU {c} twice: give each PMD worker its own CPU"
+                        )));
+                    }
+                }
+            }
+            PmdCores::Count(0) => {
+                return Err(ConfigError::Invalid(
+                    "cores.pmd is 0: the switch needs at least one PMD worker; use 1 or more, or \"auto\"".into(),
+                ));
+            }
+            PmdCores::Count(n) if *n > 1024 => {
                 return Err(ConfigError::Invalid(format!(
-                    "cores.pmd lists CPU {c} twice: give each PMD worker its own CPU"
+                    "cores.pmd is {n}: use a count of at most 1024 CPUs"
                 )));
             }
+            PmdCores::Count(_) | PmdCores::Auto => {}
         }
         if self.fdb.capacity == 0 || self.fdb.capacity > 1 << 24 {
             return Err(ConfigError::Invalid(format!(
@@ -327,32 +417,68 @@ pub fn usable_cpus() -> Vec<u32> {
         .collect()
 }
 
-/// The CPU placement checked against the host: the control CPU and the PMD CPUs.
-pub fn resolve_cores(cores: &Cores, usable: &[u32]) -> Result<(u32, Vec<u32>), ConfigError> {
+/// The CPU placement checked against the host: the control CPU and the PMD CPUs, from an
+/// explicit list, or taken from `usable` (the affinity mask) for a count or `auto`.
+pub fn resolve_cores(cores: &Cores, usable: &[u32]) -> Result<Placement, ConfigError> {
     let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    for c in &cores.pmd {
-        if !usable.contains(c) {
+    if let Some(c) = cores.control {
+        if !usable.contains(&c) {
             return Err(ConfigError::Invalid(format!(
-                "PMD core {c} is not an online CPU this process may use (usable: {}): set cores.pmd to CPUs from that list",
+                "control core {c} is not an online CPU this process may use (usable: {}): set cores.control",
                 list(usable)
             )));
         }
     }
-    let control = match cores.control {
-        Some(c) if !usable.contains(&c) => {
-            return Err(ConfigError::Invalid(format!(
-                "control core {c} is not an online CPU this process may use (usable: {}): set cores.control",
-                list(usable)
-            )))
+    let (control, pmd) = match &cores.pmd {
+        PmdCores::List(pmd) => {
+            for c in pmd {
+                if !usable.contains(c) {
+                    return Err(ConfigError::Invalid(format!(
+                        "PMD core {c} is not an online CPU this process may use (usable: {}): set cores.pmd to CPUs from that list",
+                        list(usable)
+                    )));
+                }
+            }
+            let control = cores.control.unwrap_or_else(|| {
+                usable
+                    .iter()
+                    .copied()
+                    .find(|c| !pmd.contains(c))
+                    .unwrap_or(pmd[0])
+            });
+            (control, pmd.clone())
         }
-        Some(c) => c,
-        None => usable
-            .iter()
-            .copied()
-            .find(|c| !cores.pmd.contains(c))
-            .unwrap_or(cores.pmd[0]),
+        PmdCores::Count(_) | PmdCores::Auto => {
+            let control = match cores.control.or_else(|| usable.first().copied()) {
+                Some(c) => c,
+                None => {
+                    return Err(ConfigError::Invalid(
+                        "no usable CPU: this process's affinity mask holds no online CPU".into(),
+                    ))
+                }
+            };
+            let free: Vec<u32> = usable.iter().copied().filter(|&c| c != control).collect();
+            let want = match cores.pmd {
+                PmdCores::Count(n) => n as usize,
+                _ => free.len().max(1),
+            };
+            if free.len() < want {
+                return Err(ConfigError::Invalid(format!(
+                    "cores.pmd asks for {want} PMD core{} but the affinity mask holds only CPUs {} and CPU {control} is the control core: lower cores.pmd, or give the switch {} CPUs (under the static CPU manager, an integer CPU request equal to its limit)",
+                    if want == 1 { "" } else { "s" },
+                    list(usable),
+                    want + 1
+                )));
+            }
+            (control, free[..want].to_vec())
+        }
     };
-    Ok((control, cores.pmd.clone()))
+    Ok(Placement {
+        control,
+        pmd,
+        source: cores.pmd.source(),
+        usable: usable.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -362,7 +488,7 @@ mod tests {
     #[test]
     fn embedded_default_config_is_valid() {
         let cfg = DaemonConfig::parse(DEFAULT_CONFIG, "default").unwrap();
-        assert!(!cfg.cores.pmd.is_empty());
+        assert_eq!(cfg.cores.pmd, PmdCores::Count(1));
     }
 
     #[test]
@@ -385,27 +511,84 @@ mod tests {
         }
     }
 
+    fn placed(cores: &Cores, usable: &[u32]) -> (u32, Vec<u32>) {
+        let p = resolve_cores(cores, usable).unwrap();
+        (p.control, p.pmd)
+    }
+
+    fn pmd(text: &str) -> Result<Cores, String> {
+        DaemonConfig::parse(&format!("cores: {{pmd: {text}}}\n"), "t")
+            .map(|c| c.cores)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn cores_are_checked_against_the_host() {
         assert_eq!(parse_cpu_list("0-2,5\n"), vec![0, 1, 2, 5]);
-        let cores = Cores {
+        let list = |pmd: Vec<u32>| Cores {
             control: None,
-            pmd: vec![1],
+            pmd: PmdCores::List(pmd),
         };
-        assert_eq!(resolve_cores(&cores, &[0, 1]).unwrap(), (0, vec![1]));
-        let bad = Cores {
-            control: None,
-            pmd: vec![7],
-        };
-        let err = resolve_cores(&bad, &[0, 1]).unwrap_err().to_string();
+        assert_eq!(placed(&list(vec![1]), &[0, 1]), (0, vec![1]));
+        let err = resolve_cores(&list(vec![7]), &[0, 1])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("PMD core 7") && err.contains("usable: 0,1"),
             "{err}"
         );
-        let only = Cores {
+        assert_eq!(placed(&list(vec![0]), &[0]), (0, vec![0]));
+    }
+
+    #[test]
+    fn pmd_cores_parse_as_a_list_a_count_or_auto() {
+        assert_eq!(pmd("[2, 3]").unwrap().pmd, PmdCores::List(vec![2, 3]));
+        assert_eq!(pmd("2").unwrap().pmd, PmdCores::Count(2));
+        assert_eq!(pmd("auto").unwrap().pmd, PmdCores::Auto);
+        for (bad, want) in [
+            ("many", "write a list of CPU ids"),
+            ("0", "at least one PMD worker"),
+            ("[]", "cores.pmd is empty"),
+            ("[1, 1]", "lists CPU 1 twice"),
+            ("-1", "a count of CPUs"),
+        ] {
+            let err = pmd(bad).unwrap_err();
+            assert!(err.contains(want), "pmd: {bad} gave {err}");
+        }
+        // What --print-default-config shows is what the config holds after a round trip.
+        let cfg = DaemonConfig::parse(DEFAULT_CONFIG, "default").unwrap();
+        assert_eq!(cfg.cores.pmd, PmdCores::Count(1));
+        let text = serde_yaml::to_string(&cfg).unwrap();
+        assert_eq!(DaemonConfig::parse(&text, "round trip").unwrap(), cfg);
+    }
+
+    #[test]
+    fn a_count_or_auto_takes_the_cpus_of_the_affinity_mask_after_the_control_cpu() {
+        let count = |n| Cores {
             control: None,
-            pmd: vec![0],
+            pmd: PmdCores::Count(n),
         };
-        assert_eq!(resolve_cores(&only, &[0]).unwrap(), (0, vec![0]));
+        // The kubelet gave the pod CPUs 4 and 9 (static CPU manager): control 4, PMD 9.
+        let p = resolve_cores(&count(1), &[4, 9]).unwrap();
+        assert_eq!((p.control, p.pmd.clone(), p.source), (4, vec![9], "count"));
+        assert_eq!(placed(&count(2), &[2, 3, 6, 7]), (2, vec![3, 6]));
+        let auto = Cores {
+            control: None,
+            pmd: PmdCores::Auto,
+        };
+        assert_eq!(placed(&auto, &[2, 3, 6, 7]), (2, vec![3, 6, 7]));
+        let pinned = Cores {
+            control: Some(7),
+            pmd: PmdCores::Count(2),
+        };
+        assert_eq!(placed(&pinned, &[2, 3, 6, 7]), (7, vec![2, 3]));
+        // Too small a mask: one sentence with the mask, the control CPU and the fix.
+        let err = resolve_cores(&count(2), &[0, 1]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cores.pmd asks for 2 PMD cores but the affinity mask holds only CPUs 0,1 and CPU 0 is the control core: lower cores.pmd, or give the switch 3 CPUs (under the static CPU manager, an integer CPU request equal to its limit)"
+        );
+        let err = resolve_cores(&auto, &[5]).unwrap_err().to_string();
+        assert!(err.contains("asks for 1 PMD core but"), "{err}");
     }
 }

@@ -105,6 +105,29 @@ pub fn render(stats: &StatsReply) -> String {
         "gauge",
         pmd(&|w| w.cycles_per_packet),
     );
+    let c = &stats.cores;
+    let mut cores = vec![(
+        format!(
+            "role=\"control\",cpu=\"{}\",source=\"{}\"",
+            c.control_cpu, c.source
+        ),
+        1.0,
+    )];
+    cores.extend(c.pmd_cpus.iter().enumerate().map(|(w, cpu)| {
+        (
+            format!(
+                "role=\"pmd\",worker=\"{w}\",cpu=\"{cpu}\",source=\"{}\"",
+                c.source
+            ),
+            1.0,
+        )
+    }));
+    family(
+        "heddle_core_info",
+        "The CPUs the switch runs on (source: list = cores.pmd as given, count/auto = from the affinity mask).",
+        "gauge",
+        cores,
+    );
     family(
         "heddle_fdb_entries",
         "Entries in the forwarding database.",

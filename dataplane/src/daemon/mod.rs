@@ -59,7 +59,15 @@ fn claim_socket(socket: &Path) -> anyhow::Result<()> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let usable = config::usable_cpus();
-    let (control, pmd) = config::resolve_cores(&cfg.cores, &usable)?;
+    let placement = config::resolve_cores(&cfg.cores, &usable)?;
+    let (control, pmd) = (placement.control, placement.pmd.clone());
+    tracing::info!(
+        control,
+        ?pmd,
+        source = placement.source,
+        usable = ?placement.usable,
+        "PMD cores chosen (source: `list` = cores.pmd as given; `count`/`auto` = taken from this process's affinity mask after the control CPU)"
+    );
     claim_socket(&cfg.api.socket)?;
     let store = PortStore::open(&cfg.state_dir).with_context(|| {
         format!(
@@ -128,6 +136,12 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         (cfg.mbufs.rx_ring, cfg.mbufs.tx_ring),
         cfg.fdb.ageing_seconds,
     );
+    ctl.set_cores(heddle_api::CorePlacement {
+        control_cpu: placement.control,
+        pmd_cpus: placement.pmd.clone(),
+        source: placement.source.to_owned(),
+        usable_cpus: placement.usable.clone(),
+    });
     let worker_lcores: Vec<u32> = places.iter().map(|p| p.lcore).collect();
     for (w, place) in places.iter().enumerate() {
         let (shared, pool) = (shared.clone(), pool.clone());

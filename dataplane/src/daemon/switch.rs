@@ -101,6 +101,7 @@ pub struct SwitchCtl {
     rings: (u16, u16),
     ageing: u32,
     started: Instant,
+    cores: heddle_api::CorePlacement,
 }
 
 fn to_vlan(v: u16) -> Result<Vlan, PortError> {
@@ -210,7 +211,13 @@ impl SwitchCtl {
             rings,
             ageing,
             started: Instant::now(),
+            cores: heddle_api::CorePlacement::default(),
         }
+    }
+
+    /// Records where the threads run and how the PMD CPUs were chosen (reported in stats).
+    pub fn set_cores(&mut self, cores: heddle_api::CorePlacement) {
+        self.cores = cores;
     }
 
     /// The empty configuration workers start from.
@@ -630,6 +637,7 @@ impl SwitchCtl {
             .collect();
         let f = crate::switch::counters::sum_fdb(&self.shared.counters);
         StatsReply {
+            cores: self.cores.clone(),
             ports,
             pmd,
             fdb: FdbStats {

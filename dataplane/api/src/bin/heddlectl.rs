@@ -406,6 +406,21 @@ fn print_stats(s: &StatsReply, prev: Option<(&StatsReply, f64)>) {
 }
 
 fn print_pmd(s: &StatsReply) {
+    let c = &s.cores;
+    if !c.source.is_empty() {
+        let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        println!(
+            "PMD cores {} ({}; affinity mask {}), control core {}",
+            list(&c.pmd_cpus),
+            match c.source.as_str() {
+                "list" => "as listed in cores.pmd",
+                "count" => "count from the affinity mask",
+                _ => "auto: all of the affinity mask",
+            },
+            list(&c.usable_cpus),
+            c.control_cpu
+        );
+    }
     for w in &s.pmd {
         println!(
             "pmd thread worker {} lcore {} cpu {}:",
