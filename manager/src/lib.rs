@@ -14,6 +14,7 @@ pub mod controller;
 pub mod crd;
 pub mod embedded;
 pub mod ipam;
+pub mod leader;
 pub mod node_agent;
 pub mod trunks;
 pub mod validation;

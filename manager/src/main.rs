@@ -34,6 +34,19 @@ enum Command {
         /// ClusterNetworks (the manager's own).
         #[arg(long, env = "HEDDLE_SYSTEM_NAMESPACE", default_value = "heddle-system")]
         system_namespace: String,
+        /// Reconcile only while holding a coordination.k8s.io Lease, so several replicas are
+        /// safe (`--leader-election=false` for a single replica outside a cluster).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Name of the Lease.
+        #[arg(long, default_value = "heddle-manager")]
+        lease_name: String,
+        /// Namespace of the Lease (the chart passes the pod's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "heddle-system")]
+        lease_namespace: String,
+        /// This replica's identity in the Lease (the chart passes the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
     /// The validating admission webhook (HTTPS) for networks and provider networks.
     Webhook {
@@ -141,19 +154,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// SIGTERM (the kubelet stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the manager cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ipam => unreachable!("handled before argument parsing"),
         Command::Crdgen => print!("{}", heddle_manager::crd::crds_yaml()),
-        Command::Run { system_namespace } => {
+        Command::Run {
+            system_namespace,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            identity,
+        } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
                 let client = kube::Client::try_default().await?;
-                tracing::info!(%system_namespace, "heddle-manager controllers starting");
-                heddle_manager::controller::run(client, system_namespace).await;
-                anyhow::Ok(())
+                tracing::info!(%system_namespace, leader_election, "heddle-manager controllers starting");
+                let work = heddle_manager::controller::run(client.clone(), system_namespace);
+                if !leader_election {
+                    work.await;
+                    return anyhow::Ok(());
+                }
+                let identity = match identity {
+                    Some(i) if !i.is_empty() => i,
+                    _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .map_err(|e| anyhow::anyhow!("no --identity/POD_NAME and no hostname ({e}): set POD_NAME to the pod's name"))?,
+                };
+                let cfg = heddle_manager::leader::LeaseConfig::new(lease_name, lease_namespace, identity);
+                heddle_manager::leader::run_as_leader(client, cfg, work, shutdown_signal()).await
             })?;
         }
         Command::Webhook {
