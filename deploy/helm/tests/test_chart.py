@@ -544,3 +544,20 @@ def test_the_crd_validation_refuses_a_vlan_outside_1_4094(chart):
     net["spec"]["vlan"] = 5000
     errors = [e.message for e in validators[(net["apiVersion"], "Network")].iter_errors(net)]
     assert any("5000" in e for e in errors), f"a Network with VLAN 5000 is refused by the CRD schema: {errors}"
+
+
+# ---------------------------------------------------------------- docs
+
+
+def test_readme_worked_example_is_the_numa_example_and_renders_what_it_says(chart):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Install on a cluster"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block, "README's Install on a cluster section has a values block"
+    example = values_of("values-numa-1g.yaml")
+    assert yaml.safe_load(block.group(1)) == example, "README's worked example equals examples/values-numa-1g.yaml"
+    _, ds = group_objects(objects_of(render(chart, example)), "numa")
+    sw = container(ds["spec"]["template"]["spec"], "switch")
+    assert sw["resources"]["limits"] == {"cpu": "5", "memory": "2Gi", "hugepages-1Gi": "4096Mi"}, \
+        f"the switch asks for what the README says: {sw['resources']['limits']}"
+    assert sw["securityContext"] == {"privileged": True}, "README: privileged because its ports are PCI devices"
