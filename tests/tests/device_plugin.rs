@@ -140,6 +140,23 @@ fn each_resource_registers_and_lists_healthy_devices_on_the_pmd_numa_node() -> R
         "{:?}",
         node.kubelet.updates(VHOST)
     );
+
+    // SIGTERM: a clean exit that ends the streams and removes the plugin's sockets.
+    let st = node.plugin.stop()?;
+    assert!(st.success(), "{st}");
+    for r in [VHOST, MEMIF] {
+        let socket = node
+            .kubelet
+            .device_plugin_dir()
+            .join(node.kubelet.endpoint(r).unwrap());
+        assert!(!socket.exists(), "{} left behind", socket.display());
+        heddle_tests::wait_until(
+            &format!("{r} stream ended"),
+            WAIT,
+            Duration::from_millis(10),
+            || Ok(node.kubelet.stream_ended(r).then_some(())),
+        )?;
+    }
     Ok(())
 }
 
