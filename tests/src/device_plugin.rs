@@ -36,6 +36,11 @@ impl DevicePluginProcess {
     /// info level to a file in `dir`). Returns at once; wait on the test kubelet for its
     /// registration.
     pub fn start(dir: &Path, yaml: &str) -> Result<DevicePluginProcess> {
+        Self::start_with_args(dir, yaml, &[])
+    }
+
+    /// [`DevicePluginProcess::start`] with extra command-line arguments (e.g. `--sysfs`).
+    pub fn start_with_args(dir: &Path, yaml: &str, args: &[&str]) -> Result<DevicePluginProcess> {
         let cfg = dir.join("device-plugin.yaml");
         std::fs::write(&cfg, yaml)?;
         let log = dir.join(format!(
@@ -48,6 +53,7 @@ impl DevicePluginProcess {
         let child = Command::new(workspace_binary("heddle-manager")?)
             .args(["device-plugin", "--config"])
             .arg(&cfg)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -430,3 +430,117 @@ fn check_accepts_a_good_config_and_names_the_fix_for_a_bad_one() -> Result<()> {
     assert!(!dir.path().join("devices").exists());
     Ok(())
 }
+
+#[test]
+fn vf_pools_are_served_from_sysfs_with_pcidevice_env_and_follow_their_pf() -> Result<()> {
+    use heddle_manager::device_plugin::vf_pool::fixture::{self, FixtureVf, Pf};
+    let dir = tempfile::tempdir()?;
+    let sys = dir.path().join("sys");
+    fixture::create(
+        &sys,
+        &Pf {
+            pci: "0000:3b:00.0",
+            netdev: "ens1f0",
+            numa_node: 1,
+            vendor: "0x8086",
+            vf_device: "0x154c",
+            vfs: vec![
+                FixtureVf {
+                    pci: "0000:3b:02.0",
+                    netdev: Some("ens1f0v0"),
+                    driver: Some("iavf"),
+                    iommu_group: None,
+                },
+                FixtureVf {
+                    pci: "0000:3b:02.1",
+                    netdev: Some("ens1f0v1"),
+                    driver: Some("iavf"),
+                    iommu_group: None,
+                },
+            ],
+        },
+    )?;
+    fixture::create(
+        &sys,
+        &Pf {
+            pci: "0000:5e:00.0",
+            netdev: "ens2f0",
+            numa_node: 0,
+            vendor: "0x8086",
+            vf_device: "0x154c",
+            vfs: vec![FixtureVf {
+                pci: "0000:5e:02.0",
+                netdev: None,
+                driver: Some("vfio-pci"),
+                iommu_group: Some(42),
+            }],
+        },
+    )?;
+    let kubelet = TestKubelet::start(&dir.path().join("kubelet"))?;
+    // No switch at all: VFs do not depend on it.
+    let yaml = format!(
+        "kubeletDir: {}\ndeviceRoot: {}\nswitchSocket: {}\nvfPools:\n  - {{resourceName: heddle.dev/sriov_n3, deviceType: netdevice, selectors: {{vendors: [\"8086\"], pfNames: [\"ens1f0#0-1\"]}}}}\n  - {{resourceName: heddle.dev/dpdk_n6, deviceType: vfio-pci, selectors: {{rootDevices: [\"0000:5e:00.0\"]}}}}\n",
+        kubelet.device_plugin_dir().display(),
+        dir.path().join("devices").display(),
+        dir.path().join("no-switch.sock").display(),
+    );
+    let sys_arg = sys.display().to_string();
+    let mut plugin =
+        DevicePluginProcess::start_with_args(dir.path(), &yaml, &["--sysfs", &sys_arg])?;
+    let n3 = "heddle.dev/sriov_n3";
+    let n6 = "heddle.dev/dpdk_n6";
+    for r in [n3, n6] {
+        plugin.check_running()?;
+        kubelet
+            .wait_registered(r, 1, WAIT)
+            .with_context(|| format!("plugin log:\n{}", plugin.log()))?;
+    }
+    let list = kubelet.devices(n3).unwrap();
+    assert_eq!(list.healthy(), ["0000:3b:02.0", "0000:3b:02.1"]);
+    for d in &list.devices {
+        assert_eq!(d.topology.as_ref().unwrap().nodes[0].id, 1);
+    }
+
+    let a = kubelet.allocate("vnf-a", "telco", "upf", n3, 1)?;
+    assert!(a.preferred.is_some());
+    assert_eq!(
+        a.response.envs["PCIDEVICE_HEDDLE_DEV_SRIOV_N3"],
+        a.device_ids[0]
+    );
+    assert!(a.response.mounts.is_empty() && a.response.devices.is_empty());
+    let v = kubelet.allocate("vnf-a", "telco", "upf", n6, 1)?;
+    assert_eq!(
+        v.response.envs["PCIDEVICE_HEDDLE_DEV_DPDK_N6"],
+        "0000:5e:02.0"
+    );
+    let nodes: Vec<&str> = v
+        .response
+        .devices
+        .iter()
+        .map(|d| d.host_path.as_str())
+        .collect();
+    assert_eq!(nodes, ["/dev/vfio/vfio", "/dev/vfio/42"]);
+
+    // The PF goes down: its VFs turn unhealthy, the other pool's VF does not.
+    let since = Instant::now();
+    fixture::set_netdev_state(&sys, "0000:3b:00.0", "ens1f0", "down", 0x1002)?;
+    let u = kubelet.wait_update(
+        n3,
+        since,
+        Duration::from_secs(5),
+        "VFs of a down PF unhealthy",
+        |u| u.all_unhealthy(),
+    )?;
+    println!("{n3}: unhealthy {:?} after its PF went down", u.at - since);
+    assert_eq!(kubelet.devices(n6).unwrap().healthy(), ["0000:5e:02.0"]);
+    let since = Instant::now();
+    fixture::set_netdev_state(&sys, "0000:3b:00.0", "ens1f0", "up", 0x1003)?;
+    kubelet.wait_update(
+        n3,
+        since,
+        Duration::from_secs(5),
+        "VFs healthy again",
+        |u| u.healthy().len() == 2,
+    )?;
+    Ok(())
+}
