@@ -142,8 +142,15 @@ fn each_resource_registers_and_lists_healthy_devices_on_the_pmd_numa_node() -> R
     );
 
     // SIGTERM: a clean exit that ends the streams and removes the plugin's sockets.
+    let t = Instant::now();
     let st = node.plugin.stop()?;
-    assert!(st.success(), "{st}");
+    println!("plugin stopped {:?} after SIGTERM", t.elapsed());
+    assert!(st.success(), "{st}\n{}", node.plugin.log());
+    assert!(
+        !node.plugin.log().contains("did not stop within"),
+        "{}",
+        node.plugin.log()
+    );
     for r in [VHOST, MEMIF] {
         let socket = node
             .kubelet
@@ -324,6 +331,9 @@ fn kubelet_restart_is_followed_by_a_new_registration_within_two_seconds() -> Res
         assert!(took < Duration::from_secs(2), "{r} took {took:?}");
     }
     assert!(plugin_socket.exists(), "the plugin serves a new socket");
+    let log = node.plugin.log();
+    assert!(log.contains("the plugin socket was removed"), "{log}");
+    assert!(!log.contains("did not stop within"), "{log}");
     // The new connection works: the kubelet allocates through it, and the device the pod
     // held before the restart is not handed out again.
     let b = node.kubelet.allocate("vnf-b", "telco", "dpdk", VHOST, 1)?;
