@@ -128,7 +128,6 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         (cfg.mbufs.rx_ring, cfg.mbufs.tx_ring),
         cfg.fdb.ageing_seconds,
     );
-    ctl.set_max_ports(cfg.max_ports as usize);
     let worker_lcores: Vec<u32> = places.iter().map(|p| p.lcore).collect();
     for (w, place) in places.iter().enumerate() {
         let (shared, pool) = (shared.clone(), pool.clone());
@@ -141,6 +140,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         );
     }
 
+    ctl.set_max_ports(cfg.max_ports as usize);
     let started = (|| -> anyhow::Result<()> {
         for spec in cfg.ports.iter().cloned() {
             let name = spec.name.clone();

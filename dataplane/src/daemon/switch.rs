@@ -95,14 +95,14 @@ pub struct SwitchCtl {
     pool: Arc<Mempool>,
     workers: Vec<WorkerPlace>,
     ports: BTreeMap<String, PortEntry>,
+    /// The most ports held at once (config `max_ports`, at most `MAX_PORTS`).
+    max_ports: usize,
     /// Persisted ports that failed to come back; kept so they are not lost.
     unrestored: Vec<PortSpec>,
     store: PortStore,
     rings: (u16, u16),
     ageing: u32,
     started: Instant,
-    /// The most ports held at once (config `max_ports`, at most `MAX_PORTS`).
-    max_ports: usize,
 }
 
 fn to_vlan(v: u16) -> Result<Vlan, PortError> {
@@ -207,12 +207,12 @@ impl SwitchCtl {
             pool,
             workers,
             ports: BTreeMap::new(),
+            max_ports: MAX_PORTS,
             unrestored: Vec::new(),
             store,
             rings,
             ageing,
             started: Instant::now(),
-            max_ports: MAX_PORTS,
         }
     }
 
