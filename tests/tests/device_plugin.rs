@@ -397,6 +397,33 @@ fn plugin_restart_never_hands_a_held_device_to_a_second_pod() -> Result<()> {
 }
 
 #[test]
+fn a_second_plugin_on_the_node_is_refused_and_the_first_keeps_serving() -> Result<()> {
+    let mut node = Node::start("")?;
+    node.registered(VHOST, 1)?;
+    let second_dir = node.dir.path().join("second");
+    std::fs::create_dir(&second_dir)?;
+    let mut second = DevicePluginProcess::start(
+        &second_dir,
+        &Node::plugin_yaml(node.dir.path(), &node.kubelet),
+    )?;
+    let log = heddle_tests::wait_until(
+        "the second plugin to exit",
+        WAIT,
+        Duration::from_millis(20),
+        || Ok(second.check_running().err().map(|e| e.to_string())),
+    )?;
+    assert!(
+        log.contains("another device plugin already serves"),
+        "{log}"
+    );
+    // The first one still answers the kubelet.
+    assert_eq!(node.kubelet.registrations(VHOST).len(), 1);
+    node.plugin.check_running()?;
+    node.kubelet.allocate("vnf-a", "telco", "dpdk", VHOST, 1)?;
+    Ok(())
+}
+
+#[test]
 fn check_accepts_a_good_config_and_names_the_fix_for_a_bad_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let good = dir.path().join("good.yaml");

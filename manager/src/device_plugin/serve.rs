@@ -141,22 +141,22 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
-    let all = futures::future::try_join_all(tasks);
+    // A resource loop ends early only on a fatal error, which ends the plugin.
+    let all = futures::future::try_join_all(
+        tasks
+            .into_iter()
+            .map(|t| async move { t.await.context("a resource task panicked")? }),
+    );
     tokio::pin!(all);
     tokio::select! {
         done = &mut all => {
-            // A resource loop only ends early on a fatal error.
-            for r in done? {
-                r?;
-            }
+            done?;
             return Ok(());
         }
         () = shutdown => {}
     }
     let _ = stop_tx.send(true);
-    for r in all.await? {
-        r?;
-    }
+    all.await?;
     tracing::info!("device plugin stopped; sockets removed");
     Ok(())
 }
