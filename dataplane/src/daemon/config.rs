@@ -6,6 +6,8 @@ use heddle_api::{parse_mac, PortMode, PortSpec};
 use heddle_hugepages::MemoryConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::switch::io::MAX_PORTS;
+
 /// The configuration compiled into `heddle-switch`, used when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
@@ -34,6 +36,15 @@ pub struct DaemonConfig {
     /// Ports created at start (the API adds more at run time).
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// The most ports the switch holds at once, uplinks and pod ports together; at most
+    /// [`MAX_PORTS`] (the port table's size). The API refuses a port beyond it, and the device
+    /// plugin reports its devices unhealthy while the switch is full.
+    #[serde(default = "default_max_ports")]
+    pub max_ports: u32,
+}
+
+fn default_max_ports() -> u32 {
+    MAX_PORTS as u32
 }
 
 /// CPU placement.
@@ -284,6 +295,19 @@ impl DaemonConfig {
                 self.mbufs.count
             )));
         }
+        if self.max_ports == 0 || self.max_ports as usize > MAX_PORTS {
+            return Err(ConfigError::Invalid(format!(
+                "max_ports {} is out of range: use 1 to {MAX_PORTS}",
+                self.max_ports
+            )));
+        }
+        if self.ports.len() > self.max_ports as usize {
+            return Err(ConfigError::Invalid(format!(
+                "ports lists {} ports but max_ports is {}: raise max_ports or list fewer ports",
+                self.ports.len(),
+                self.max_ports
+            )));
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut devices = std::collections::BTreeSet::new();
         for p in &self.ports {
@@ -520,6 +544,31 @@ mod tests {
         DaemonConfig::parse(&format!("cores: {{pmd: {text}}}\n"), "t")
             .map(|c| c.cores)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn max_ports_defaults_to_the_table_and_is_bounded() {
+        let cfg = DaemonConfig::parse(DEFAULT_CONFIG, "default").unwrap();
+        assert_eq!(cfg.max_ports as usize, MAX_PORTS);
+        assert_eq!(
+            DaemonConfig::parse("cores: {pmd: [1]}\nmax_ports: 2", "t")
+                .unwrap()
+                .max_ports,
+            2
+        );
+        for (yaml, want) in [
+            ("max_ports: 0", "max_ports 0 is out of range: use 1 to 256"),
+            ("max_ports: 257", "max_ports 257 is out of range"),
+            (
+                "max_ports: 1\nports:\n  - {name: a, devargs: net_null0, mode: access, vlan: 5}\n  - {name: b, devargs: net_null1, mode: access, vlan: 5}",
+                "ports lists 2 ports but max_ports is 1",
+            ),
+        ] {
+            let err = DaemonConfig::parse(&format!("cores: {{pmd: [1]}}\n{yaml}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         );
     }
 
+    ctl.set_max_ports(cfg.max_ports as usize);
     let started = (|| -> anyhow::Result<()> {
         for spec in cfg.ports.iter().cloned() {
             let name = spec.name.clone();

@@ -95,6 +95,8 @@ pub struct SwitchCtl {
     pool: Arc<Mempool>,
     workers: Vec<WorkerPlace>,
     ports: BTreeMap<String, PortEntry>,
+    /// The most ports held at once (config `max_ports`, at most `MAX_PORTS`).
+    max_ports: usize,
     /// Persisted ports that failed to come back; kept so they are not lost.
     unrestored: Vec<PortSpec>,
     store: PortStore,
@@ -206,6 +208,7 @@ impl SwitchCtl {
             pool,
             workers,
             ports: BTreeMap::new(),
+            max_ports: MAX_PORTS,
             unrestored: Vec::new(),
             store,
             rings,
@@ -239,6 +242,16 @@ impl SwitchCtl {
         self.ports.len()
     }
 
+    /// Sets the most ports held at once (clamped to 1..=`MAX_PORTS`).
+    pub fn set_max_ports(&mut self, max: usize) {
+        self.max_ports = max.clamp(1, MAX_PORTS);
+    }
+
+    /// The most ports held at once.
+    pub fn max_ports(&self) -> usize {
+        self.max_ports
+    }
+
     /// Number of PMD workers.
     pub fn worker_count(&self) -> usize {
         self.workers.len()
@@ -270,6 +283,12 @@ impl SwitchCtl {
             return Err(PortError::Conflict(format!(
                 "duplicate port device {device:?}: port {:?} already uses it; give each port its own device name (e.g. net_vhost1)",
                 other.spec.name
+            )));
+        }
+        if self.ports.len() >= self.max_ports {
+            return Err(PortError::Full(format!(
+                "the switch holds {} ports, its max_ports: remove a port first, or raise max_ports in the switch config (at most {MAX_PORTS})",
+                self.ports.len()
             )));
         }
         let index = (0..MAX_PORTS as PortIndex)
