@@ -5,6 +5,7 @@
 //! * [`vlan`]: VLAN assignment from a provider network's pool.
 //! * [`ipam`]: IPv4/IPv6 address allocation (chunked bitmap, leases by owner).
 //! * [`embedded`]: the same allocators on a crash-safe local journal, for single-node sites.
+//! * [`device_plugin`]: the kubelet device plugin (vhost-user, memif, SR-IOV VF pools).
 //! * [`controller`]: the kube-rs reconcilers and the cluster-wide allocator.
 //! * [`cni_ipam`]: `heddle-ipam`, the allocators as a CNI IPAM plugin (embedded or cluster).
 //! * [`trunks`]: the VLANs each uplink trunk of a node must carry, for the node daemon.
@@ -12,6 +13,7 @@
 pub mod cni_ipam;
 pub mod controller;
 pub mod crd;
+pub mod device_plugin;
 pub mod embedded;
 pub mod ipam;
 pub mod node_agent;

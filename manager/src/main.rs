@@ -3,6 +3,8 @@
 //! * `heddle-manager crdgen` prints the CRDs the chart ships.
 //! * `heddle-manager run` runs the controllers against the cluster.
 //! * `heddle-manager embedded allocate|release|show` uses the single-node store.
+//! * `heddle-manager device-plugin --config F` is the kubelet device plugin (`--check`
+//!   validates the config and exits).
 //! * `heddle-manager ipam`, or the binary run as `heddle-ipam` (a symlink next to the CNI
 //!   plugins), is the CNI IPAM plugin: `CNI_*` environment, config on stdin, result on stdout.
 
@@ -62,6 +64,22 @@ enum Command {
     /// The CNI IPAM plugin `heddle-ipam` (CNI_COMMAND etc. in the environment, the network
     /// config on stdin); what a `heddle-ipam` symlink to this binary runs.
     Ipam,
+    /// The kubelet device plugin: vhost-user, memif and VF pool resources of this node.
+    DevicePlugin {
+        /// The device-plugin YAML config.
+        #[arg(
+            long,
+            env = "HEDDLE_DEVICE_PLUGIN_CONFIG",
+            default_value = "/etc/heddle/device-plugin.yaml"
+        )]
+        config: PathBuf,
+        /// Validate the config, print a summary and exit (0 when it is valid).
+        #[arg(long)]
+        check: bool,
+        /// sysfs root (VF discovery, CPU NUMA nodes); tests point it at a fixture.
+        #[arg(long, default_value = "/sys", hide = true)]
+        sysfs: PathBuf,
+    },
     /// Single-node mode: the allocators on a crash-safe local store.
     Embedded {
         /// Directory of the store (journal + snapshot).
@@ -186,6 +204,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     heddle_api::Client::new(switch_socket),
                     std::time::Duration::from_secs(resync_seconds.max(1)),
                 )
+                .await
+            })?;
+        }
+        Command::DevicePlugin {
+            config,
+            check,
+            sysfs,
+        } => {
+            use heddle_manager::device_plugin::{config::DevicePluginConfig, serve};
+            let cfg = DevicePluginConfig::load(&config)?;
+            if check {
+                println!("{} is valid:", config.display());
+                for r in &cfg.resources {
+                    println!(
+                        "  {}: {} {} devices",
+                        r.name,
+                        r.count,
+                        r.kind.device_kind().as_str()
+                    );
+                }
+                for p in &cfg.vf_pools {
+                    println!(
+                        "  {}: VF pool ({})",
+                        p.resource_name,
+                        p.device_type.as_str()
+                    );
+                }
+                return Ok(());
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut int = signal(SignalKind::interrupt())?;
+                tracing::info!(config = %config.display(), "heddle device plugin starting");
+                serve::run(cfg, serve::Host { sysfs }, async move {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+                    }
+                })
                 .await
             })?;
         }

@@ -11,6 +11,8 @@
 //! - [`qemu`] has [`GuestImage`] / [`Guest`]: Linux guests in QEMU (Debian kernel, busybox
 //!   initramfs) whose virtio-net NIC is a vhost-user port of the switch; see its docs for
 //!   the QEMU pitfalls.
+//! - [`kubelet`] has [`TestKubelet`]: the kubelet's side of the device plugin API
+//!   (Registration server, ListAndWatch recorder, allocator) and a PodResources server.
 //! - [`mod@env`] has `require_*` preconditions that fail with a fix-it sentence, polling helpers,
 //!   unique names and file prefixes, [`exclusive_cpus`].
 //!
@@ -94,6 +96,7 @@
 
 pub mod cni;
 pub mod env;
+pub mod kubelet;
 pub mod netns;
 pub mod podman;
 pub mod qemu;
@@ -106,6 +109,7 @@ pub use env::{
     exclusive_cpus, free_file_prefix, require_dpdk_peers, require_hugepages, require_root,
     require_tool, unique_name, wait_for_socket, wait_until, HugepageInfo,
 };
+pub use kubelet::{Allocation, DeviceUpdate, Registration, TestKubelet};
 pub use netns::{Netns, VethPair};
 pub use qemu::{
     Guest, GuestConfig, GuestImage, GuestRole, SocketMode, VhostKind, MARK_PING_FAIL,

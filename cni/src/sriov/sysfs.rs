@@ -50,11 +50,14 @@ pub fn valid_pci_address(s: &str) -> bool {
         && (b'0'..=b'7').contains(&b[11])
 }
 
-fn device_dir(root: &Path, pci: &str) -> PathBuf {
+/// The sysfs directory of PCI device `pci` under `root` (`<root>/bus/pci/devices/<pci>`).
+pub fn device_dir(root: &Path, pci: &str) -> PathBuf {
     root.join("bus/pci/devices").join(pci)
 }
 
-fn link_name(path: &Path) -> Option<String> {
+/// The last component of the symlink at `path` (a `driver`, `physfn`, `virtfnN` or
+/// `iommu_group` link names its target this way); `None` when it is no symlink.
+pub fn link_name(path: &Path) -> Option<String> {
     std::fs::read_link(path)
         .ok()?
         .file_name()

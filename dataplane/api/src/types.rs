@@ -381,6 +381,10 @@ pub struct Health {
     pub workers: u32,
     /// Ports held.
     pub ports: u32,
+    /// The most ports the switch holds (its config's `max_ports`); 0 from a daemon that
+    /// predates the field. `ports >= max_ports` means the switch is full.
+    #[serde(default)]
+    pub max_ports: u32,
 }
 
 /// Body of every error reply.

@@ -70,6 +70,7 @@ async fn health(State(ctl): State<Ctl>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         workers: c.worker_count() as u32,
         ports: c.port_count() as u32,
+        max_ports: c.max_ports() as u32,
     })
 }
 

@@ -6,6 +6,8 @@ use heddle_api::{parse_mac, PortMode, PortSpec};
 use heddle_hugepages::MemoryConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::switch::io::MAX_PORTS;
+
 /// The configuration compiled into `heddle-switch`, used when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
@@ -34,6 +36,15 @@ pub struct DaemonConfig {
     /// Ports created at start (the API adds more at run time).
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// The most ports the switch holds at once, uplinks and pod ports together; at most
+    /// [`MAX_PORTS`] (the port table's size). The API refuses a port beyond it, and the device
+    /// plugin reports its devices unhealthy while the switch is full.
+    #[serde(default = "default_max_ports")]
+    pub max_ports: u32,
+}
+
+fn default_max_ports() -> u32 {
+    MAX_PORTS as u32
 }
 
 /// CPU placement.
@@ -192,6 +203,19 @@ impl DaemonConfig {
             return Err(ConfigError::Invalid(format!(
                 "mbufs.count {} is too small: use at least 1024",
                 self.mbufs.count
+            )));
+        }
+        if self.max_ports == 0 || self.max_ports as usize > MAX_PORTS {
+            return Err(ConfigError::Invalid(format!(
+                "max_ports {} is out of range: use 1 to {MAX_PORTS}",
+                self.max_ports
+            )));
+        }
+        if self.ports.len() > self.max_ports as usize {
+            return Err(ConfigError::Invalid(format!(
+                "ports lists {} ports but max_ports is {}: raise max_ports or list fewer ports",
+                self.ports.len(),
+                self.max_ports
             )));
         }
         let mut names = std::collections::BTreeSet::new();

@@ -128,6 +128,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         (cfg.mbufs.rx_ring, cfg.mbufs.tx_ring),
         cfg.fdb.ageing_seconds,
     );
+    ctl.set_max_ports(cfg.max_ports as usize);
     let worker_lcores: Vec<u32> = places.iter().map(|p| p.lcore).collect();
     for (w, place) in places.iter().enumerate() {
         let (shared, pool) = (shared.clone(), pool.clone());

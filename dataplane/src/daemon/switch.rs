@@ -101,6 +101,8 @@ pub struct SwitchCtl {
     rings: (u16, u16),
     ageing: u32,
     started: Instant,
+    /// The most ports held at once (config `max_ports`, at most `MAX_PORTS`).
+    max_ports: usize,
 }
 
 fn to_vlan(v: u16) -> Result<Vlan, PortError> {
@@ -210,6 +212,7 @@ impl SwitchCtl {
             rings,
             ageing,
             started: Instant::now(),
+            max_ports: MAX_PORTS,
         }
     }
 
@@ -230,6 +233,16 @@ impl SwitchCtl {
     /// Number of ports.
     pub fn port_count(&self) -> usize {
         self.ports.len()
+    }
+
+    /// Sets the most ports held at once (clamped to 1..=`MAX_PORTS`).
+    pub fn set_max_ports(&mut self, max: usize) {
+        self.max_ports = max.clamp(1, MAX_PORTS);
+    }
+
+    /// The most ports held at once.
+    pub fn max_ports(&self) -> usize {
+        self.max_ports
     }
 
     /// Number of PMD workers.
@@ -263,6 +276,12 @@ impl SwitchCtl {
             return Err(PortError::Conflict(format!(
                 "duplicate port device {device:?}: port {:?} already uses it; give each port its own device name (e.g. net_vhost1)",
                 other.spec.name
+            )));
+        }
+        if self.ports.len() >= self.max_ports {
+            return Err(PortError::Full(format!(
+                "the switch holds {} ports, its max_ports: remove a port first, or raise max_ports in the switch config (at most {MAX_PORTS})",
+                self.ports.len()
             )));
         }
         let index = (0..MAX_PORTS as PortIndex)

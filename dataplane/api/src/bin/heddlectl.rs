@@ -317,8 +317,8 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                 print_json(&h);
             } else {
                 println!(
-                    "ready={} version={} workers={} ports={}",
-                    h.ready, h.version, h.workers, h.ports
+                    "ready={} version={} workers={} ports={}/{}",
+                    h.ready, h.version, h.workers, h.ports, h.max_ports
                 );
             }
         }

@@ -1,0 +1,1 @@
+//! VF pool tests against sysfs-shaped directories.
