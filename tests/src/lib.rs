@@ -11,6 +11,7 @@
 //! - [`qemu`] has [`GuestImage`] / [`Guest`]: Linux guests in QEMU (Debian kernel, busybox
 //!   initramfs) whose virtio-net NIC is a vhost-user port of the switch; see its docs for
 //!   the QEMU pitfalls.
+//! - [`device_plugin`] has [`device_plugin::DevicePluginProcess`]: the real plugin binary.
 //! - [`kubelet`] has [`TestKubelet`]: the kubelet's side of the device plugin API
 //!   (Registration server, ListAndWatch recorder, allocator) and a PodResources server.
 //! - [`mod@env`] has `require_*` preconditions that fail with a fix-it sentence, polling helpers,
@@ -95,6 +96,7 @@
 #![deny(missing_docs)]
 
 pub mod cni;
+pub mod device_plugin;
 pub mod env;
 pub mod kubelet;
 pub mod netns;

@@ -410,6 +410,31 @@ mod tests {
     }
 
     #[test]
+    fn max_ports_defaults_to_the_table_and_is_bounded() {
+        let cfg = DaemonConfig::parse(DEFAULT_CONFIG, "default").unwrap();
+        assert_eq!(cfg.max_ports as usize, MAX_PORTS);
+        assert_eq!(
+            DaemonConfig::parse("cores: {pmd: [1]}\nmax_ports: 2", "t")
+                .unwrap()
+                .max_ports,
+            2
+        );
+        for (yaml, want) in [
+            ("max_ports: 0", "max_ports 0 is out of range: use 1 to 256"),
+            ("max_ports: 257", "max_ports 257 is out of range"),
+            (
+                "max_ports: 1\nports:\n  - {name: a, devargs: net_null0, mode: access, vlan: 5}\n  - {name: b, devargs: net_null1, mode: access, vlan: 5}",
+                "ports lists 2 ports but max_ports is 1",
+            ),
+        ] {
+            let err = DaemonConfig::parse(&format!("cores: {{pmd: [1]}}\n{yaml}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
     fn cores_are_checked_against_the_host() {
         assert_eq!(parse_cpu_list("0-2,5\n"), vec![0, 1, 2, 5]);
         let cores = Cores {

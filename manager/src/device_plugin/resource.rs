@@ -24,8 +24,8 @@ pub const DEVICE_DIR_MODE: u32 = 0o755;
 pub enum Resource {
     /// vhost-user or memif sockets.
     Sockets(SocketResource),
-    /// SR-IOV VFs.
-    VfPool(VfPoolResource),
+    /// SR-IOV VFs (boxed: the pool's config and discovered VFs are much larger).
+    VfPool(Box<VfPoolResource>),
 }
 
 impl Resource {

@@ -72,10 +72,10 @@ pub fn resources(cfg: &DevicePluginConfig, host: &Host) -> anyhow::Result<Vec<Ar
                 vfs = pool.vfs().count(),
                 "VF pool discovered"
             );
-            out.push(Arc::new(Resource::VfPool(VfPoolResource::new(
+            out.push(Arc::new(Resource::VfPool(Box::new(VfPoolResource::new(
                 pool,
                 &host.sysfs,
-            ))));
+            )))));
         }
     }
     Ok(out)
