@@ -13,14 +13,14 @@
 //! hugepages, and the binaries built (`cargo build --workspace --bins`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use heddle_tests::cni::CniPlugin;
+use heddle_tests::device_plugin::{self, DevicePluginProcess};
 use heddle_tests::{
-    exclusive_cpus, require_dpdk_peers, require_tool, wait_until, workspace_binary, Allocation,
-    ForwardMode, SwitchProcess, TestKubelet, Testpmd,
+    exclusive_cpus, require_dpdk_peers, require_tool, wait_until, Allocation, ForwardMode,
+    SwitchProcess, TestKubelet, Testpmd,
 };
 use serde_json::{json, Value};
 
@@ -30,50 +30,6 @@ const DEVICES: usize = 4;
 const SOCKETS_ENV: &str = "HEDDLE_VHOST_USER_SOCKETS";
 /// Printed by the pod's mount namespace set-up once the pod sees what it should.
 const VIEW_OK: &str = "heddle-pod-view: devices at their container paths, host device root hidden";
-
-/// `heddle-manager device-plugin` as a child process, killed on drop.
-struct DevicePlugin {
-    child: Child,
-    log: PathBuf,
-}
-
-impl DevicePlugin {
-    fn start(dir: &Path, kubelet: &TestKubelet, device_root: &Path, switch: &Path) -> Result<Self> {
-        let config = dir.join("device-plugin.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "kubeletDir: {}\ndeviceRoot: {}\nswitchSocket: {}\nresources:\n  - {{name: {RESOURCE}, kind: vhost-user, count: {DEVICES}}}\n",
-                kubelet.device_plugin_dir().display(),
-                device_root.display(),
-                switch.display()
-            ),
-        )?;
-        let log = dir.join("device-plugin.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(workspace_binary("heddle-manager")?)
-            .args(["device-plugin", "--config"])
-            .arg(&config)
-            .env("NODE_NAME", "test-node")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("spawning heddle-manager device-plugin")?;
-        Ok(DevicePlugin { child, log })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for DevicePlugin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A wrapper that makes a container's view of the allocated devices and execs its
 /// arguments: a private mount namespace (`unshare -m`, propagation private, so nothing leaks
@@ -180,7 +136,15 @@ fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() 
     let switch = SwitchProcess::start_with_ports(dir.path(), "  []")?;
     let kubelet = TestKubelet::start(&dir.path().join("kubelet"))?;
     let started = Instant::now();
-    let plugin = DevicePlugin::start(dir.path(), &kubelet, &device_root, &switch.socket())?;
+    let plugin = DevicePluginProcess::start(
+        dir.path(),
+        &device_plugin::config_yaml(
+            &kubelet.device_plugin_dir(),
+            &device_root,
+            &switch.socket(),
+            &format!("  - {{name: {RESOURCE}, kind: vhost-user, count: {DEVICES}}}"),
+        ),
+    )?;
     kubelet
         .wait_registered(RESOURCE, 1, Duration::from_secs(20))
         .with_context(|| plugin.log())?;
