@@ -684,6 +684,12 @@ mod tests {
             r#","runtimeConfig":{"CNIDeviceInfoFile":"../x.json"}"#,
             r#","ipam":{"type":"../../bin/sh"}"#,
             r#","network":"../n6""#,
+            r#","network":"ns/../n6""#,
+            r#","network":"a/b/c""#,
+            r#","resourceName":"heddle.dev""#,
+            r#","resourceName":"heddle.dev/a/b""#,
+            r#","deviceRoot":"run/heddle""#,
+            r#","podResourcesSocket":"/var/lib/kubelet/../x.sock""#,
         ] {
             let e = NetConf::parse(conf(extra).as_bytes(), true).unwrap_err();
             assert_eq!(e.code, 7, "{extra}: {e}");
@@ -700,6 +706,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn device_handoff_keys_and_namespaced_network_keys() {
+        let c = NetConf::parse(conf("").as_bytes(), true).unwrap();
+        assert_eq!(
+            c.device_root,
+            PathBuf::from(crate::devices::DEFAULT_DEVICE_ROOT)
+        );
+        assert_eq!(
+            c.pod_resources_socket,
+            PathBuf::from("/var/lib/kubelet/pod-resources/kubelet.sock")
+        );
+        assert_eq!(c.resource_name, None);
+        let c = NetConf::parse(
+            conf(
+                r#","network":"upf/n3","resourceName":"heddle.dev/vhost-user","deviceRoot":"/run/d","podResourcesSocket":"/k/pr.sock""#,
+            )
+            .as_bytes(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.network, "upf/n3");
+        assert_eq!(c.resource_name.as_deref(), Some("heddle.dev/vhost-user"));
+        assert_eq!(c.device_root, PathBuf::from("/run/d"));
+        assert_eq!(c.pod_resources_socket, PathBuf::from("/k/pr.sock"));
     }
 
     #[test]
