@@ -23,6 +23,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/heddle/cni";
 /// vhost-user backend when the config names none: heddle-switch's own (Rust) backend.
 /// `backend: dpdk` selects DPDK's `net_vhost` instead.
 pub const DEFAULT_VHOST_BACKEND: VhostBackend = VhostBackend::Native;
+/// Default host directory of the device plugin's devices ([`crate::devices`]).
+pub const DEFAULT_DEVICE_ROOT: &str = crate::devices::DEFAULT_DEVICE_ROOT;
+/// Default kubelet PodResources socket, asked which devices a pod holds.
+pub const DEFAULT_POD_RESOURCES_SOCKET: &str = heddle_kubelet_api::POD_RESOURCES_SOCKET;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -101,7 +105,8 @@ impl Kind {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
-    /// Device plugin's device id (SR-IOV PCI address).
+    /// Device plugin's device id: an SR-IOV VF's PCI address, or a vhost-user / memif
+    /// device id ([`crate::devices`]).
     #[serde(default, rename = "deviceID")]
     pub device_id: Option<String>,
     /// Where Multus wants the NPWG device-info file.
@@ -157,6 +162,10 @@ struct RawConf {
     switch_socket: Option<String>,
     #[serde(default)]
     state_dir: Option<String>,
+    #[serde(default)]
+    device_root: Option<String>,
+    #[serde(default)]
+    pod_resources_socket: Option<String>,
     #[serde(default)]
     ipam: Option<Value>,
     #[serde(default)]
@@ -229,8 +238,14 @@ pub struct NetConf {
     pub runtime: RuntimeConfig,
     /// `prevResult` when chained.
     pub prev_result: Option<Value>,
-    /// `deviceID` from the config (SR-IOV).
+    /// `deviceID` from the config (Multus writes it there for a NAD with a resourceName).
     pub device_id: Option<String>,
+    /// `resourceName`: the device plugin resource this network's devices come from.
+    pub resource_name: Option<String>,
+    /// Host directory of the device plugin's vhost-user / memif devices (`deviceRoot`).
+    pub device_root: PathBuf,
+    /// The kubelet's PodResources socket (`podResourcesSocket`).
+    pub pod_resources_socket: PathBuf,
     /// GC's valid list.
     pub valid_attachments: Option<Vec<ValidAttachment>>,
     /// stdin as received (handed to the IPAM plugin).
@@ -241,6 +256,15 @@ pub struct NetConf {
 /// digit (the spec's rule), so it can never name a path.
 pub fn valid_name(s: &str) -> bool {
     crate::invocation::valid_container_id(s)
+}
+
+/// A Heddle network key: a name (a `ClusterNetwork`, or any local network) or
+/// `<namespace>/<name>` (a namespaced `Network`, as heddle-manager's generated configs say).
+pub fn valid_network(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((ns, name)) => valid_name(ns) && valid_name(name),
+        None => valid_name(s),
+    }
 }
 
 /// An absolute path with no `.`/`..` components.
@@ -299,9 +323,9 @@ impl NetConf {
             ));
         }
         let network = c.network.clone().unwrap_or_else(|| c.name.clone());
-        if !valid_name(&network) {
+        if !valid_network(&network) {
             return Err(CniError::config(
-                "network must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+                "network must be a name or <namespace>/<name> (the manager's key of a Network), each part starting with a letter or digit and holding only letters, digits, '_', '.' and '-'",
                 format!("got {network:?}"),
             ));
         }
@@ -425,6 +449,19 @@ impl NetConf {
             "stateDir",
             c.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR),
         )?;
+        let device_root = clean_abs_path(
+            "deviceRoot",
+            c.device_root.as_deref().unwrap_or(DEFAULT_DEVICE_ROOT),
+        )?;
+        let pod_resources_socket = clean_abs_path(
+            "podResourcesSocket",
+            c.pod_resources_socket
+                .as_deref()
+                .unwrap_or(DEFAULT_POD_RESOURCES_SOCKET),
+        )?;
+        if let Some(r) = &c.resource_name {
+            check_resource_name(r)?;
+        }
         if let Some(f) = &c.runtime_config.device_info_file {
             clean_abs_path("runtimeConfig.CNIDeviceInfoFile", f)?;
         }
@@ -465,6 +502,9 @@ impl NetConf {
             runtime: c.runtime_config,
             prev_result: c.prev_result,
             device_id: c.device_id,
+            resource_name: c.resource_name,
+            device_root,
+            pod_resources_socket,
             valid_attachments: c.valid_attachments,
             raw,
         })
@@ -517,16 +557,7 @@ fn sriov_conf(c: &RawConf) -> Result<SriovConf, CniError> {
         }
     }
     if let Some(r) = &c.resource_name {
-        if r.is_empty()
-            || !r
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"./_-".contains(&b))
-        {
-            return Err(CniError::config(
-                "resourceName must be a device plugin resource such as intel.com/sriov_a",
-                format!("got {r:?}"),
-            ));
-        }
+        check_resource_name(r)?;
     }
     Ok(SriovConf {
         settings: VfSettings {
@@ -541,6 +572,25 @@ fn sriov_conf(c: &RawConf) -> Result<SriovConf, CniError> {
         admin_mac: c.admin_mac.unwrap_or(true),
         resource_name: c.resource_name.clone(),
     })
+}
+
+/// A device plugin resource name: `<domain>/<name>` of letters, digits, `.`, `_`, `-`.
+fn check_resource_name(r: &str) -> Result<(), CniError> {
+    let ok = r.split_once('/').is_some_and(|(domain, name)| {
+        [domain, name].iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(CniError::config(
+            "resourceName must be a device plugin resource <domain>/<name>, such as heddle.dev/vhost-user or intel.com/sriov_a",
+            format!("got {r:?}"),
+        ))
+    }
 }
 
 /// Parses a unicast MAC (code 7 for anything else, including multicast and all-zero).
@@ -634,6 +684,12 @@ mod tests {
             r#","runtimeConfig":{"CNIDeviceInfoFile":"../x.json"}"#,
             r#","ipam":{"type":"../../bin/sh"}"#,
             r#","network":"../n6""#,
+            r#","network":"ns/../n6""#,
+            r#","network":"a/b/c""#,
+            r#","resourceName":"heddle.dev""#,
+            r#","resourceName":"heddle.dev/a/b""#,
+            r#","deviceRoot":"run/heddle""#,
+            r#","podResourcesSocket":"/var/lib/kubelet/../x.sock""#,
         ] {
             let e = NetConf::parse(conf(extra).as_bytes(), true).unwrap_err();
             assert_eq!(e.code, 7, "{extra}: {e}");
@@ -650,6 +706,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn device_handoff_keys_and_namespaced_network_keys() {
+        let c = NetConf::parse(conf("").as_bytes(), true).unwrap();
+        assert_eq!(
+            c.device_root,
+            PathBuf::from(crate::devices::DEFAULT_DEVICE_ROOT)
+        );
+        assert_eq!(
+            c.pod_resources_socket,
+            PathBuf::from("/var/lib/kubelet/pod-resources/kubelet.sock")
+        );
+        assert_eq!(c.resource_name, None);
+        let c = NetConf::parse(
+            conf(
+                r#","network":"upf/n3","resourceName":"heddle.dev/vhost-user","deviceRoot":"/run/d","podResourcesSocket":"/k/pr.sock""#,
+            )
+            .as_bytes(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.network, "upf/n3");
+        assert_eq!(c.resource_name.as_deref(), Some("heddle.dev/vhost-user"));
+        assert_eq!(c.device_root, PathBuf::from("/run/d"));
+        assert_eq!(c.pod_resources_socket, PathBuf::from("/k/pr.sock"));
     }
 
     #[test]

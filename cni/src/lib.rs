@@ -8,6 +8,7 @@
 //!   lock with a [`record`] per attachment written before the first effect;
 //! - [`switch`], [`netlink`], [`ipam`]: the node daemon, the kernel and delegated IPAM;
 //! - [`sriov`]: SR-IOV VFs (sysfs discovery, PF-side settings, per-VF allocation);
+//! - [`handoff`]: which device-plugin device a vhost-user / memif socket goes into;
 //! - [`devices`]: where a device-plugin device (a socket directory) lives on the host and in a
 //!   container, shared with the device plugin;
 //! - [`owner`]: socket owner, group and mode from the config;
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod handoff;
 pub mod invocation;
 pub mod ipam;
 pub mod netlink;

@@ -8,7 +8,9 @@ use heddle_api::{MacText, PortMode, PortSpec};
 use serde_json::Value;
 
 use crate::config::{parse_unicast_mac, Kind, NetConf, VhostBackend, MAX_SOCKET_PATH};
+use crate::devices;
 use crate::error::{code, CniError};
+use crate::handoff;
 use crate::invocation::Invocation;
 
 /// FNV-1a, 64 bits: a stable hash for short names (not for security: every input is
@@ -60,10 +62,17 @@ impl AttachmentKey {
 /// Where a vhost-user or memif socket goes and what the pod is told about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SocketPlan {
-    /// The pod's socket directory (`<socketDir>/<12 hex of the container id>`).
+    /// The socket's host directory: the pod's socket directory (`<socketDir>/<12 hex of the
+    /// container id>`), or the device's (`<deviceRoot>/<device id>`).
     pub dir: PathBuf,
-    /// The socket (`<dir>/<ifname>.sock`).
+    /// The socket on the host (`<dir>/<ifname>.sock`, or `<dir>/vhost-user.sock` /
+    /// `memif.sock` in a device): what the switch binds and the CNI result's `socketPath`.
     pub path: PathBuf,
+    /// The device-plugin device holding the socket, if any.
+    pub device: Option<String>,
+    /// The socket as the pod sees it, written to the device-info file: the container path
+    /// (`/run/heddle/devices/<id>/<socket name>`) of a device, else the host path.
+    pub pod_path: PathBuf,
     /// The switch creates the socket (server) rather than connecting to the pod's.
     pub switch_is_server: bool,
     /// NPWG device-info content.
@@ -105,8 +114,9 @@ pub fn derived_mac(key: &AttachmentKey) -> [u8; 6] {
 }
 
 impl Plan {
-    /// Decides names and specs for `inv` under `conf`.
-    pub fn new(conf: &NetConf, inv: &Invocation) -> Result<Plan, CniError> {
+    /// Decides names and specs for `inv` under `conf`; a vhost-user or memif socket goes into
+    /// `device`'s directory when one is given ([`crate::handoff`] decides which).
+    pub fn new(conf: &NetConf, inv: &Invocation, device: Option<&str>) -> Result<Plan, CniError> {
         let key = AttachmentKey {
             container_id: inv.container_id.clone(),
             ifname: inv.ifname.clone(),
@@ -133,26 +143,42 @@ impl Plan {
         let mac_text = MacText(mac).to_string();
         let access = PortMode::Access { vlan: conf.vlan };
         let socket = |switch_is_server: bool, info: Value| -> Result<SocketPlan, CniError> {
-            let dir = conf
-                .socket_dir
-                .join(&format!("{:016x}", fnv1a(key.container_id.as_bytes()))[..12]);
-            let path = dir.join(format!("{}.sock", key.ifname));
-            let len = path.as_os_str().len();
-            if len > MAX_SOCKET_PATH {
-                return Err(CniError::config(
-                    format!(
-                        "socket path {} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: set a shorter socketDir",
-                        path.display()
-                    ),
-                    format!("socketDir is {} bytes", conf.socket_dir.as_os_str().len()),
-                ));
+            let (dir, path, pod_path, shorter) = match (device, handoff::device_kind(&conf.kind)) {
+                (Some(id), Some(kind)) => {
+                    let dir = devices::host_dir(&conf.device_root, id);
+                    let path = dir.join(devices::socket_name(kind));
+                    let pod_path = devices::container_dir(id).join(devices::socket_name(kind));
+                    (dir, path, pod_path, ("deviceRoot", &conf.device_root))
+                }
+                _ => {
+                    let dir = conf
+                        .socket_dir
+                        .join(&format!("{:016x}", fnv1a(key.container_id.as_bytes()))[..12]);
+                    let path = dir.join(format!("{}.sock", key.ifname));
+                    (dir, path.clone(), path, ("socketDir", &conf.socket_dir))
+                }
+            };
+            for p in [&path, &pod_path] {
+                let len = p.as_os_str().len();
+                if len > MAX_SOCKET_PATH {
+                    return Err(CniError::config(
+                        format!(
+                            "socket path {} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: set a shorter {}",
+                            p.display(),
+                            shorter.0
+                        ),
+                        format!("{} is {} bytes", shorter.0, shorter.1.as_os_str().len()),
+                    ));
+                }
             }
             let mut info = info;
             let kind = info["type"].as_str().unwrap_or_default().to_owned();
-            info[kind.as_str()]["path"] = Value::from(path.display().to_string());
+            info[kind.as_str()]["path"] = Value::from(pod_path.display().to_string());
             Ok(SocketPlan {
                 dir,
                 path,
+                device: device.map(str::to_owned),
+                pod_path,
                 switch_is_server,
                 device_info: info,
             })
@@ -200,7 +226,9 @@ impl Plan {
                         "type": "memif",
                         "version": "1.1.0",
                         "memif": {
-                            "role": if *switch_is_server { "client" } else { "server" },
+                            // NPWG device-info 1.1.0: "slave" when the host creates the
+                            // socket, "master" when the pod does.
+                            "role": if *switch_is_server { "slave" } else { "master" },
                             "mode": "ethernet",
                         }
                     }),
@@ -336,7 +364,7 @@ mod tests {
 
     #[test]
     fn vhost_user_server_plan() {
-        let p = Plan::new(&conf(r#","kind":"vhost-user""#), &inv("abc", "net1")).unwrap();
+        let p = Plan::new(&conf(r#","kind":"vhost-user""#), &inv("abc", "net1"), None).unwrap();
         let port = p.port.unwrap();
         assert_eq!(port.name, "cni/abc/net1");
         assert!(port.devargs.starts_with("vhost-user-"), "{}", port.devargs);
@@ -358,7 +386,7 @@ mod tests {
         let c = conf(
             r#","kind":"vhost-user","backend":"dpdk","queues":2,"socketOwner":1000,"socketGroup":"0","socketMode":"0660""#,
         );
-        let p = Plan::new(&c, &inv("abc", "net1")).unwrap();
+        let p = Plan::new(&c, &inv("abc", "net1"), None).unwrap();
         let sock = p.socket.as_ref().unwrap().path.display().to_string();
         let id = p.key.id();
         assert_eq!(
@@ -369,13 +397,13 @@ mod tests {
         let c = conf(
             r#","kind":"vhost-user","backend":"native","queues":2,"socketOwner":1000,"socketGroup":"0","socketMode":"0660""#,
         );
-        let p = Plan::new(&c, &inv("abc", "net1")).unwrap();
+        let p = Plan::new(&c, &inv("abc", "net1"), None).unwrap();
         assert_eq!(
             p.port.unwrap().devargs,
             format!("vhost-user-{id},iface={sock},queues=2,owner=1000,group=0,perm=0660")
         );
         let c = conf(r#","kind":"vhost-user","backend":"native""#);
-        let d = Plan::new(&c, &inv("abc", "net1"))
+        let d = Plan::new(&c, &inv("abc", "net1"), None)
             .unwrap()
             .port
             .unwrap()
@@ -384,7 +412,7 @@ mod tests {
         assert_eq!(id.len(), 16);
         let c =
             conf(r#","kind":"vhost-user","backend":"native","vhostMode":"client","socketOwner":7"#);
-        let d = Plan::new(&c, &inv("abc", "net1"))
+        let d = Plan::new(&c, &inv("abc", "net1"), None)
             .unwrap()
             .port
             .unwrap()
@@ -399,7 +427,7 @@ mod tests {
     #[test]
     fn sriov_plan_takes_the_device_id_and_only_an_asked_mac() {
         let c = conf(r#","kind":"sriov","runtimeConfig":{"deviceID":"0000:03:02.0"}"#);
-        let p = Plan::new(&c, &inv("abc", "net1")).unwrap();
+        let p = Plan::new(&c, &inv("abc", "net1"), None).unwrap();
         assert!(p.port.is_none() && p.socket.is_none());
         let vf = p.vf.unwrap();
         assert_eq!(vf.candidates, ["0000:03:02.0"]);
@@ -407,11 +435,11 @@ mod tests {
         let c = conf(r#","kind":"sriov","mac":"02:00:00:00:00:05""#);
         let mut i = inv("abc", "net1");
         i.pci_devices = vec![("PCIDEVICE_X_COM_VF".into(), "0000:03:02.1".into())];
-        let vf = Plan::new(&c, &i).unwrap().vf.unwrap();
+        let vf = Plan::new(&c, &i, None).unwrap().vf.unwrap();
         assert_eq!(vf.candidates, ["0000:03:02.1"]);
         assert_eq!(vf.mac, Some([2, 0, 0, 0, 0, 5]));
         assert_eq!(
-            Plan::new(&conf(r#","kind":"sriov""#), &inv("abc", "net1"))
+            Plan::new(&conf(r#","kind":"sriov""#), &inv("abc", "net1"), None)
                 .unwrap_err()
                 .code,
             7
@@ -421,9 +449,9 @@ mod tests {
     #[test]
     fn names_are_stable_and_distinct() {
         let c = conf(r#","kind":"vhost-user","vhostMode":"client""#);
-        let a = Plan::new(&c, &inv("abc", "net1")).unwrap();
-        let b = Plan::new(&c, &inv("abc", "net1")).unwrap();
-        let d = Plan::new(&c, &inv("abc", "net2")).unwrap();
+        let a = Plan::new(&c, &inv("abc", "net1"), None).unwrap();
+        let b = Plan::new(&c, &inv("abc", "net1"), None).unwrap();
+        let d = Plan::new(&c, &inv("abc", "net2"), None).unwrap();
         assert_eq!(a, b);
         assert_ne!(
             a.port.as_ref().unwrap().devargs,
@@ -437,7 +465,7 @@ mod tests {
         assert!(a.port.unwrap().devargs.contains("client=1"));
         let long = "a".repeat(200);
         assert!(
-            Plan::new(&c, &inv(&long, "net1"))
+            Plan::new(&c, &inv(&long, "net1"), None)
                 .unwrap()
                 .port
                 .unwrap()
@@ -453,6 +481,7 @@ mod tests {
         let e = Plan::new(
             &conf(&format!(r#","kind":"memif","socketDir":"{dir}""#)),
             &inv("abc", "net1"),
+            None,
         )
         .unwrap_err();
         assert_eq!(e.code, 7);
@@ -460,10 +489,64 @@ mod tests {
     }
 
     #[test]
+    fn a_device_holds_the_socket_on_the_host_and_device_info_names_the_container_path() {
+        let c = conf(r#","kind":"vhost-user","deviceRoot":"/var/run/hd""#);
+        let p = Plan::new(&c, &inv("abc", "net1"), Some("vhost-user-3")).unwrap();
+        let s = p.socket.as_ref().unwrap();
+        assert_eq!(s.dir, PathBuf::from("/var/run/hd/vhost-user-3"));
+        assert_eq!(
+            s.path,
+            PathBuf::from("/var/run/hd/vhost-user-3/vhost-user.sock")
+        );
+        assert_eq!(s.device.as_deref(), Some("vhost-user-3"));
+        assert_eq!(
+            s.device_info["vhost-user"]["path"],
+            "/run/heddle/devices/vhost-user-3/vhost-user.sock"
+        );
+        assert_eq!(s.device_info["vhost-user"]["mode"], "client");
+        let devargs = &p.port.as_ref().unwrap().devargs;
+        assert!(
+            devargs.contains(",iface=/var/run/hd/vhost-user-3/vhost-user.sock"),
+            "the switch binds the host path: {devargs}"
+        );
+        let m = Plan::new(
+            &conf(r#","kind":"memif","memifRole":"server""#),
+            &inv("abc", "m1"),
+            Some("memif-0"),
+        )
+        .unwrap();
+        let s = m.socket.unwrap();
+        assert_eq!(
+            s.path,
+            PathBuf::from("/run/heddle/devices/memif-0/memif.sock")
+        );
+        assert_eq!(s.device_info["memif"]["role"], "master");
+        assert!(m
+            .port
+            .unwrap()
+            .devargs
+            .contains("role=client,socket=/run/heddle/devices/memif-0/memif.sock"));
+        // Without a device, the pod's socket directory as before, and the same path for both.
+        let p = Plan::new(&c, &inv("abc", "net1"), None).unwrap();
+        let s = p.socket.unwrap();
+        assert_eq!((s.device, &s.pod_path), (None, &s.path));
+        // A device root too long for a Unix socket path names deviceRoot.
+        let long = format!(r#","kind":"vhost-user","deviceRoot":"/{}""#, "r".repeat(80));
+        let e = Plan::new(&conf(&long), &inv("abc", "net1"), Some("vhost-user-12")).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(
+            e.msg.contains("107-byte") && e.msg.contains("shorter deviceRoot"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
     fn memif_and_kernel_plans() {
         let p = Plan::new(
             &conf(r#","kind":"memif","ringSize":2048"#),
             &inv("abc", "m0"),
+            None,
         )
         .unwrap();
         let d = &p.port.as_ref().unwrap().devargs;
@@ -471,10 +554,11 @@ mod tests {
             d.contains("role=server") && d.contains("rsize=11") && d.contains("socket-abstract=no"),
             "{d}"
         );
-        assert_eq!(p.socket.unwrap().device_info["memif"]["role"], "client");
+        assert_eq!(p.socket.unwrap().device_info["memif"]["role"], "slave");
         let k = Plan::new(
             &conf(r#","kind":"kernel","mac":"02:11:22:33:44:55""#),
             &inv("abc", "eth0"),
+            None,
         )
         .unwrap();
         assert!(k.host_veth.as_ref().unwrap().len() <= 15);
@@ -489,10 +573,10 @@ mod tests {
         );
         let mut i = inv("abc", "eth0");
         i.args.mac = Some("02:00:00:00:00:02".into());
-        assert_eq!(Plan::new(&c, &i).unwrap().mac[5], 1);
+        assert_eq!(Plan::new(&c, &i, None).unwrap().mac[5], 1);
         let c = conf(r#","kind":"kernel","mac":"02:00:00:00:00:03""#);
-        assert_eq!(Plan::new(&c, &i).unwrap().mac[5], 2);
+        assert_eq!(Plan::new(&c, &i, None).unwrap().mac[5], 2);
         i.args.mac = Some("nonsense".into());
-        assert_eq!(Plan::new(&c, &i).unwrap_err().code, 4);
+        assert_eq!(Plan::new(&c, &i, None).unwrap_err().code, 4);
     }
 }

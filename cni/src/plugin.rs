@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use crate::config::{self, parse_cidr, Kind, NetConf, VhostBackend};
 use crate::error::{code, CniError};
+use crate::handoff::{self, Kubelet, PodDevices};
 use crate::invocation::{Command, Invocation};
 use crate::ipam::{self, IpamCall};
 use crate::netlink;
@@ -23,11 +24,14 @@ use crate::switch::Switch;
 /// Opens a connection to the node daemon behind a socket path.
 pub type Connect<'a> = &'a dyn Fn(&Path) -> Box<dyn Switch>;
 
-/// What the effects act on besides the switch: the PF of SR-IOV VFs (a double in tests).
+/// What the effects act on besides the switch: the PF of SR-IOV VFs and the kubelet's
+/// PodResources API (doubles in tests).
 #[derive(Clone, Copy)]
 pub struct Host<'a> {
     /// PF-side VF settings.
     pub pf: &'a dyn PfControl,
+    /// Which devices a pod holds.
+    pub pods: &'a dyn PodDevices,
 }
 
 /// Runs one CNI call. `Ok(Some(json))` is printed on stdout, `Ok(None)` prints nothing.
@@ -36,7 +40,15 @@ pub fn run(
     stdin: &[u8],
     connect: Connect<'_>,
 ) -> Result<Option<Value>, CniError> {
-    run_on(inv, stdin, connect, Host { pf: &NetlinkPf })
+    run_on(
+        inv,
+        stdin,
+        connect,
+        Host {
+            pf: &NetlinkPf,
+            pods: &Kubelet,
+        },
+    )
 }
 
 /// [`run`] with the PF given.
@@ -106,9 +118,20 @@ pub fn add(
     connect: Connect<'_>,
     host: Host<'_>,
 ) -> Result<CniResult, CniError> {
-    let plan = Plan::new(conf, inv)?;
+    // Everything that needs no state is checked before the lock (and the state directory).
+    let mut plan = Plan::new(conf, inv, handoff::requested(conf)?)?;
     let store = Store::new(&conf.state_dir);
     let _lock = store.lock()?;
+    let existing = store.read(&plan.key)?;
+    // The device: a repeated ADD keeps the recorded one; else the runtime's deviceID or the
+    // first free one of the pod's devices from the kubelet.
+    let device = match existing.as_ref().filter(|r| r.result.is_some()) {
+        Some(r) => r.device_id.clone(),
+        None => handoff::resolve(conf, inv, &plan.key, &store.list()?, host.pods)?,
+    };
+    if plan.socket.as_ref().and_then(|s| s.device.clone()) != device {
+        plan = Plan::new(conf, inv, device.as_deref())?;
+    }
     let switch = connect(&conf.switch_socket);
     let undo = Undo {
         switch: &*switch,
@@ -117,7 +140,7 @@ pub fn add(
         sysfs_root: &inv.sysfs_root,
         netns: inv.netns.as_deref(),
     };
-    if let Some(existing) = store.read(&plan.key)? {
+    if let Some(existing) = existing {
         if let Some(result) = &existing.result {
             // Repeated ADD: make sure the port is still there and answer the same.
             if let Some(port) = &plan.port {
@@ -127,6 +150,11 @@ pub fn add(
         }
         // An ADD that died part-way: clean it up before starting again.
         teardown(&existing, &undo, false)?;
+    }
+    if let Some(s) = &plan.socket {
+        if let Some(id) = &s.device {
+            handoff::check_dir(conf, id, &s.dir)?;
+        }
     }
     let vf_pci = plan
         .vf
@@ -141,7 +169,13 @@ pub fn add(
         switch_socket: conf.switch_socket.clone(),
         port_name: plan.port.as_ref().map(|p| p.name.clone()),
         socket_path: plan.socket.as_ref().map(|s| s.path.clone()),
-        socket_dir: plan.socket.as_ref().map(|s| s.dir.clone()),
+        // A device's directory is the device plugin's: only the pod's own one is removed.
+        socket_dir: plan
+            .socket
+            .as_ref()
+            .filter(|s| s.device.is_none())
+            .map(|s| s.dir.clone()),
+        device_id: plan.socket.as_ref().and_then(|s| s.device.clone()),
         device_info_file: conf
             .runtime
             .device_info_file
@@ -270,22 +304,26 @@ fn effects(
                 .socket
                 .as_ref()
                 .expect("socket kinds have a socket plan");
-            let parent = &conf.socket_dir;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(io("creating the socket directory", parent))?;
-            let dir_mode = owner::dir_mode(conf.socket_mode);
-            match std::fs::DirBuilder::new().mode(dir_mode).create(&s.dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(CniError::io("creating the pod socket directory", &s.dir, e))
+            if s.device.is_none() {
+                // The pod's own socket directory. A device's directory exists already (the
+                // device plugin made it, the kubelet mounted it) and keeps its owner and mode.
+                let parent = &conf.socket_dir;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(io("creating the socket directory", parent))?;
+                let dir_mode = owner::dir_mode(conf.socket_mode);
+                match std::fs::DirBuilder::new().mode(dir_mode).create(&s.dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(CniError::io("creating the pod socket directory", &s.dir, e))
+                    }
+                    _ => {}
                 }
-                _ => {}
+                std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(dir_mode))
+                    .map_err(io("setting the mode of", &s.dir))?;
+                chown(&s.dir, conf.socket_owner, conf.socket_group)?;
             }
-            std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(dir_mode))
-                .map_err(io("setting the mode of", &s.dir))?;
-            chown(&s.dir, conf.socket_owner, conf.socket_group)?;
             if let Some(port) = &plan.port {
                 switch.add_port(port)?;
             }
@@ -489,6 +527,8 @@ fn teardown(r: &Record, undo: &Undo<'_>, daemon_required: bool) -> Result<(), Cn
     if let Some(host) = &r.host_veth {
         netlink::delete_link(host)?;
     }
+    // A device's socket goes, its directory stays (see `socket_dir`); no other attachment
+    // can hold the device meanwhile (handoff::resolve refuses one held by a record).
     for f in [&r.device_info_file, &r.socket_path].into_iter().flatten() {
         match std::fs::remove_file(f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -36,9 +36,14 @@ pub struct Record {
     /// vhost-user / memif socket.
     #[serde(default)]
     pub socket_path: Option<PathBuf>,
-    /// The pod's socket directory (removed when empty).
+    /// The pod's socket directory (removed when empty). Absent for a device-plugin device,
+    /// whose directory belongs to the device plugin.
     #[serde(default)]
     pub socket_dir: Option<PathBuf>,
+    /// The device-plugin device (`vhost-user-3`, [`crate::devices`]) whose directory holds
+    /// the socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
     /// NPWG device-info file written.
     #[serde(default)]
     pub device_info_file: Option<PathBuf>,

@@ -106,10 +106,32 @@ impl PfControl for FakePf {
     }
 }
 
+/// A kubelet that says the pod holds `devices` (any pod, any resource), counting the calls.
+#[derive(Default)]
+struct FakeKubelet {
+    devices: RefCell<Vec<String>>,
+    calls: RefCell<usize>,
+}
+
+impl crate::handoff::PodDevices for FakeKubelet {
+    fn pod_devices(
+        &self,
+        _socket: &Path,
+        namespace: &str,
+        name: &str,
+        _resource: &str,
+    ) -> Result<Vec<String>, CniError> {
+        assert_eq!((namespace, name), ("ns", "p"));
+        *self.calls.borrow_mut() += 1;
+        Ok(self.devices.borrow().clone())
+    }
+}
+
 struct Env {
     dir: tempfile::TempDir,
     fake: Fake,
     pf: FakePf,
+    kubelet: FakeKubelet,
 }
 
 impl Env {
@@ -118,6 +140,7 @@ impl Env {
             dir: tempfile::tempdir().unwrap(),
             fake: Fake::new(),
             pf: FakePf::default(),
+            kubelet: FakeKubelet::default(),
         }
     }
     fn conf(&self, extra: &str) -> String {
@@ -138,12 +161,25 @@ impl Env {
         ifname: &str,
         stdin: &str,
     ) -> Result<Option<serde_json::Value>, CniError> {
+        self.call_in(cmd, id, ifname, "/run/netns/test", stdin)
+    }
+    fn call_in(
+        &self,
+        cmd: &str,
+        id: &str,
+        ifname: &str,
+        netns: &str,
+        stdin: &str,
+    ) -> Result<Option<serde_json::Value>, CniError> {
         let vars = [
             ("CNI_COMMAND", cmd.to_owned()),
             ("CNI_CONTAINERID", id.to_owned()),
             ("CNI_IFNAME", ifname.to_owned()),
-            ("CNI_NETNS", "/run/netns/test".to_owned()),
-            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=p".to_owned()),
+            ("CNI_NETNS", netns.to_owned()),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p".to_owned(),
+            ),
             (
                 "HEDDLE_SYSFS_ROOT",
                 self.dir.path().join("sys").display().to_string(),
@@ -157,7 +193,10 @@ impl Env {
             &inv,
             stdin.as_bytes(),
             &connect,
-            plugin::Host { pf: &self.pf },
+            plugin::Host {
+                pf: &self.pf,
+                pods: &self.kubelet,
+            },
         )
     }
     /// Every file left under the temp dir, except the lock file.
@@ -458,5 +497,245 @@ fn gc_gives_back_a_vf_whose_pod_the_runtime_forgot() {
     )
     .unwrap();
     assert_eq!(env.pf.vfs.borrow()[&0].trust, Some(false));
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+impl Env {
+    /// The device root, with the directories of `ids` made as the device plugin's Allocate
+    /// makes them.
+    fn device_root(&self, ids: &[&str]) -> PathBuf {
+        let root = self.dir.path().join("devices");
+        for id in ids {
+            std::fs::create_dir_all(root.join(id)).unwrap();
+        }
+        root
+    }
+    /// Entries left in a device directory.
+    fn device_dir_entries(&self, id: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("devices").join(id))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+    fn record(&self, id: &str, ifname: &str) -> Option<crate::record::Record> {
+        crate::record::Store::new(&self.dir.path().join("state"))
+            .read(&crate::plan::AttachmentKey {
+                container_id: id.into(),
+                ifname: ifname.into(),
+            })
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_device_id_puts_the_socket_in_the_device_directory_and_del_leaves_it_empty() {
+    let env = Env::new();
+    let root = env.device_root(&["vhost-user-3"]);
+    let di = env.dir.path().join("devinfo/n3.json");
+    let conf = env.conf(&format!(
+        r#","deviceRoot":"{}","runtimeConfig":{{"deviceID":"vhost-user-3","CNIDeviceInfoFile":"{}"}}"#,
+        root.display(),
+        di.display()
+    ));
+    let reply = env.call("ADD", "c1", "net1", &conf).unwrap().unwrap();
+    let host_sock = root.join("vhost-user-3/vhost-user.sock");
+    assert_eq!(
+        reply["interfaces"][0]["socketPath"],
+        host_sock.display().to_string(),
+        "the result names the host path, for the runtime"
+    );
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&di).unwrap()).unwrap();
+    assert_eq!(
+        info["vhost-user"]["path"], "/run/heddle/devices/vhost-user-3/vhost-user.sock",
+        "device-info names the container path, for the VNF"
+    );
+    assert_eq!(info["vhost-user"]["mode"], "client");
+    let port = env.fake.ports.borrow()["cni/c1/net1"].clone();
+    assert!(
+        port.devargs
+            .contains(&format!(",iface={}", host_sock.display())),
+        "{}",
+        port.devargs
+    );
+    assert_eq!(
+        env.record("c1", "net1").unwrap().device_id.as_deref(),
+        Some("vhost-user-3")
+    );
+    assert!(
+        !env.dir.path().join("pods").exists(),
+        "no pod socket directory is made for a device"
+    );
+    assert_eq!(env.kubelet.calls.take(), 0, "a deviceID needs no kubelet");
+    // Repeated ADD answers the same.
+    assert_eq!(
+        env.call("ADD", "c1", "net1", &conf).unwrap().unwrap(),
+        reply
+    );
+    // CHECK looks for the socket in the device directory.
+    assert_eq!(
+        env.call("CHECK", "c1", "net1", &conf).unwrap_err().code,
+        code::CHECK_FAILED
+    );
+    let bound = std::os::unix::net::UnixListener::bind(&host_sock).unwrap();
+    env.call("CHECK", "c1", "net1", &conf).unwrap();
+    drop(bound);
+    // DEL without a netns removes the socket, keeps the (now empty) device directory.
+    env.call_in("DEL", "c1", "net1", "", &conf).unwrap();
+    env.call("DEL", "c1", "net1", &conf).unwrap();
+    assert!(env.device_dir_entries("vhost-user-3").is_empty());
+    assert!(root.join("vhost-user-3").is_dir());
+    assert!(env.fake.ports.borrow().is_empty());
+    assert!(!di.exists());
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn a_bad_or_missing_or_taken_device_is_refused_and_changes_nothing() {
+    let env = Env::new();
+    let root = env.device_root(&["vhost-user-0", "memif-0"]);
+    let conf = |kind: &str, id: &str| {
+        env.conf(&format!(
+            r#","kind":"{kind}","deviceRoot":"{}","runtimeConfig":{{"deviceID":"{id}"}}"#,
+            root.display()
+        ))
+    };
+    for (kind, id, want, says) in [
+        (
+            "vhost-user",
+            "memif-0",
+            code::INVALID_CONFIG,
+            "is not a vhost-user device",
+        ),
+        (
+            "memif",
+            "vhost-user-0",
+            code::INVALID_CONFIG,
+            "is not a memif device",
+        ),
+        (
+            "vhost-user",
+            "0000:03:02.0",
+            code::INVALID_CONFIG,
+            "resourceName must name",
+        ),
+        (
+            "vhost-user",
+            "../memif-0",
+            code::INVALID_CONFIG,
+            "is not a vhost-user device",
+        ),
+        (
+            "vhost-user",
+            "vhost-user-1",
+            code::INVALID_CONFIG,
+            "has no directory",
+        ),
+    ] {
+        let e = env.call("ADD", "c1", "net1", &conf(kind, id)).unwrap_err();
+        assert_eq!(e.code, want, "{kind} {id}: {e}");
+        assert!(e.msg.contains(says), "{kind} {id}: {}", e.msg);
+        assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+        assert!(env.fake.ports.borrow().is_empty());
+        assert!(env.device_dir_entries("vhost-user-0").is_empty());
+        assert!(!root.join("vhost-user-1").exists());
+    }
+    // A device path over 107 bytes names deviceRoot.
+    let long = env.conf(&format!(
+        r#","deviceRoot":"/{}","runtimeConfig":{{"deviceID":"vhost-user-0"}}"#,
+        "r".repeat(90)
+    ));
+    let e = env.call("ADD", "c1", "net1", &long).unwrap_err();
+    assert!(e.msg.contains("shorter deviceRoot"), "{}", e.msg);
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+
+    // Held: by this sandbox's other interface (7), by another sandbox's attachment (11).
+    env.call("ADD", "c1", "net1", &conf("vhost-user", "vhost-user-0"))
+        .unwrap();
+    let ports = env.fake.ports.borrow().len();
+    let e = env
+        .call("ADD", "c1", "net2", &conf("vhost-user", "vhost-user-0"))
+        .unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
+    assert!(
+        e.msg.contains("already used by this pod's interface net1"),
+        "{}",
+        e.msg
+    );
+    let e = env
+        .call("ADD", "c2", "net1", &conf("vhost-user", "vhost-user-0"))
+        .unwrap_err();
+    assert_eq!(e.code, code::TRY_AGAIN_LATER, "{e}");
+    assert_eq!(env.fake.ports.borrow().len(), ports);
+    assert!(env.record("c2", "net1").is_none() && env.record("c1", "net2").is_none());
+    // After the holder's DEL the other sandbox gets it.
+    env.call("DEL", "c1", "net1", &conf("vhost-user", "vhost-user-0"))
+        .unwrap();
+    env.call("ADD", "c2", "net1", &conf("vhost-user", "vhost-user-0"))
+        .unwrap();
+    env.call("DEL", "c2", "net1", &conf("vhost-user", "vhost-user-0"))
+        .unwrap();
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn without_a_device_id_the_kubelet_names_the_pods_devices_and_each_interface_takes_a_free_one() {
+    let env = Env::new();
+    let root = env.device_root(&["memif-1", "vhost-user-4", "vhost-user-9"]);
+    *env.kubelet.devices.borrow_mut() = ["memif-1", "vhost-user-4", "vhost-user-9"]
+        .map(String::from)
+        .into();
+    let conf = env.conf(&format!(
+        r#","deviceRoot":"{}","resourceName":"heddle.dev/vhost-user""#,
+        root.display()
+    ));
+    let a = env.call("ADD", "s1", "net1", &conf).unwrap().unwrap();
+    let b = env.call("ADD", "s1", "net2", &conf).unwrap().unwrap();
+    assert_eq!(
+        a["interfaces"][0]["socketPath"],
+        root.join("vhost-user-4/vhost-user.sock")
+            .display()
+            .to_string()
+    );
+    assert_eq!(
+        b["interfaces"][0]["socketPath"],
+        root.join("vhost-user-9/vhost-user.sock")
+            .display()
+            .to_string()
+    );
+    assert_eq!(
+        env.record("s1", "net2").unwrap().device_id.as_deref(),
+        Some("vhost-user-9")
+    );
+    assert_eq!(env.kubelet.calls.take(), 2);
+    // A repeated ADD keeps its device without asking again.
+    assert_eq!(env.call("ADD", "s1", "net1", &conf).unwrap().unwrap(), a);
+    assert_eq!(env.kubelet.calls.take(), 0);
+    // A third interface finds both taken: the pod must ask for more.
+    let e = env.call("ADD", "s1", "net3", &conf).unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert!(e.msg.contains("request one more"), "{}", e.msg);
+    // DEL frees the device for the next interface.
+    env.call("DEL", "s1", "net1", &conf).unwrap();
+    let c = env.call("ADD", "s1", "net3", &conf).unwrap().unwrap();
+    assert_eq!(
+        c["interfaces"][0]["socketPath"],
+        a["interfaces"][0]["socketPath"]
+    );
+    // memif networks take the pod's memif devices from the same answer.
+    let m = env.conf(&format!(
+        r#","kind":"memif","deviceRoot":"{}","resourceName":"heddle.dev/memif""#,
+        root.display()
+    ));
+    let r = env.call("ADD", "s1", "m0", &m).unwrap().unwrap();
+    assert_eq!(
+        r["interfaces"][0]["socketPath"],
+        root.join("memif-1/memif.sock").display().to_string()
+    );
+    for (ifname, c) in [("net2", &conf), ("net3", &conf), ("m0", &m)] {
+        env.call("DEL", "s1", ifname, c).unwrap();
+    }
+    for id in ["memif-1", "vhost-user-4", "vhost-user-9"] {
+        assert!(env.device_dir_entries(id).is_empty(), "{id}");
+    }
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }

@@ -147,6 +147,43 @@ pub struct NetworkSpec {
     /// Defaults for memif ports on this network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memif: Option<MemifDefaults>,
+    /// Device plugin resource a pod requests for each interface on this network (e.g.
+    /// `heddle.dev/vhost-user: 2` in its limits); the NetworkAttachmentDefinition carries it
+    /// as `k8s.v1.cni.cncf.io/resourceName`, so Multus hands heddle-cni the device the kubelet
+    /// chose. Default: `heddle.dev/vhost-user` for vhost-user, `heddle.dev/memif` for memif,
+    /// the provider network's `vfPool` for sriov; kernel networks take none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_name: Option<String>,
+}
+
+/// Default device plugin resource of vhost-user networks.
+pub const VHOST_USER_RESOURCE: &str = "heddle.dev/vhost-user";
+/// Default device plugin resource of memif networks.
+pub const MEMIF_RESOURCE: &str = "heddle.dev/memif";
+
+impl NetworkSpec {
+    /// The device plugin resource pods request for this network's interfaces:
+    /// `spec.resourceName`, else the kind's default (`vf_pool` is the provider network's
+    /// `vfPool`, the default of sriov networks). `None` for kernel networks.
+    pub fn device_resource(&self, vf_pool: Option<&str>) -> Option<String> {
+        match self.kind {
+            NetworkKind::Kernel => None,
+            NetworkKind::VhostUser => Some(
+                self.resource_name
+                    .clone()
+                    .unwrap_or_else(|| VHOST_USER_RESOURCE.into()),
+            ),
+            NetworkKind::Memif => Some(
+                self.resource_name
+                    .clone()
+                    .unwrap_or_else(|| MEMIF_RESOURCE.into()),
+            ),
+            NetworkKind::Sriov => self
+                .resource_name
+                .clone()
+                .or_else(|| vf_pool.map(str::to_owned)),
+        }
+    }
 }
 
 /// The same spec as [`Network`], cluster-wide (DANM's ClusterNetwork).

@@ -691,6 +691,7 @@ mod tests {
                 allocation: AllocationMode::Dynamic,
                 vhost_user: None,
                 memif: None,
+                resource_name: None,
             },
         );
         c

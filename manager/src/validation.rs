@@ -3,7 +3,7 @@
 
 use ipnet::IpNet;
 
-use crate::crd::{AllocationMode, NetworkSpec, ProviderNetworkSpec, VlanAssignment};
+use crate::crd::{AllocationMode, NetworkKind, NetworkSpec, ProviderNetworkSpec, VlanAssignment};
 use crate::ipam::{IpamError, PoolConfig};
 use crate::vlan::{pool_to_string, VlanError};
 
@@ -203,6 +203,21 @@ pub fn validate_network(
             ));
         }
     }
+    if let Some(r) = &spec.resource_name {
+        if spec.kind == NetworkKind::Kernel {
+            errors.push(field(
+                "spec.resourceName",
+                "kernel networks take no device plugin resource (their interface is a veth); remove it",
+            ));
+        } else if !valid_resource_name(r) {
+            errors.push(field(
+                "spec.resourceName",
+                format!(
+                    "{r:?} is not a device plugin resource <domain>/<name> (letters, digits, '.', '_', '-'), such as heddle.dev/vhost-user"
+                ),
+            ));
+        }
+    }
     for (f, pool) in [("spec.ipv4.cidr", &ipv4), ("spec.ipv6.cidr", &ipv6)] {
         let Some(pool) = pool else { continue };
         for other in others.iter().filter(|o| o.network != key) {
@@ -225,6 +240,18 @@ pub fn validate_network(
     finish(errors, ValidNetwork { ipv4, ipv6 })
 }
 
+/// A device plugin resource name: `<domain>/<name>`, each of letters, digits, `.`, `_`, `-`
+/// (what heddle-cni accepts as `resourceName`).
+pub fn valid_resource_name(r: &str) -> bool {
+    r.split_once('/').is_some_and(|(domain, name)| {
+        [domain, name].iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+    })
+}
+
 /// Whether two subnets share an address (of one family, one contains the other).
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
@@ -233,7 +260,7 @@ pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{NetworkKind, Subnet, VlanRange};
+    use crate::crd::{Subnet, VlanRange};
 
     fn provider() -> ProviderNetworkSpec {
         ProviderNetworkSpec {
@@ -263,6 +290,7 @@ mod tests {
             allocation: AllocationMode::Dynamic,
             vhost_user: None,
             memif: None,
+            resource_name: None,
         }
     }
 
@@ -341,6 +369,28 @@ mod tests {
         );
         let err = check(&network(None, None), None, &[]).unwrap_err();
         assert!(err.starts_with("spec.allocation:"), "{err}");
+    }
+
+    #[test]
+    fn resource_names_are_checked_and_kernel_networks_take_none() {
+        let mut spec = network(None, Some("10.1.0.0/24"));
+        spec.resource_name = Some("example.com/vhost_fast".into());
+        check(&spec, None, &[]).unwrap();
+        for bad in ["heddle.dev", "/x", "heddle.dev/", "a b/c", "heddle.dev/x/y"] {
+            spec.resource_name = Some(bad.into());
+            let err = check(&spec, None, &[]).unwrap_err();
+            assert!(
+                err.starts_with("spec.resourceName:") && err.contains("<domain>/<name>"),
+                "{bad}: {err}"
+            );
+        }
+        spec.kind = NetworkKind::Kernel;
+        spec.resource_name = Some("heddle.dev/vhost-user".into());
+        let err = check(&spec, None, &[]).unwrap_err();
+        assert!(
+            err.contains("kernel networks take no device plugin resource"),
+            "{err}"
+        );
     }
 
     #[test]

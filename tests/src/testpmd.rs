@@ -1,7 +1,8 @@
 //! dpdk-testpmd peers: a builder for the command line and a handle on the running process.
 //!
-//! The process runs as `[ip netns exec NS] stdbuf -oL dpdk-testpmd EAL -- APP`. `ip netns
-//! exec` and `stdbuf` both exec, so the child's PID is testpmd's own. stdout and stderr go to
+//! The process runs as `[ip netns exec NS] [WRAPPER] stdbuf -oL dpdk-testpmd EAL -- APP`.
+//! `ip netns exec` and `stdbuf` both exec (and a wrapper must), so the child's PID is
+//! testpmd's own. stdout and stderr go to
 //! one log file; stdin is a pipe this handle keeps open (testpmd reads commands from it in
 //! interactive mode, and waits on it for "Press enter to exit" otherwise: with stdin at EOF
 //! a non-interactive testpmd without `--stats-period` quits right after starting).
@@ -133,6 +134,7 @@ pub struct TestpmdBuilder {
     burst: Option<u16>,
     total_num_mbufs: Option<u32>,
     netns: Option<String>,
+    wrapper: Vec<String>,
     eal_args: Vec<String>,
     app_args: Vec<String>,
     stop_timeout: Duration,
@@ -160,6 +162,7 @@ impl TestpmdBuilder {
             burst: None,
             total_num_mbufs: Some(16384),
             netns: None,
+            wrapper: Vec::new(),
             eal_args: Vec::new(),
             app_args: Vec::new(),
             stop_timeout: Duration::from_secs(5),
@@ -306,6 +309,14 @@ impl TestpmdBuilder {
         self
     }
 
+    /// Runs testpmd through `argv` (after any `ip netns exec`): a command that prepares
+    /// something (e.g. a container's mount namespace) and then execs the rest of its
+    /// arguments, so the child's PID stays testpmd's.
+    pub fn wrapper(mut self, argv: &[String]) -> Self {
+        self.wrapper = argv.to_vec();
+        self
+    }
+
     /// An extra EAL argument (before `--`).
     pub fn eal_arg(mut self, arg: &str) -> Self {
         self.eal_args.push(arg.to_owned());
@@ -445,6 +456,7 @@ impl TestpmdBuilder {
         if let Some(ns) = &self.netns {
             argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
         }
+        argv.extend(self.wrapper.iter().cloned());
         // Line-buffer stdout: testpmd uses stdio, and a log file would otherwise be block
         // buffered until exit, hiding `show port stats` answers.
         argv.extend(["stdbuf".into(), "-oL".into(), binary.display().to_string()]);

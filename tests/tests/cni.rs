@@ -94,7 +94,7 @@ fn vhost_user_and_memif_attachments_carry_traffic_and_del_twice_leaves_nothing()
     );
     let info: Value = serde_json::from_slice(&std::fs::read(&info_b)?)?;
     ensure!(
-        info["type"] == "memif" && info["memif"]["role"] == "client",
+        info["type"] == "memif" && info["memif"]["role"] == "slave",
         "{info}"
     );
     // A repeated ADD gives the same answer.

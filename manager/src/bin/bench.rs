@@ -159,6 +159,7 @@ fn main() {
             allocation: AllocationMode::Dynamic,
             vhost_user: None,
             memif: None,
+            resource_name: None,
         },
     );
     let store = Arc::new(Mutex::new(

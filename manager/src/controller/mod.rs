@@ -105,21 +105,61 @@ pub fn nad_resource() -> ApiResource {
     )
 }
 
-/// The heddle-cni config a NetworkAttachmentDefinition carries.
+/// The NetworkAttachmentDefinition annotation naming the device plugin resource whose
+/// device Multus passes to the CNI plugin as `deviceID`.
+pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
+
+/// The heddle-cni config a NetworkAttachmentDefinition carries. With a device plugin
+/// `resource` it names it (`resourceName`: heddle-cni asks the kubelet for the pod's devices
+/// when no deviceID comes) and declares the `deviceID` and `CNIDeviceInfoFile` capabilities,
+/// so the runtime passes the device the kubelet chose and where the NPWG device-info goes.
 pub fn cni_config(
     name: &str,
     network_key: &str,
     spec: &NetworkSpec,
     vlan: u16,
+    resource: Option<&str>,
 ) -> serde_json::Value {
-    json!({
+    let mut config = json!({
         "cniVersion": "1.1.0",
         "type": "heddle-cni",
         "name": name,
         "network": network_key,
         "kind": spec.kind.as_str(),
         "vlan": vlan,
-    })
+    });
+    if let Some(r) = resource {
+        config["resourceName"] = json!(r);
+        config["capabilities"] = json!({"deviceID": true, "CNIDeviceInfoFile": true});
+    }
+    config
+}
+
+/// The NetworkAttachmentDefinition of a network: owned by it, its heddle-cni config, and the
+/// `k8s.v1.cni.cncf.io/resourceName` annotation when pods take its interfaces from a device
+/// plugin resource.
+pub fn nad(
+    name: &str,
+    namespace: &str,
+    owner: &OwnerReference,
+    config: &serde_json::Value,
+    resource: Option<&str>,
+) -> serde_json::Value {
+    let mut nad = json!({
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "ownerReferences": [owner],
+            "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER },
+        },
+        "spec": { "config": config.to_string() },
+    });
+    if let Some(r) = resource {
+        nad["metadata"]["annotations"] = json!({ RESOURCE_NAME_ANNOTATION: r });
+    }
+    nad
 }
 
 fn condition(ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -285,7 +325,7 @@ where
         };
         let subnets = valid.subnets();
         if let Some(m) = mine.as_ref().filter(|m| m.subnets == subnets) {
-            claimed = Some((m.vlan, valid));
+            claimed = Some((m.vlan, valid, provider.spec.vf_pool.clone()));
             break;
         }
         let mut pool = VlanPool::new(t.spec.provider.clone(), provider.spec.vlan_pool.clone());
@@ -321,14 +361,14 @@ where
             .await
         {
             Ok(_) => {
-                claimed = Some((vlan, valid));
+                claimed = Some((vlan, valid, provider.spec.vf_pool.clone()));
                 break;
             }
             Err(e) if is_conflict(&e) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    let Some((vlan, _valid)) = claimed else {
+    let Some((vlan, _valid, vf_pool)) = claimed else {
         return Err(ControllerError::Contention(format!(
             "provider network {}",
             t.spec.provider
@@ -375,18 +415,9 @@ where
         .unwrap_or_else(|| ctx.system_namespace.clone());
     let nads: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &nad_ns, &nad_resource());
-    let config = cni_config(&t.name, &key, &t.spec, vlan);
-    let nad = json!({
-        "apiVersion": "k8s.cni.cncf.io/v1",
-        "kind": "NetworkAttachmentDefinition",
-        "metadata": {
-            "name": t.name,
-            "namespace": nad_ns,
-            "ownerReferences": [t.owner],
-            "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER },
-        },
-        "spec": { "config": config.to_string() },
-    });
+    let resource = t.spec.device_resource(vf_pool.as_deref());
+    let config = cni_config(&t.name, &key, &t.spec, vlan, resource.as_deref());
+    let nad = nad(&t.name, &nad_ns, &t.owner, &config, resource.as_deref());
     nads.patch(
         &t.name,
         &PatchParams::apply(FIELD_MANAGER).force(),

@@ -110,6 +110,7 @@ fn spec(vlan: Option<u16>, cidr: &str) -> NetworkSpec {
         allocation: AllocationMode::Dynamic,
         vhost_user: None,
         memif: None,
+        resource_name: None,
     }
 }
 
@@ -176,10 +177,16 @@ async fn new_network_gets_a_vlan_an_allocation_object_a_nad_and_status() {
         "{query}"
     );
     assert_eq!(nad["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        nad["metadata"]["annotations"],
+        json!({"k8s.v1.cni.cncf.io/resourceName": "heddle.dev/vhost-user"})
+    );
     let config: Value = serde_json::from_str(nad["spec"]["config"].as_str().unwrap()).unwrap();
     assert_eq!(
         config,
-        json!({"cniVersion": "1.1.0", "type": "heddle-cni", "name": "n3", "network": "ns1/n3", "kind": "vhost-user", "vlan": 101})
+        json!({"cniVersion": "1.1.0", "type": "heddle-cni", "name": "n3", "network": "ns1/n3", "kind": "vhost-user", "vlan": 101,
+               "resourceName": "heddle.dev/vhost-user",
+               "capabilities": {"deviceID": true, "CNIDeviceInfoFile": true}})
     );
     let reply = serde_json::to_value(&net).unwrap();
     let (_, st) = expect(&mut h, Method::PATCH, NET_STATUS, 200, reply).await;
@@ -748,5 +755,104 @@ async fn many_nodes_allocating_at_once_never_get_the_same_address() {
     );
     for (owner, addrs) in stored {
         assert_eq!(all[&addrs[0].parse::<std::net::IpAddr>().unwrap()], owner);
+    }
+}
+
+/// Reconciles network `n3` (already claimed on VLAN 150, no addresses) of `kind`, with
+/// `resource_name`, on a provider with interface `ens1f0` or VF pool `vf_pool`; returns the
+/// NetworkAttachmentDefinition it applies.
+async fn nad_of(kind: NetworkKind, resource_name: Option<&str>, vf_pool: Option<&str>) -> Value {
+    let (client, mut h) = mock_client();
+    let mut s = spec(None, "10.3.0.0/24");
+    s.allocation = AllocationMode::None;
+    s.kind = kind;
+    s.resource_name = resource_name.map(Into::into);
+    let net = network(s, Some(150));
+    let reconcile = tokio::spawn(reconcile_network(Arc::new(net.clone()), ctx(client)));
+    let mut p = provider("7", vec![claim("ns1/n3", "uid-n3", 150, "10.3.0.0/24")]);
+    if let Some(pool) = vf_pool {
+        p["spec"]["interface"] = Value::Null;
+        p["spec"]["vfPool"] = json!(pool);
+    }
+    expect(&mut h, Method::GET, PROVIDER, 200, p).await;
+    let (_, nad) = expect(&mut h, Method::PATCH, NAD, 200, Value::Null).await;
+    let (_, st) = expect(
+        &mut h,
+        Method::PATCH,
+        NET_STATUS,
+        200,
+        serde_json::to_value(&net).unwrap(),
+    )
+    .await;
+    assert_eq!(st["status"]["conditions"][0]["status"], "True", "{st}");
+    reconcile.await.unwrap().unwrap();
+    nad
+}
+
+fn nad_config(nad: &Value) -> Value {
+    serde_json::from_str(nad["spec"]["config"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn nads_carry_the_resource_name_of_each_kind() {
+    // memif: its default resource, in the annotation and the config.
+    let nad = nad_of(NetworkKind::Memif, None, None).await;
+    assert_eq!(
+        nad["metadata"]["annotations"][RESOURCE_NAME_ANNOTATION],
+        "heddle.dev/memif"
+    );
+    assert_eq!(nad_config(&nad)["resourceName"], "heddle.dev/memif");
+    // vhost-user with spec.resourceName: that one.
+    let nad = nad_of(
+        NetworkKind::VhostUser,
+        Some("example.com/vhost_numa1"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        nad["metadata"]["annotations"][RESOURCE_NAME_ANNOTATION],
+        "example.com/vhost_numa1"
+    );
+    assert_eq!(nad_config(&nad)["resourceName"], "example.com/vhost_numa1");
+    // sriov on a VF pool provider: the pool's resource.
+    let nad = nad_of(NetworkKind::Sriov, None, Some("heddle.dev/sriov_n3")).await;
+    assert_eq!(
+        nad["metadata"]["annotations"][RESOURCE_NAME_ANNOTATION],
+        "heddle.dev/sriov_n3"
+    );
+    assert_eq!(nad_config(&nad)["resourceName"], "heddle.dev/sriov_n3");
+    assert_eq!(nad_config(&nad)["capabilities"]["deviceID"], true);
+    // sriov on a NIC provider, kernel: no resource, no annotation, no capabilities.
+    for nad in [
+        nad_of(NetworkKind::Sriov, None, None).await,
+        nad_of(NetworkKind::Kernel, None, None).await,
+    ] {
+        assert!(nad["metadata"].get("annotations").is_none(), "{nad}");
+        let c = nad_config(&nad);
+        assert!(
+            c.get("resourceName").is_none() && c.get("capabilities").is_none(),
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn heddle_cni_accepts_every_generated_config() {
+    for kind in [
+        NetworkKind::VhostUser,
+        NetworkKind::Memif,
+        NetworkKind::Sriov,
+        NetworkKind::Kernel,
+    ] {
+        let mut s = spec(None, "10.3.0.0/24");
+        s.kind = kind;
+        let resource = s.device_resource(Some("heddle.dev/sriov_n3"));
+        for (name, key) in [("n3", "ns1/n3"), ("core", "core")] {
+            let config = cni_config(name, key, &s, 150, resource.as_deref());
+            let c = heddle_cni::config::NetConf::parse(config.to_string().as_bytes(), true)
+                .unwrap_or_else(|e| panic!("{config}: {e}"));
+            assert_eq!((c.network.as_str(), c.kind.name()), (key, kind.as_str()));
+            assert_eq!(c.resource_name, resource);
+        }
     }
 }
