@@ -218,11 +218,8 @@ def device_plugin_check(config_text):
                               capture_output=True, text=True)
 
 
-# ENABLE AFTER THE DEVICE PLUGIN MERGE: rename to test_rendered_device_plugin_config_passes_its_check
-# (pytest collects only test_* names). `heddle-manager device-plugin --check` arrives with the
-# device plugin branch; until then this is not collected.
 @pytest.mark.parametrize("values_set", VALUE_SETS)
-def enable_after_device_plugin_merge_rendered_device_plugin_config_passes_its_check(chart, values_set):
+def test_rendered_device_plugin_config_passes_its_check(chart, values_set):
     values = values_of(values_set)
     objects = objects_of(render(chart, values))
     for group in node_groups(values):
