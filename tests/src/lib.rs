@@ -101,6 +101,7 @@ pub mod env;
 pub mod kubelet;
 pub mod netns;
 pub mod podman;
+pub mod process;
 pub mod qemu;
 pub mod raw;
 pub mod stats;

@@ -145,27 +145,10 @@ impl SwitchProcess {
 
     /// Sends SIGTERM and waits (10 s at most) for a clean exit.
     pub fn stop(&mut self) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             bail!("heddle-switch already stopped");
         };
-        // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet (we
-        // hold its Child), so the PID cannot have been reused.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "heddle-switch did not stop within 10 s of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::process::terminate(child, "heddle-switch", || self.log())
     }
 }
 
