@@ -291,6 +291,7 @@ pub fn check_dir(conf: &NetConf, id: &str, dir: &Path) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::tests::conf;
     use heddle_kubelet_api::podresources::{ContainerDevices, ContainerResources, PodResources};
 
     fn key(c: &str, i: &str) -> AttachmentKey {
@@ -307,17 +308,6 @@ mod tests {
             device_id: device.map(Into::into),
             ..Default::default()
         }
-    }
-
-    fn conf(extra: &str) -> NetConf {
-        NetConf::parse(
-            format!(
-                r#"{{"cniVersion":"1.1.0","name":"n3","type":"heddle-cni","vlan":100{extra}}}"#
-            )
-            .as_bytes(),
-            true,
-        )
-        .unwrap()
     }
 
     #[test]

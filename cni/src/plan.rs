@@ -334,7 +334,7 @@ pub fn vhost_user_devargs(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::invocation::{CniArgs, Command};
 
@@ -351,7 +351,8 @@ mod tests {
         }
     }
 
-    fn conf(extra: &str) -> NetConf {
+    /// A network config `n3` on VLAN 100 with `extra` keys appended.
+    pub(crate) fn conf(extra: &str) -> NetConf {
         NetConf::parse(
             format!(
                 r#"{{"cniVersion":"1.1.0","name":"n3","type":"heddle-cni","vlan":100{extra}}}"#
