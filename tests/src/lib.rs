@@ -11,6 +11,7 @@
 //! - [`qemu`] has [`GuestImage`] / [`Guest`]: Linux guests in QEMU (Debian kernel, busybox
 //!   initramfs) whose virtio-net NIC is a vhost-user port of the switch; see its docs for
 //!   the QEMU pitfalls.
+//! - [`node_pod`] turns the chart's node DaemonSet into a pod podman runs from Heddle's image.
 //! - [`mod@env`] has `require_*` preconditions that fail with a fix-it sentence, polling helpers,
 //!   unique names and file prefixes, [`exclusive_cpus`].
 //!
@@ -95,6 +96,7 @@
 pub mod cni;
 pub mod env;
 pub mod netns;
+pub mod node_pod;
 pub mod podman;
 pub mod qemu;
 pub mod raw;
