@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-deploy/scripts/install-deps.sh
+deploy/scripts/install-deps.sh debootstrap   # debootstrap: the image's Debian 12 base (deploy/image/build.sh)
 deploy/scripts/hugepages.sh 3072   # switch and testpmd peers; QEMU guests use memfd RAM, no hugepages
 
 cargo fmt --all -- --check
@@ -14,4 +14,5 @@ cargo test --workspace --exclude heddle-tests
 # Integration tests start real DPDK processes on the two CPUs: one at a time.
 cargo build --workspace --bins
 deploy/scripts/podman-setup.sh   # podman + local busybox image for tests/tests/podman.rs
+deploy/image/build.sh            # localhost/heddle:<appVersion> for tests/tests/image.rs (no registry)
 cargo test -p heddle-tests -- --test-threads=1

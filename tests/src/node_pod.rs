@@ -322,7 +322,9 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
         .cloned()
         .collect::<Vec<_>>();
     if config_maps.len() != config_map_names.len() {
-        bail!("the pod uses ConfigMaps {config_map_names:?} but the objects hold only some of them");
+        bail!(
+            "the pod uses ConfigMaps {config_map_names:?} but the objects hold only some of them"
+        );
     }
     Ok(NodePod {
         pod,
@@ -434,8 +436,13 @@ mod tests {
         let hp = vols.iter().find(|v| v["name"] == "hugepages").unwrap();
         assert_eq!(hp["hostPath"]["path"], "/tmp/t/huge");
         let token = vols.iter().find(|v| v["name"] == "node-token").unwrap();
-        assert_eq!(token["hostPath"]["path"], "/tmp/t/secrets/heddle-node-token");
-        let mounts = container(&p.pod, "switch")["volumeMounts"].as_array().unwrap();
+        assert_eq!(
+            token["hostPath"]["path"],
+            "/tmp/t/secrets/heddle-node-token"
+        );
+        let mounts = container(&p.pod, "switch")["volumeMounts"]
+            .as_array()
+            .unwrap();
         for path in ["/run/heddle", "/tmp/t/run/heddle"] {
             assert!(
                 mounts
