@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 deploy/scripts/install-deps.sh debootstrap   # debootstrap: the image's Debian 12 base (deploy/image/build.sh)
 deploy/scripts/hugepages.sh 3072   # switch and testpmd peers; QEMU guests use memfd RAM, no hugepages
+deploy/scripts/install-py.sh       # venv for the chart tests: Helm's engine, kubernetes-validate
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -13,6 +14,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --exclude heddle-tests
 # Integration tests start real DPDK processes on the two CPUs: one at a time.
 cargo build --workspace --bins
+# The Helm chart, rendered by Helm's own engine; heddle-switch --check on its switch configs.
+deploy/helm/tests/run.sh
 deploy/scripts/podman-setup.sh   # podman + local busybox image for tests/tests/podman.rs
 deploy/image/build.sh            # localhost/heddle:<appVersion> for tests/tests/image.rs (no registry)
 cargo test -p heddle-tests -- --test-threads=1
