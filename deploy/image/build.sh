@@ -12,10 +12,10 @@
 #  3. The image carries a hash of the sources it was built from (label dev.heddle.source-hash);
 #     when the present image has the same hash, nothing is built.
 #
-# Cargo profile `image` (Cargo.toml): the release profile's fat LTO with one codegen unit
-# makes the four binaries take many times longer to link on a two-CPU machine, and this build
-# runs inside deploy/test.sh; the image profile keeps opt-level 3 with per-crate (thin-local)
-# LTO and parallel codegen.
+# Cargo profile `image` (Cargo.toml): the release profile's fat LTO with one codegen unit runs
+# each binary's whole optimisation and codegen on one CPU, and this build runs inside
+# deploy/test.sh on a fresh two-CPU machine; the image profile keeps opt-level 3 with per-crate
+# (thin-local) LTO and parallel codegen.
 #
 # Environment: HEDDLE_IMAGE (default localhost/heddle:<Chart appVersion or workspace version>),
 # HEDDLE_BASE_IMAGE, HEDDLE_DEBIAN_MIRROR (default http://deb.debian.org/debian),

@@ -154,8 +154,44 @@ pub fn yaml_documents(text: &str) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// The node DaemonSet hand-written in the chart's shape (`tests/src/testdata`).
-pub const HAND_WRITTEN_NODE_OBJECTS: &str = include_str!("testdata/node-daemonset.yaml");
+/// `deploy/helm/heddle` in this workspace.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/heddle")
+}
+
+/// Renders the chart with `values` (release `heddle`, namespace `heddle-system`) by Helm's own
+/// engine, the helm-python-sdk wheel in the venv of `deploy/scripts/install-py.sh`
+/// (`$HEDDLE_VENV`, default /opt/heddle/venv), as the chart's tests do; returns every object.
+pub fn render_chart(values: &Value) -> Result<Vec<Value>> {
+    const RENDER: &str = "import json, sys, helm_python\n\
+with helm_python.Chart.load(sys.argv[1]) as c:\n\
+    out = c.render(json.loads(sys.argv[2]), name='heddle', namespace='heddle-system')\n\
+for path in sorted(out):\n\
+    if not path.endswith('NOTES.txt'):\n\
+        print('---'); print(out[path])\n";
+    let venv = std::env::var_os("HEDDLE_VENV").unwrap_or_else(|| "/opt/heddle/venv".into());
+    let python = Path::new(&venv).join("bin/python");
+    if !python.is_file() {
+        bail!(
+            "{} is missing: run deploy/scripts/install-py.sh (Helm's engine for rendering the chart)",
+            python.display()
+        );
+    }
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(RENDER)
+        .arg(chart_dir())
+        .arg(values.to_string())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "rendering the chart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    yaml_documents(&String::from_utf8_lossy(&out.stdout))
+}
 
 /// Turns the first DaemonSet of `objects` into a Pod named `name` (see the module docs for
 /// every change), with the host's capability bounding set `cap_bnd`.
@@ -181,6 +217,19 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
         }
     }
 
+    // Volumes only left-out containers used go too (podman would still create them).
+    let used_volumes = |spec: &Value| -> Vec<String> {
+        ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+            .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+            .filter_map(|m| m["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let used = used_volumes(&spec);
+    if let Some(vols) = spec["volumes"].as_array_mut() {
+        vols.retain(|v| used.iter().any(|u| v["name"] == u.as_str()));
+    }
     // Volumes: (volume name, original host path, per-test path) of redirected host paths.
     let mut redirected: Vec<(String, String, PathBuf)> = vec![];
     let mut config_map_names = vec![];
@@ -222,24 +271,6 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
             config_map_names.push(cm.to_owned());
         }
     }
-    let used_volumes = |spec: &Value| -> Vec<String> {
-        ["initContainers", "containers"]
-            .iter()
-            .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
-            .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
-            .filter_map(|m| m["name"].as_str().map(str::to_owned))
-            .collect()
-    };
-    let used = used_volumes(&spec);
-    if let Some(vols) = spec["volumes"].as_array_mut() {
-        // Volumes only left-out containers used (podman would still create them).
-        vols.retain(|v| used.iter().any(|u| v["name"] == u.as_str()));
-    }
-    config_map_names.retain(|n| {
-        spec["volumes"]
-            .as_array()
-            .is_some_and(|vs| vs.iter().any(|v| v["configMap"]["name"] == n.as_str()))
-    });
 
     let node = node_name();
     for key in ["initContainers", "containers"] {
@@ -393,8 +424,11 @@ impl Drop for Hugetlbfs {
 mod tests {
     use super::*;
 
+    /// A node DaemonSet in the chart's shape, so these tests need no Helm engine.
+    const NODE_OBJECTS: &str = include_str!("testdata/node-daemonset.yaml");
+
     fn objects() -> Vec<Value> {
-        yaml_documents(HAND_WRITTEN_NODE_OBJECTS).unwrap()
+        yaml_documents(NODE_OBJECTS).unwrap()
     }
 
     fn dirs() -> HostDirs {

@@ -1,5 +1,5 @@
 //! Heddle's image (`deploy/image/build.sh`) running the chart's node pod under podman: the
-//! DaemonSet's pod template becomes a Pod for `podman kube play` (changes listed in
+//! chart is rendered with its defaults by Helm's own engine, and the node DaemonSet's pod template becomes a Pod for `podman kube play` (changes listed in
 //! `heddle_tests::node_pod`; the node-agent and device-plugin containers need a Kubernetes API
 //! server and a kubelet and are left out), every host path pointed at the test's own
 //! directories. The install-cni init container puts heddle-cni and heddle-ipam into the test's
@@ -7,8 +7,8 @@
 //! attaches two vhost-user pods (dpdk-testpmd virtio-user peers) to one VLAN of the switch
 //! container, traffic passes, and DEL plus the pod's removal leave nothing behind.
 //!
-//! Needs root, about 800 MiB of free 2 MiB hugepages, dpdk-testpmd, openssl, and what
-//! `deploy/scripts/podman-setup.sh` installs; the test runs that script and
+//! Needs root, about 800 MiB of free 2 MiB hugepages, dpdk-testpmd, openssl, the venv of
+//! `deploy/scripts/install-py.sh` (Helm's engine), and what `deploy/scripts/podman-setup.sh` installs; the test runs that script and
 //! `deploy/image/build.sh` itself (both idempotent: seconds when everything is in place, the
 //! first image build takes minutes).
 
@@ -21,8 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 use heddle_api::Client;
 use heddle_tests::cni::CniPlugin;
 use heddle_tests::node_pod::{
-    bounding_set, node_pod, require_image, yaml_documents, HostDirs, Hugetlbfs,
-    HAND_WRITTEN_NODE_OBJECTS, HEDDLE_IMAGE,
+    bounding_set, node_pod, render_chart, require_image, HostDirs, Hugetlbfs, HEDDLE_IMAGE,
 };
 use heddle_tests::podman::{require_podman, Podman};
 use heddle_tests::{
@@ -141,7 +140,8 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
         .local_addr()?
         .port();
 
-    let objects = yaml_documents(HAND_WRITTEN_NODE_OBJECTS)?;
+    // The chart's defaults, rendered by Helm's engine: one node group, "default".
+    let objects = render_chart(&json!({}))?;
     let host = HostDirs {
         paths: vec![
             ("/opt/cni/bin".into(), cni_bin.clone()),
