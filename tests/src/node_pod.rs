@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn left_out_containers_go_and_missing_capabilities_are_dropped() {
-        let without_sys_resource = u64::MAX & !(1 << 24);
+        let without_sys_resource = !(1u64 << 24);
         let p = node_pod(&objects(), "p", &dirs(), without_sys_resource).unwrap();
         let names: Vec<_> = p.pod["spec"]["containers"]
             .as_array()

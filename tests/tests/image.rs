@@ -140,8 +140,9 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
         .local_addr()?
         .port();
 
-    // The chart's defaults, rendered by Helm's engine: one node group, "default".
-    let objects = render_chart(&json!({}))?;
+    // The chart's defaults, rendered by Helm's engine (one node group, "default"), with the
+    // PMD core as a CPU list: this machine has no kubelet static CPU manager to pick it.
+    let objects = render_chart(&json!({"switch": {"cores": {"pmd": [1]}}}))?;
     let host = HostDirs {
         paths: vec![
             ("/opt/cni/bin".into(), cni_bin.clone()),
