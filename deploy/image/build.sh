@@ -22,6 +22,9 @@
 # CONTAINERS_CONF (default /etc/heddle/podman/containers.conf, from deploy/scripts/podman-setup.sh),
 # HEDDLE_IMAGE_FORCE=1 rebuilds even when the hash matches.
 set -euo pipefail
+
+# All in one function, read whole before it runs: editing this file during a build is safe.
+main() {
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
@@ -132,3 +135,7 @@ if ! nice -n 10 podman build \
 fi
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 log "built $IMAGE in $((SECONDS - t0)) s: $((size / 1024 / 1024)) MiB"
+}
+
+main "$@"
+exit
