@@ -122,9 +122,10 @@ if ! nice -n 10 podman build \
     --ignorefile deploy/image/containerignore \
     --build-arg BASE="$BASE" \
     --build-arg RUST_TOOLCHAIN="$toolchain" \
-    --build-arg VERSION="$version" \
-    --build-arg REVISION="$revision" \
-    --build-arg SOURCE_HASH="$hash" \
+    --label org.opencontainers.image.version="$version" \
+    --label org.opencontainers.image.revision="$revision" \
+    --label org.opencontainers.image.created="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    --label dev.heddle.source-hash="$hash" \
     -v "$RUSTUP_DIR:/opt/rust/rustup:ro" \
     -v "$CARGO_BIN:/opt/rust/cargo-bin:ro" \
     -v "$CACHE/cargo:/cache/cargo" \

@@ -14,9 +14,12 @@
 //! - an `emptyDir` of `medium: HugePages-<size>` (the kubelet mounts a hugetlbfs per pod)
 //!   becomes a `hostPath` to a hugetlbfs the test mounted ([`Hugetlbfs`]);
 //! - a `secret` volume becomes a `hostPath` to `<HostDirs::secrets>/<secretName>` holding the
-//!   files the kubelet would project;
+//!   files the kubelet would project; a `configMap` volume a `hostPath` to its keys written as
+//!   files ([`NodePod::files`]), and a `subPath` mount of one (podman 4.3 ignores `subPath`) a
+//!   mount of that one file;
 //! - capabilities the host's bounding set lacks are dropped from `add` (runc cannot grant
 //!   them);
+//! - init containers are of podman's type "always" (4.3's "once" races its own removal);
 //! - `fieldRef: spec.nodeName` becomes the host name; the environment the kubelet gives every
 //!   container (`KUBERNETES_SERVICE_HOST`/`_PORT`) is added when the test names it;
 //! - containers that need a Kubernetes API server or a kubelet are left out by name.
@@ -63,6 +66,8 @@ pub struct HostDirs {
     pub hugepages: Option<PathBuf>,
     /// Holds one directory per Secret name with its files.
     pub secrets: Option<PathBuf>,
+    /// Where the ConfigMaps' keys are written, one directory per ConfigMap.
+    pub config_maps: Option<PathBuf>,
     /// Environment the kubelet would give every container.
     pub kubelet_env: Vec<(String, String)>,
     /// Containers (or init containers) to leave out, by name.
@@ -74,8 +79,9 @@ pub struct HostDirs {
 pub struct NodePod {
     /// The Pod.
     pub pod: Value,
-    /// ConfigMaps the Pod's `configMap` volumes use (`podman kube play --configmap`).
-    pub config_maps: Vec<Value>,
+    /// Files the caller must write before `podman kube play`: the keys of the ConfigMaps the
+    /// Pod mounts, under [`HostDirs::config_maps`].
+    pub files: Vec<(PathBuf, String)>,
     /// What was changed from the template, one sentence each.
     pub adaptations: Vec<String>,
 }
@@ -163,12 +169,15 @@ pub fn chart_dir() -> PathBuf {
 /// engine, the helm-python-sdk wheel in the venv of `deploy/scripts/install-py.sh`
 /// (`$HEDDLE_VENV`, default /opt/heddle/venv), as the chart's tests do; returns every object.
 pub fn render_chart(values: &Value) -> Result<Vec<Value>> {
-    const RENDER: &str = "import json, sys, helm_python\n\
-with helm_python.Chart.load(sys.argv[1]) as c:\n\
-    out = c.render(json.loads(sys.argv[2]), name='heddle', namespace='heddle-system')\n\
-for path in sorted(out):\n\
-    if not path.endswith('NOTES.txt'):\n\
-        print('---'); print(out[path])\n";
+    const RENDER: &str = r#"
+import json, sys, helm_python
+with helm_python.Chart.load(sys.argv[1]) as c:
+    out = c.render(json.loads(sys.argv[2]), name="heddle", namespace="heddle-system")
+for path in sorted(out):
+    if not path.endswith("NOTES.txt"):
+        print("---")
+        print(out[path])
+"#;
     let venv = std::env::var_os("HEDDLE_VENV").unwrap_or_else(|| "/opt/heddle/venv".into());
     let python = Path::new(&venv).join("bin/python");
     if !python.is_file() {
@@ -232,7 +241,9 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
     }
     // Volumes: (volume name, original host path, per-test path) of redirected host paths.
     let mut redirected: Vec<(String, String, PathBuf)> = vec![];
-    let mut config_map_names = vec![];
+    // configMap volumes: (volume name, directory of its files).
+    let mut config_dirs: Vec<(String, PathBuf)> = vec![];
+    let mut files = vec![];
     for vol in spec["volumes"].as_array_mut().into_iter().flatten() {
         let vname = vol["name"].as_str().unwrap_or_default().to_owned();
         if let Some(p) = vol["hostPath"]["path"].as_str().map(str::to_owned) {
@@ -267,12 +278,32 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
             let to = root.join(&secret);
             notes.push(format!("secret {secret} -> hostPath {}", to.display()));
             *vol = json!({"name": vname, "hostPath": {"path": to, "type": "Directory"}});
-        } else if let Some(cm) = vol["configMap"]["name"].as_str() {
-            config_map_names.push(cm.to_owned());
+        } else if let Some(cm) = vol["configMap"]["name"].as_str().map(str::to_owned) {
+            let root = host
+                .config_maps
+                .as_ref()
+                .context("the pod mounts a ConfigMap: set HostDirs::config_maps")?;
+            let obj = objects
+                .iter()
+                .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == cm.as_str())
+                .with_context(|| {
+                    format!("the pod mounts ConfigMap {cm}, which is not among the objects")
+                })?;
+            let to = root.join(&cm);
+            for (key, value) in obj["data"].as_object().into_iter().flatten() {
+                files.push((to.join(key), value.as_str().unwrap_or_default().to_owned()));
+            }
+            notes.push(format!(
+                "configMap {cm} -> hostPath {} (its keys as files, as the kubelet projects them)",
+                to.display()
+            ));
+            *vol = json!({"name": vname, "hostPath": {"path": to, "type": "Directory"}});
+            config_dirs.push((vname, to));
         }
     }
 
     let node = node_name();
+    let mut new_volumes = vec![];
     for key in ["initContainers", "containers"] {
         for c in spec[key].as_array_mut().into_iter().flatten() {
             let cname = c["name"].as_str().unwrap_or_default().to_owned();
@@ -291,6 +322,24 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
             }
             if let Some(mounts) = c["volumeMounts"].as_array_mut() {
                 mounts.extend(extra);
+                // podman 4.3 ignores subPath: mount the one file instead.
+                for m in mounts.iter_mut() {
+                    let Some(sub) = m["subPath"].as_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    let Some((vname, dir)) =
+                        config_dirs.iter().find(|(v, _)| m["name"] == v.as_str())
+                    else {
+                        bail!("{cname}: subPath {sub} of a volume that is not a ConfigMap: podman 4.3 cannot mount it");
+                    };
+                    let file_vol = format!("{vname}-{}", sub.replace(['.', '/', '_'], "-"));
+                    notes.push(format!(
+                        "{cname}: subPath {sub} of {vname} -> its own file volume {file_vol}"
+                    ));
+                    new_volumes.push(json!({"name": file_vol, "hostPath": {"path": dir.join(&sub), "type": "File"}}));
+                    let (path, ro) = (m["mountPath"].clone(), m["readOnly"].clone());
+                    *m = json!({"name": file_vol, "mountPath": path, "readOnly": ro.as_bool().unwrap_or(false)});
+                }
             }
             // Capabilities runc cannot grant here.
             if let Some(add) = c["securityContext"]["capabilities"]["add"].as_array_mut() {
@@ -332,34 +381,28 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
         }
     }
 
+    if let Some(vols) = spec["volumes"].as_array_mut() {
+        vols.extend(new_volumes);
+    }
     let mut labels = template["metadata"]["labels"].clone();
     if labels.is_null() {
         labels = json!({});
     }
+    // podman 4.3 removes a run-once init container while it may still be running and then
+    // fails; "always" keeps it (it still runs to completion before the other containers).
+    notes.push(
+        "init containers of podman type \"always\" (4.3's \"once\" races its own removal)".into(),
+    );
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "labels": labels,
+            "annotations": {"io.podman.annotations.init.container.type": "always"}},
         "spec": spec,
     });
-    let config_maps = objects
-        .iter()
-        .filter(|o| {
-            o["kind"] == "ConfigMap"
-                && config_map_names
-                    .iter()
-                    .any(|n| o["metadata"]["name"] == n.as_str())
-        })
-        .cloned()
-        .collect::<Vec<_>>();
-    if config_maps.len() != config_map_names.len() {
-        bail!(
-            "the pod uses ConfigMaps {config_map_names:?} but the objects hold only some of them"
-        );
-    }
     Ok(NodePod {
         pod,
-        config_maps,
+        files,
         adaptations: notes,
     })
 }
@@ -445,6 +488,7 @@ mod tests {
             .collect(),
             hugepages: Some("/tmp/t/huge".into()),
             secrets: Some("/tmp/t/secrets".into()),
+            config_maps: Some("/tmp/t/cm".into()),
             kubelet_env: vec![("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into())],
             leave_out: vec!["node-agent".into()],
         }
@@ -485,8 +529,16 @@ mod tests {
                 "{path}: {mounts:?}"
             );
         }
-        assert_eq!(p.config_maps.len(), 1);
-        assert_eq!(p.config_maps[0]["metadata"]["name"], "heddle-node-default");
+        let (file, text) = &p.files[0];
+        assert_eq!(file, Path::new("/tmp/t/cm/heddle-node-default/switch.yaml"));
+        assert!(text.contains("socket: /run/heddle/switch.sock"), "{text}");
+        let config = mounts
+            .iter()
+            .find(|m| m["mountPath"] == "/etc/heddle/switch.yaml")
+            .unwrap();
+        assert!(config.get("subPath").is_none(), "{config}");
+        let vol = vols.iter().find(|v| v["name"] == config["name"]).unwrap();
+        assert_eq!(vol["hostPath"], json!({"path": file, "type": "File"}));
     }
 
     #[test]

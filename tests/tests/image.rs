@@ -153,6 +153,7 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
         ],
         hugepages: Some(huge.path().to_owned()),
         secrets: Some(secrets),
+        config_maps: Some(d.join("config-maps")),
         kubelet_env: vec![
             ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
             ("KUBERNETES_SERVICE_PORT".into(), api_port.to_string()),
@@ -176,14 +177,10 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
     }
     let pod_file = d.join("pod.yaml");
     std::fs::write(&pod_file, serde_yaml::to_string(&node.pod)?)?;
-    let mut play = vec!["kube".to_owned(), "play".to_owned()];
-    for (i, cm) in node.config_maps.iter().enumerate() {
-        let f = d.join(format!("configmap-{i}.yaml"));
-        std::fs::write(&f, serde_yaml::to_string(cm)?)?;
-        play.extend(["--configmap".to_owned(), f.display().to_string()]);
+    for (file, text) in &node.files {
+        std::fs::create_dir_all(file.parent().context("file in a directory")?)?;
+        std::fs::write(file, text)?;
     }
-    play.push(pod_file.display().to_string());
-
     let podman_cni = sub("podman-cni")?;
     let podman = Podman::new(d, &podman_cni, &[&cni_bin])?;
     let mut pod = PodGuard {
@@ -191,8 +188,7 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
         name: name.clone(),
         removed: false,
     };
-    let play: Vec<&str> = play.iter().map(String::as_str).collect();
-    podman.run(&play)?;
+    podman.run(&["kube", "play", &pod_file.display().to_string()])?;
     eprintln!("pod {name} started {:?} into the test", started.elapsed());
 
     // The switch container's API on the shared socket root.
@@ -266,7 +262,7 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
         "ADD",
         "ipam-probe",
         "net1",
-        "",
+        "/run/netns/none",
         &json!({"cniVersion": "1.0.0", "name": "red", "ipam": {"type": "heddle-ipam",
             "network": "red", "namespace": "tenant-a", "kubeconfig": kubeconfig}}),
     )?;
