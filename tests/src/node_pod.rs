@@ -19,7 +19,8 @@
 //!   mount of that one file;
 //! - capabilities the host's bounding set lacks are dropped from `add` (runc cannot grant
 //!   them);
-//! - init containers are of podman's type "always" (4.3's "once" races its own removal);
+//! - init containers run first as a pod of their own (`restartPolicy: Never`), then the pod
+//!   without them: podman 4.3's init containers stall `kube play` for 20 s on a lock;
 //! - `fieldRef: spec.nodeName` becomes the host name; the environment the kubelet gives every
 //!   container (`KUBERNETES_SERVICE_HOST`/`_PORT`) is added when the test names it;
 //! - containers that need a Kubernetes API server or a kubelet are left out by name.
@@ -79,6 +80,9 @@ pub struct HostDirs {
 pub struct NodePod {
     /// The Pod.
     pub pod: Value,
+    /// The template's init containers as a pod of their own (`restartPolicy: Never`), to run
+    /// to completion before [`NodePod::pod`].
+    pub init_pod: Option<Value>,
     /// Files the caller must write before `podman kube play`: the keys of the ConfigMaps the
     /// Pod mounts, under [`HostDirs::config_maps`].
     pub files: Vec<(PathBuf, String)>,
@@ -388,20 +392,37 @@ pub fn node_pod(objects: &[Value], name: &str, host: &HostDirs, cap_bnd: u64) ->
     if labels.is_null() {
         labels = json!({});
     }
-    // podman 4.3 removes a run-once init container while it may still be running and then
-    // fails; "always" keeps it (it still runs to completion before the other containers).
-    notes.push(
-        "init containers of podman type \"always\" (4.3's \"once\" races its own removal)".into(),
-    );
+    // podman 4.3's init containers stall `kube play` for 20 s (the container's cleanup waits
+    // for a lock kube play holds) or, as "once", fail to remove themselves: they run first as
+    // a pod of their own that exits, then the pod without them.
+    let init = spec
+        .as_object_mut()
+        .and_then(|o| o.remove("initContainers"))
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    let init_pod = (!init.is_empty()).then(|| {
+        notes.push(format!(
+            "init containers run as pod {name}-init (restartPolicy Never) before the pod: podman 4.3's init containers stall kube play"
+        ));
+        let mut s = spec.clone();
+        s["containers"] = Value::Array(init);
+        s["restartPolicy"] = json!("Never");
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": format!("{name}-init"), "labels": labels.clone()},
+            "spec": s,
+        })
+    });
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": labels,
-            "annotations": {"io.podman.annotations.init.container.type": "always"}},
+        "metadata": {"name": name, "labels": labels},
         "spec": spec,
     });
     Ok(NodePod {
         pod,
+        init_pod,
         files,
         adaptations: notes,
     })
@@ -495,9 +516,10 @@ mod tests {
     }
 
     fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
-        ["initContainers", "containers"]
+        pod["spec"]["containers"]
+            .as_array()
+            .unwrap()
             .iter()
-            .flat_map(|k| pod["spec"][*k].as_array().unwrap().iter())
             .find(|c| c["name"] == name)
             .unwrap()
     }
@@ -562,7 +584,10 @@ mod tests {
         assert_eq!(names, ["switch"]);
         let add = &container(&p.pod, "switch")["securityContext"]["capabilities"]["add"];
         assert_eq!(add, &json!(["IPC_LOCK", "NET_ADMIN", "NET_RAW"]));
-        let env = container(&p.pod, "install-cni")["env"].as_array().unwrap();
+        assert!(p.pod["spec"].get("initContainers").is_none());
+        let init = p.init_pod.as_ref().unwrap();
+        assert_eq!(init["spec"]["restartPolicy"], "Never");
+        let env = container(init, "install-cni")["env"].as_array().unwrap();
         assert!(env
             .iter()
             .any(|e| e["name"] == "KUBERNETES_SERVICE_HOST" && e["value"] == "127.0.0.1"));
