@@ -52,7 +52,10 @@ toolchain=$("$CARGO_BIN/rustup" show active-toolchain | awk '{print $1}')
 rustc_version=$("$CARGO_BIN/rustc" -V)
 
 # --- 1. base image ------------------------------------------------------------------------
-if podman image exists "$BASE"; then
+# The recipe's version: a base made by an older recipe is made again.
+BASE_RECIPE=2
+if podman image exists "$BASE" \
+    && [[ "$(podman image inspect --format '{{index .Labels "dev.heddle.base-recipe"}}' "$BASE")" == "$BASE_RECIPE" ]]; then
     log "base image $BASE present"
 else
     command -v debootstrap >/dev/null \
@@ -61,22 +64,42 @@ else
     work=$(mktemp -d /var/tmp/heddle-debootstrap.XXXXXX)
     trap 'rm -rf "$work"' EXIT
     log "debootstrap --variant=minbase bookworm from $MIRROR (once)"
-    if ! debootstrap --variant=minbase --components=main bookworm "$work/rootfs" "$MIRROR" \
-        >"$work/debootstrap.log" 2>&1; then
+    # Two tries: a mirror being updated serves index files that fail validation for a while.
+    local try
+    for try in 1 2; do
+        rm -rf "$work/rootfs"
+        debootstrap --variant=minbase --components=main bookworm "$work/rootfs" "$MIRROR" \
+            >"$work/debootstrap.log" 2>&1 && break
         tail -20 "$work/debootstrap.log" >&2
-        die "debootstrap failed (log above): check that $MIRROR is reachable or set HEDDLE_DEBIAN_MIRROR to a Debian mirror"
-    fi
+        [[ $try == 2 ]] \
+            && die "debootstrap failed twice (log above): check that $MIRROR is reachable or set HEDDLE_DEBIAN_MIRROR to another Debian mirror"
+        log "debootstrap failed; trying again in 30 s"
+        sleep 30
+    done
     cat >"$work/rootfs/etc/apt/sources.list" <<SOURCES
 deb $MIRROR bookworm main
 deb $MIRROR bookworm-updates main
 deb ${MIRROR%/debian}/debian-security bookworm-security main
 SOURCES
-    rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"* \
+    # Like Debian's slim images: no documentation, manual pages or translations (the
+    # copyright files stay), now and for every package installed later.
+    cat >"$work/rootfs/etc/dpkg/dpkg.cfg.d/heddle-slim" <<'SLIM'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+SLIM
+    find "$work/rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+    rm -rf "$work/rootfs/usr/share/man/"* "$work/rootfs/usr/share/info/"* \
+        "$work/rootfs/usr/share/locale/"* \
+        "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"* \
         "$work/rootfs/var/log/"*.log "$work/rootfs/var/log/apt"
     tar --numeric-owner -C "$work/rootfs" -cf "$work/rootfs.tar" .
     podman import -q \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'CMD ["/bin/bash"]' \
+        --change "LABEL dev.heddle.base-recipe=$BASE_RECIPE" \
         "$work/rootfs.tar" "$BASE" >/dev/null
     rm -rf "$work"
     trap - EXIT
