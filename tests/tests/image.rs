@@ -193,7 +193,7 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
     };
     eprintln!("preconditions and setup: {:?}", started.elapsed());
     let t = Instant::now();
-    // The init containers' pod runs to completion first, exit code 0 each.
+    // The init container's pod runs to completion first, with exit code 0.
     let init_pod = node
         .init_pod
         .as_ref()
