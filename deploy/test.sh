@@ -17,5 +17,7 @@ cargo build --workspace --bins
 # The Helm chart, rendered by Helm's own engine; heddle-switch --check on its switch configs.
 deploy/helm/tests/run.sh
 deploy/scripts/podman-setup.sh   # podman + local busybox image for tests/tests/podman.rs
-deploy/image/build.sh            # localhost/heddle:<appVersion> for tests/tests/image.rs (no registry)
+# localhost/heddle:<appVersion> for tests/tests/image.rs (no registry). A failed build does not
+# stop the suite: the image tests rerun build.sh and fail with its message.
+deploy/image/build.sh || echo "test.sh: deploy/image/build.sh failed (above); the image tests will fail with its message" >&2
 cargo test -p heddle-tests -- --test-threads=1
