@@ -400,8 +400,8 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
 }
 
 #[test]
-fn install_cni_without_a_token_installs_the_plugins_and_says_it_wrote_no_kubeconfig() -> Result<()>
-{
+fn install_cni_without_a_token_installs_the_plugins_writes_no_kubeconfig_and_refuses_a_missing_bin_dir(
+) -> Result<()> {
     heddle_tests::require_root()?;
     require_podman()?;
     require_image()?;
