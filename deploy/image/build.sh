@@ -107,11 +107,12 @@ SLIM
 fi
 
 # --- 2. source hash ------------------------------------------------------------------------
-# Everything the binaries are built from (tracked and new files, ignoring .gitignore'd ones),
-# plus the toolchain: the same hash means the same image.
+# Everything the binaries are built from (tracked and new files, ignoring .gitignore'd ones;
+# not the Markdown), plus the toolchain: the same hash means the same image.
+local SOURCES=(Cargo.toml Cargo.lock ffi dataplane cni manager hugepages deploy/image ':(exclude)*.md')
 hash=$( {
     echo "$rustc_version $toolchain $BASE $(podman image inspect --format '{{.Id}}' "$BASE")"
-    git ls-files -z -co --exclude-standard -- Cargo.toml Cargo.lock ffi dataplane cni manager hugepages deploy/image \
+    git ls-files -z -co --exclude-standard -- "${SOURCES[@]}" \
         | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-16)
 
@@ -122,7 +123,7 @@ if [[ "${HEDDLE_IMAGE_FORCE:-0}" != 1 ]] && podman image exists "$IMAGE" \
 fi
 
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-[[ -z "$(git status --porcelain -- Cargo.toml Cargo.lock ffi dataplane cni manager hugepages deploy/image 2>/dev/null)" ]] \
+[[ -z "$(git status --porcelain -- "${SOURCES[@]}" 2>/dev/null)" ]] \
     || revision="$revision-dirty"
 
 # --- 3. build ------------------------------------------------------------------------------
