@@ -16,4 +16,5 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     echo "run.sh: no venv at $VENV: run deploy/scripts/install-py.sh first" >&2
     exit 1
 fi
+export PYTHONDONTWRITEBYTECODE=1
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider -q deploy/helm/tests "$@"

@@ -260,13 +260,14 @@ def test_every_node_pod_is_guaranteed_qos_with_whole_cpus_for_the_switch(chart, 
         cpu = container(pod, "switch")["resources"]["limits"]["cpu"]
         assert re.fullmatch(r"[1-9][0-9]*", str(cpu)), f"{values_set}/{group['name']}: the switch asks for whole CPUs ({cpu})"
         pmd = yaml.safe_load(cm["data"]["switch.yaml"])["cores"]["pmd"]
-        if isinstance(pmd, int):
-            assert int(cpu) == pmd + 1, f"{values_set}/{group['name']}: cpu {cpu} = cores.pmd {pmd} + 1 control CPU"
-        elif isinstance(pmd, list):
-            assert int(cpu) >= len(pmd) + 1, f"{values_set}/{group['name']}: cpu {cpu} >= {len(pmd)} listed PMD CPUs + 1"
+        given = group.get("cpus") or values.get("node", {}).get("cpus")
+        need = {int: lambda: pmd + 1, list: lambda: len(pmd) + 1}.get(type(pmd), lambda: None)()
+        where = f"{values_set}/{group['name']}"
+        if given:
+            assert int(cpu) == given, f"{where}: the switch asks for the cpus the values give ({given}), got {cpu}"
+            assert need is None or given >= need, f"{where}: cpus {given} covers cores.pmd {pmd} + 1 control CPU"
         else:
-            assert pmd == "auto" and int(cpu) == group.get("cpus", values.get("node", {}).get("cpus")), (
-                f"{values_set}/{group['name']}: with pmd auto the group's cpus ({cpu}) is what the switch asks for")
+            assert need is not None and int(cpu) == need, f"{where}: cpu {cpu} = PMD CPUs of cores.pmd {pmd} + 1 control CPU"
 
 
 @pytest.mark.parametrize("values_set", VALUE_SETS)
