@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-deploy/scripts/install-deps.sh
+deploy/scripts/install-deps.sh debootstrap   # debootstrap: the image's Debian 12 base (deploy/image/build.sh)
 deploy/scripts/hugepages.sh 3072   # switch and testpmd peers; QEMU guests use memfd RAM, no hugepages
 deploy/scripts/install-py.sh       # venv for the chart tests: Helm's engine, kubernetes-validate
 
@@ -17,4 +17,7 @@ cargo build --workspace --bins
 # The Helm chart, rendered by Helm's own engine; heddle-switch --check on its switch configs.
 deploy/helm/tests/run.sh
 deploy/scripts/podman-setup.sh   # podman + local busybox image for tests/tests/podman.rs
+# localhost/heddle:<appVersion> for tests/tests/image.rs (no registry). A failed build does not
+# stop the suite: the image tests rerun build.sh and fail with its message.
+deploy/image/build.sh || echo "test.sh: deploy/image/build.sh failed (above); the image tests will fail with its message" >&2
 cargo test -p heddle-tests -- --test-threads=1

@@ -3,6 +3,7 @@
 # (tests/tests/podman.rs) and for trying heddle-cni by hand. Idempotent; run as root.
 #
 # - installs, only when missing: podman runc busybox-static iptables containernetworking-plugins jq
+#   catatonit (the pause process of a pod's infra container: `podman kube play`, tests/tests/image.rs)
 # - writes Heddle's own podman config, $HEDDLE_PODMAN_CONF (default
 #   /etc/heddle/podman/containers.conf): CNI backend, runc, cgroupfs, file events, ulimits
 #   the runtime can set without CAP_SYS_RESOURCE. /etc/containers is never touched: use it
@@ -17,7 +18,7 @@ set -euo pipefail
 
 CONF=${HEDDLE_PODMAN_CONF:-/etc/heddle/podman/containers.conf}
 IMAGE=${HEDDLE_PODMAN_IMAGE:-localhost/heddle-busybox:latest}
-PACKAGES=(podman runc busybox-static iptables containernetworking-plugins jq)
+PACKAGES=(podman runc busybox-static iptables containernetworking-plugins jq catatonit)
 
 log() { echo "podman-setup.sh: $*"; }
 
