@@ -72,7 +72,7 @@ pub struct VhostDevice {
     vrings: Vec<Vring>,
     /// This connection read the queue-pair count (`GET_QUEUE_NUM`).
     queue_num_read: bool,
-    /// This connection started setting up the device (memory table or a vring).
+    /// This connection sent a memory table (what a frontend does once it starts the device).
     setup_started: bool,
     /// The most queue pairs a vring index of this connection implied, beyond what the port
     /// offers.
@@ -89,8 +89,10 @@ pub enum QueueMismatch {
         /// Queue pairs the port offers.
         offered: u16,
     },
-    /// It read the queue-pair count and left before setting anything up (QEMU does this
-    /// when its `queues=` is larger; the count it wanted is not sent).
+    /// It read the queue-pair count and left before sending a memory table (QEMU does this
+    /// when its `queues=` is larger; the count it wanted is not sent). Only meaningful for a
+    /// short connection: a frontend that waits long before starting the device and is then
+    /// stopped looks the same.
     LeftAfterCount {
         /// Queue pairs the port offers.
         offered: u16,
@@ -150,7 +152,6 @@ impl VhostDevice {
     }
 
     fn vring(&mut self, index: u32) -> Result<&mut Vring> {
-        self.setup_started = true;
         if index as usize >= self.vrings.len() && index < 2 * u32::from(super::port::MAX_PAIRS) {
             self.pairs_wanted = self.pairs_wanted.max((index / 2 + 1) as u16);
         }

@@ -460,7 +460,10 @@ impl Worker {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mismatch = {
             let mut device = self.lock_device();
-            let m = device.queue_mismatch();
+            let m = device.queue_mismatch().filter(|m| {
+                matches!(m, super::device::QueueMismatch::Asked { .. })
+                    || began.elapsed() < SHORT_CONNECTION
+            });
             device.reset();
             m
         };
