@@ -107,7 +107,8 @@ fn removing_a_port_under_a_stalled_worker_returns_and_frees_only_after_the_worke
         mac: None,
         queues: None,
     };
-    ctl.add_port(spec.clone(), PortOrigin::Api).expect("port added");
+    ctl.add_port(spec.clone(), PortOrigin::Api)
+        .expect("port added");
     assert!(sock.exists());
     park_tx.send(()).unwrap();
     assert!(
@@ -155,7 +156,10 @@ fn removing_a_port_under_a_stalled_worker_returns_and_frees_only_after_the_worke
     );
     assert_eq!(ctl.stats().removing, vec!["p".to_owned()]);
     assert!(
-        log.text().matches("still have not finished their burst").count() >= 2,
+        log.text()
+            .matches("still have not finished their burst")
+            .count()
+            >= 2,
         "reported periodically: {}",
         log.text()
     );
@@ -168,7 +172,10 @@ fn removing_a_port_under_a_stalled_worker_returns_and_frees_only_after_the_worke
         std::thread::sleep(Duration::from_millis(5));
         ctl.tick();
     }
-    assert!(!sock.exists(), "the port's socket is removed once it is freed");
+    assert!(
+        !sock.exists(),
+        "the port's socket is removed once it is freed"
+    );
     assert_eq!(ctl.stats().pmd[0].stalls, 1);
     ctl.add_port(spec, PortOrigin::Api)
         .expect("the name is free again");

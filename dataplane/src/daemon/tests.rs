@@ -50,7 +50,10 @@ fn mappings_of(ino: u64) -> usize {
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
     maps.lines()
         .filter(|l| {
-            l.split_whitespace().nth(4).and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+            l.split_whitespace()
+                .nth(4)
+                .and_then(|i| i.parse::<u64>().ok())
+                == Some(ino)
                 && l.contains("memfd:")
         })
         .count()
@@ -124,7 +127,11 @@ fn a_new_memory_table_waits_for_a_worker_parked_in_a_burst_and_reports_the_stall
         assert_eq!(d.running_pairs(), 0, "only the TX ring runs");
     }
     assert!(rings.slot(1).unwrap().is_active());
-    assert_eq!(mappings_of(old_ino), 2, "the driver's and the switch's mapping");
+    assert_eq!(
+        mappings_of(old_ino),
+        2,
+        "the driver's and the switch's mapping"
+    );
     driver.post_tx(&[0xab; 60], TxLayout::Joined).unwrap();
 
     // A worker, as `worker::run` does it: acknowledge the generation, then poll.
@@ -195,17 +202,28 @@ fn a_new_memory_table_waits_for_a_worker_parked_in_a_burst_and_reports_the_stall
     // counted and logged (several report intervals pass).
     let deadline = Instant::now() + Duration::from_secs(10);
     while shared.stalls[0].0.load(Ordering::Relaxed) == 0 || !log.text().contains("[0]") {
-        assert!(Instant::now() < deadline, "stall never reported: {}", log.text());
+        assert!(
+            Instant::now() < deadline,
+            "stall never reported: {}",
+            log.text()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!done.load(Ordering::Acquire), "the swap returned under a parked worker");
+    assert!(
+        !done.load(Ordering::Acquire),
+        "the swap returned under a parked worker"
+    );
     assert_eq!(
         mappings_of(old_ino),
         2,
         "the old memory table was unmapped under a parked worker"
     );
-    assert_eq!(shared.stalls[0].0.load(Ordering::Relaxed), 1, "one stall, counted once");
+    assert_eq!(
+        shared.stalls[0].0.load(Ordering::Relaxed),
+        1,
+        "one stall, counted once"
+    );
     let text = log.text();
     assert!(
         text.contains("WARN") && text.contains("PMD worker(s) [0] have not finished their burst"),
@@ -225,7 +243,11 @@ fn a_new_memory_table_waits_for_a_worker_parked_in_a_burst_and_reports_the_stall
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
     assert!(after_release < Duration::from_secs(2), "{after_release:?}");
     assert_eq!(mappings_of(old_ino), 1, "only the driver's mapping is left");
-    assert_eq!(frames.load(Ordering::Relaxed), 1, "the parked burst delivered its frame");
+    assert_eq!(
+        frames.load(Ordering::Relaxed),
+        1,
+        "the parked burst delivered its frame"
+    );
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
     drop(device);
