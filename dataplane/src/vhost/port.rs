@@ -498,20 +498,15 @@ impl Worker {
 
     fn run_server(&self, listener: UnixListener) {
         let fd = listener.as_raw_fd();
-        let mut backoff = Duration::from_millis(50);
         while !self.stop.load(Ordering::Relaxed) {
             if !readable(fd, &self.wake, 1000) {
                 continue;
             }
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if self.serve(stream) {
-                        backoff = Duration::from_millis(50);
-                    } else {
-                        // A frontend that leaves at once and comes straight back waits.
-                        self.sleep(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
+                    // The frontend decides how fast it comes back (QEMU's `reconnect=`);
+                    // its connection lines are rate-limited in `serve`.
+                    self.serve(stream);
                 }
                 Err(e) => {
                     tracing::warn!(port = %self.name, error = %e, "accept failed");
