@@ -239,8 +239,11 @@ pub struct PortStats {
 pub struct VhostStats {
     /// A frontend is connected now.
     pub connected: bool,
-    /// Queue pairs offered.
+    /// Queue pairs in use: both vrings of the pair run.
     pub queue_pairs: u16,
+    /// Queue pairs the port offers (its `queues`).
+    #[serde(default)]
+    pub queue_pairs_offered: u16,
     /// Connections made or accepted.
     pub connects: u64,
     /// Connections ended.
@@ -259,6 +262,10 @@ pub struct VhostStats {
     pub interrupts: u64,
     /// Rings the switch stopped using because the guest broke them.
     pub broken_rings: u64,
+    /// Connections the frontend ended because the port offers fewer queue pairs than it
+    /// wants (it left right after reading the count, or set up a vring beyond it).
+    #[serde(default)]
+    pub queue_pair_mismatches: u64,
 }
 
 /// `rte_eth_stats` of a port.
@@ -303,6 +310,10 @@ pub struct PmdStats {
     pub busy_percent: f64,
     /// packets / busy iterations.
     pub packets_per_burst: f64,
+    /// Times the control plane waited longer than the stall report interval (1 s) for this
+    /// worker to finish a burst before freeing what it might hold.
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 /// Switch-wide FDB counters.
@@ -350,6 +361,9 @@ pub struct StatsReply {
     pub fdb: FdbStats,
     /// TSC frequency, to turn cycles into time.
     pub tsc_hz: u64,
+    /// Ports removed from forwarding whose device and memory wait for a stalled PMD worker.
+    #[serde(default)]
+    pub removing: Vec<String>,
 }
 
 /// One FDB entry, `GET /v1/fdb`.

@@ -105,6 +105,41 @@ pub fn render(stats: &StatsReply) -> String {
         "gauge",
         pmd(&|w| w.cycles_per_packet),
     );
+    family(
+        "heddle_pmd_stalls_total",
+        "Times the control plane waited over a second for the worker to finish a burst before freeing what it might hold.",
+        "counter",
+        pmd(&|w| w.stalls as f64),
+    );
+    family(
+        "heddle_ports_removing",
+        "Ports removed from forwarding whose device and memory wait for a stalled PMD worker.",
+        "gauge",
+        vec![(String::new(), stats.removing.len() as f64)],
+    );
+    let vhost = |f: &dyn Fn(&heddle_api::VhostStats) -> u64| {
+        stats
+            .ports
+            .iter()
+            .filter_map(|p| {
+                p.vhost
+                    .as_ref()
+                    .map(|v| (format!("port=\"{}\"", label(&p.name)), f(v) as f64))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "heddle_vhost_connects_total",
+        "vhost-user frontend connections made or accepted.",
+        "counter",
+        vhost(&|v| v.connects),
+    );
+    family(
+        "heddle_vhost_queue_pair_mismatches_total",
+        "vhost-user connections the frontend ended because the port offers fewer queue pairs than it wants.",
+        "counter",
+        vhost(&|v| v.queue_pair_mismatches),
+    );
     let c = &stats.cores;
     let mut cores = vec![(
         format!(

@@ -9,23 +9,22 @@ pub mod state;
 pub mod switch;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use arc_swap::ArcSwap;
 use heddle_api::PortOrigin;
 
 use self::config::DaemonConfig;
 use self::state::PortStore;
 use self::switch::{SwitchCtl, WorkerPlace};
-use self::worker::{Padded, Shared};
+use self::worker::Shared;
 use crate::dpdk::{Eal, Mempool};
-use crate::switch::counters::WorkerCounters;
-use crate::switch::fdb::Fdb;
 
 /// Mbuf data room: DPDK's default (2048 bytes + headroom), enough for a 1518-byte frame plus
 /// a VLAN tag in one segment.
@@ -116,17 +115,11 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     )?);
 
     let nworkers = places.len();
-    let shared = Arc::new(Shared {
-        current: ArcSwap::from_pointee(SwitchCtl::empty_dataplane(nworkers)),
-        generation: AtomicU64::new(0),
-        seen: (0..nworkers).map(|_| Padded(AtomicU64::new(0))).collect(),
-        stop: AtomicBool::new(false),
-        clock: AtomicU32::new(0),
-        fdb: Fdb::new(cfg.fdb.capacity as usize),
-        counters: (0..nworkers)
-            .map(|_| Arc::new(WorkerCounters::new()))
-            .collect(),
-    });
+    let shared = Arc::new(Shared::new(
+        nworkers,
+        SwitchCtl::empty_dataplane(nworkers),
+        cfg.fdb.capacity as usize,
+    ));
     let mut ctl = SwitchCtl::new(
         shared.clone(),
         eal,

@@ -2,9 +2,9 @@
 //! under running workers, and the read-outs (stats, FDB) the API serves.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use heddle_api::{
     parse_mac, FdbEntry, FdbStats, MacText, PmdStats, PortMode as ApiMode, PortOrigin, PortSpec,
@@ -75,8 +75,25 @@ struct PortEntry {
     index: PortIndex,
     /// (worker, rx queue) pairs.
     rx_assign: Vec<(usize, u16)>,
+    /// Set once every worker has passed a generation without this port: from then on no
+    /// worker can reach its device, and its vhost-user thread stops waiting for them.
+    unreachable: Arc<AtomicBool>,
     /// Declared after everything the workers might still use; dropped last.
     device: Device,
+}
+
+/// How long a port removal waits for the workers before it returns and leaves the port to
+/// the retire list (a worker finishes a burst in microseconds; only a stalled one takes this).
+const REMOVE_WAIT: Duration = Duration::from_millis(200);
+
+/// Work that must wait until every worker has passed `generation`: a removed port to close
+/// (`entry`), or the FDB entries of port `index` to flush (a trunk whose VLANs changed).
+struct Retired {
+    generation: u64,
+    name: String,
+    index: PortIndex,
+    entry: Option<PortEntry>,
+    last_report: Instant,
 }
 
 /// A PMD worker's placement.
@@ -95,6 +112,9 @@ pub struct SwitchCtl {
     pool: Arc<Mempool>,
     workers: Vec<WorkerPlace>,
     ports: BTreeMap<String, PortEntry>,
+    /// Removed ports (and FDB flushes) a stalled worker may still hold up, oldest first.
+    /// Their memory, rings and devices stay until every worker passed; see `reap`.
+    retired: Vec<Retired>,
     /// The most ports held at once (config `max_ports`, at most `MAX_PORTS`).
     max_ports: usize,
     /// Persisted ports that failed to come back; kept so they are not lost.
@@ -178,7 +198,8 @@ fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     heddle_api::VhostStats {
         connected: l.connected.load(Ordering::Relaxed),
-        queue_pairs: v.config().pairs,
+        queue_pairs: v.rings().pairs_in_use.load(Ordering::Relaxed),
+        queue_pairs_offered: v.config().pairs,
         connects: get(&l.connects),
         disconnects: get(&l.disconnects),
         protocol_errors: get(&l.protocol_errors),
@@ -188,6 +209,7 @@ fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
         no_guest_buffers: get(&r.no_guest_buffers),
         interrupts: get(&r.interrupts),
         broken_rings: get(&r.broken_rings),
+        queue_pair_mismatches: get(&l.queue_pair_mismatches),
     }
 }
 
@@ -208,6 +230,7 @@ impl SwitchCtl {
             pool,
             workers,
             ports: BTreeMap::new(),
+            retired: Vec::new(),
             max_ports: MAX_PORTS,
             unrestored: Vec::new(),
             store,
@@ -274,7 +297,19 @@ impl SwitchCtl {
                 spec.name, spec.name
             )));
         }
+        self.reap();
         let device = EthPort::device_name(&spec.devargs);
+        if let Some(r) = self.retired.iter().find(|r| {
+            r.entry.as_ref().is_some_and(|e| {
+                e.spec.name == spec.name || EthPort::device_name(&e.spec.devargs) == device
+            })
+        }) {
+            return Err(PortError::Conflict(format!(
+                "port {:?} (device {device:?}) is still being removed: PMD worker(s) {:?} have not finished their burst; retry once they do (heddlectl stats shows pmd stalls)",
+                r.name,
+                self.shared.behind(r.generation)
+            )));
+        }
         if let Some(other) = self
             .ports
             .values()
@@ -292,21 +327,29 @@ impl SwitchCtl {
             )));
         }
         let index = (0..MAX_PORTS as PortIndex)
-            .find(|i| !self.ports.values().any(|p| p.index == *i))
+            .find(|i| {
+                !self.ports.values().any(|p| p.index == *i)
+                    && !self
+                        .retired
+                        .iter()
+                        .any(|r| r.entry.is_some() && r.index == *i)
+            })
             .ok_or_else(|| {
                 PortError::Full(format!(
                     "the switch holds {MAX_PORTS} ports already: remove one first"
                 ))
             })?;
+        let unreachable = Arc::new(AtomicBool::new(false));
         let device = if VhostConfig::is_native(&spec.devargs) {
             let config =
                 VhostConfig::parse(&spec.devargs, spec.queues).map_err(PortError::Invalid)?;
             let shared = self.shared.clone();
+            let unreachable = unreachable.clone();
             let port = VhostPort::start(
                 &spec.name,
                 config,
                 self.workers.len(),
-                Arc::new(move || shared.synchronize()),
+                Arc::new(move || shared.synchronize_unless(&unreachable)),
             )
             .map_err(|e| {
                 if e.contains("in use") || e.contains("not a socket") {
@@ -340,6 +383,7 @@ impl SwitchCtl {
             origin,
             index,
             rx_assign,
+            unreachable,
             device,
         };
         let status = self.status(&entry);
@@ -349,6 +393,7 @@ impl SwitchCtl {
             self.shared.fdb.add_static(*vlan, mac, index);
         }
         self.ports.insert(spec.name.clone(), entry);
+        // Nothing is freed: no need to wait for the workers.
         self.publish();
         if origin == PortOrigin::Api {
             if let Err(e) = self.persist() {
@@ -421,8 +466,12 @@ impl SwitchCtl {
             &mut self.ports.get_mut(name).expect("checked above").spec,
             spec,
         );
-        self.publish();
+        self.reap();
+        let generation = self.publish();
+        // Flush now, and once more when every worker has left the old VLAN set behind (a
+        // worker still on it could learn again in between).
         self.shared.fdb.flush_port(index);
+        self.retire(generation, name, index, None);
         if origin == PortOrigin::Api {
             if let Err(e) = self.persist() {
                 self.ports.get_mut(name).expect("checked above").spec = old;
@@ -456,17 +505,93 @@ impl SwitchCtl {
     }
 
     fn remove_entry(&mut self, name: &str) {
+        self.reap();
         let Some(entry) = self.ports.remove(name) else {
             return;
         };
         // Workers stop using the port once they pick up the new generation; only then is it
-        // stopped and closed (when `entry` drops) and its FDB entries and counters cleared.
-        self.publish();
-        self.shared.fdb.flush_port(entry.index);
+        // stopped and closed and its FDB entries and counters cleared (`finish`).
+        let generation = self.publish();
+        let index = entry.index;
+        self.retire(generation, name, index, Some(entry));
+    }
+
+    /// Finishes `work` once every worker has passed `generation`: at once when they do
+    /// within `REMOVE_WAIT`, else later (`reap`, on every tick and control call), so a
+    /// stalled worker holds up neither the control API nor its own safety.
+    fn retire(&mut self, generation: u64, name: &str, index: PortIndex, entry: Option<PortEntry>) {
+        let r = Retired {
+            generation,
+            name: name.to_owned(),
+            index,
+            entry,
+            last_report: Instant::now(),
+        };
+        if self.shared.wait_for(generation, REMOVE_WAIT) {
+            self.finish(r);
+            return;
+        }
+        let behind = self.shared.count_stall(generation);
+        tracing::warn!(
+            port = %name,
+            workers = ?behind,
+            generation,
+            "PMD worker(s) {behind:?} have not finished their burst: port {name:?} is removed from forwarding, its device and memory are freed once they do"
+        );
+        self.retired.push(r);
+    }
+
+    /// Frees what retired work was waiting for, for every item all workers have passed;
+    /// reports the others every `stall_report`.
+    fn reap(&mut self) {
+        if self.retired.is_empty() {
+            return;
+        }
+        let (done, mut waiting): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|r| self.shared.passed(r.generation));
+        for r in &mut waiting {
+            if r.last_report.elapsed() >= self.shared.stall_report {
+                r.last_report = Instant::now();
+                let behind = self.shared.behind(r.generation);
+                tracing::warn!(
+                    port = %r.name,
+                    workers = ?behind,
+                    generation = r.generation,
+                    "PMD worker(s) {behind:?} still have not finished their burst: port {:?} stays retired, its memory mapped",
+                    r.name
+                );
+            }
+        }
+        self.retired = waiting;
+        for r in done {
+            self.finish(r);
+        }
+    }
+
+    /// Every worker has passed `r.generation`: none can reach the retired port any more.
+    fn finish(&self, r: Retired) {
+        self.shared.fdb.flush_port(r.index);
+        let Some(entry) = r.entry else {
+            return;
+        };
         for c in &self.shared.counters {
             c.reset_port(entry.index);
         }
+        // The vhost-user thread (stopped when `entry` drops) takes its rings out of their
+        // slots; it need not wait for the workers any more.
+        entry.unreachable.store(true, Ordering::Release);
         drop(entry);
+        tracing::debug!(port = %r.name, "retired port closed");
+    }
+
+    /// Names of ports removed from forwarding whose device waits for a stalled worker.
+    pub fn removing(&self) -> Vec<String> {
+        self.retired
+            .iter()
+            .filter(|r| r.entry.is_some())
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// Remembers persisted ports that could not be restored, so they are saved again.
@@ -485,9 +610,10 @@ impl SwitchCtl {
         self.store.save(&specs)
     }
 
-    /// Builds and swaps in a new configuration, then waits until every running worker has
-    /// picked it up (so nothing still touches what the new one dropped).
-    fn publish(&self) {
+    /// Builds and swaps in a new configuration and returns its generation. Nothing the old
+    /// one referred to may be freed before every worker has passed that generation
+    /// (`Shared::passed`; `retire` does it).
+    fn publish(&self) -> u64 {
         let mut ports = Vec::new();
         let nworkers = self.workers.len();
         let mut paths: Vec<Box<[Option<PortPath>]>> =
@@ -527,7 +653,7 @@ impl SwitchCtl {
             rx,
         };
         self.shared.current.store(Arc::new(dp));
-        self.shared.synchronize();
+        self.shared.advance()
     }
 
     fn status(&self, p: &PortEntry) -> PortStatus {
@@ -568,7 +694,8 @@ impl SwitchCtl {
     }
 
     /// Advances the coarse clock and ages the FDB. Called once a second.
-    pub fn tick(&self) {
+    pub fn tick(&mut self) {
+        self.reap();
         let now = self.started.elapsed().as_secs() as u32;
         self.shared.clock.store(now, Ordering::Relaxed);
         self.shared.fdb.age(now, self.ageing);
@@ -651,6 +778,7 @@ impl SwitchCtl {
                     } else {
                         c.packets as f64 / busy_iters as f64
                     },
+                    stalls: self.shared.stalls[w].0.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -668,6 +796,7 @@ impl SwitchCtl {
                 aged: self.shared.fdb.aged_total(),
             },
             tsc_hz: self.eal.tsc_hz(),
+            removing: self.removing(),
         }
     }
 
@@ -713,6 +842,10 @@ impl SwitchCtl {
             if let Some(e) = self.ports.remove(&n) {
                 drop(e);
             }
+        }
+        // Every worker has stopped: whatever was retired can go.
+        for r in std::mem::take(&mut self.retired) {
+            self.finish(r);
         }
     }
 }

@@ -5,10 +5,14 @@
 //! flushes the per-port TX batches. It takes no lock (except a shared TX queue's, see
 //! `dpdk::io`), allocates nothing, logs nothing and makes no syscall. It acknowledges each
 //! generation in `seen`, which is how the control plane knows an old port is no longer
-//! touched and may be stopped (quiescent-state reclamation).
+//! touched and may be stopped (quiescent-state reclamation). Nothing a worker may hold is
+//! freed before it acknowledged a later generation, however long it takes: waits have no
+//! timeout (a stall is logged and counted in `stalls`), and port removal hands a port that
+//! a stalled worker holds up to the control plane's retire list instead of blocking the API.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -36,6 +40,9 @@ pub struct Dataplane {
 #[derive(Debug, Default)]
 pub struct Padded(pub AtomicU64);
 
+/// How often a wait for a stalled worker is reported (a warning naming the worker).
+pub const STALL_REPORT: Duration = Duration::from_secs(1);
+
 /// State shared by the control plane and the workers.
 pub struct Shared {
     /// The current configuration.
@@ -44,6 +51,11 @@ pub struct Shared {
     pub generation: AtomicU64,
     /// Per worker: the last generation it picked up.
     pub seen: Vec<Padded>,
+    /// Per worker: how many times a wait for its quiescent state took longer than
+    /// `stall_report` (one count per wait, however long it lasts).
+    pub stalls: Vec<Padded>,
+    /// How long a wait may take before it is reported (`STALL_REPORT` in the daemon).
+    pub stall_report: Duration,
     /// Set to stop the workers.
     pub stop: AtomicBool,
     /// Coarse clock in seconds, advanced by the control plane (no syscall on the fast path).
@@ -55,28 +67,119 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// State for `workers` PMD workers, starting from `dataplane`, with an FDB of
+    /// `fdb_capacity` entries.
+    pub fn new(workers: usize, dataplane: Dataplane, fdb_capacity: usize) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(dataplane),
+            generation: AtomicU64::new(0),
+            seen: (0..workers).map(|_| Padded::default()).collect(),
+            stalls: (0..workers).map(|_| Padded::default()).collect(),
+            stall_report: STALL_REPORT,
+            stop: AtomicBool::new(false),
+            clock: AtomicU32::new(0),
+            fdb: Fdb::new(fdb_capacity),
+            counters: (0..workers)
+                .map(|_| Arc::new(WorkerCounters::new()))
+                .collect(),
+        }
+    }
+
+    /// Starts a new generation and returns it. Once every worker has reached it
+    /// ([`Shared::passed`]), none can still hold anything it loaded before this call.
+    pub fn advance(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// True when every worker has picked up `generation` (or has stopped: its `seen` is then
+    /// `u64::MAX`).
+    pub fn passed(&self, generation: u64) -> bool {
+        self.seen
+            .iter()
+            .all(|s| s.0.load(Ordering::Acquire) >= generation)
+    }
+
+    /// The workers that have not picked up `generation` yet.
+    pub fn behind(&self, generation: u64) -> Vec<usize> {
+        (0..self.seen.len())
+            .filter(|&w| self.seen[w].0.load(Ordering::Acquire) < generation)
+            .collect()
+    }
+
+    /// Waits up to `timeout` for every worker to pick up `generation`; true when they did.
+    pub fn wait_for(&self, generation: u64, timeout: Duration) -> bool {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if self.passed(generation) {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            if spins < 1000 {
+                spins += 1;
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+
+    /// Counts one stall for each worker behind `generation` and returns them.
+    pub fn count_stall(&self, generation: u64) -> Vec<usize> {
+        let behind = self.behind(generation);
+        for &w in &behind {
+            self.stalls[w].0.fetch_add(1, Ordering::Relaxed);
+        }
+        behind
+    }
+
     /// Waits until every running worker has started a poll iteration after this call
     /// (RCU's `synchronize`): nothing they loaded before it can still be in use. Workers
-    /// that have stopped, or not started, count as quiescent.
+    /// that have stopped count as quiescent. Never gives up: a worker stuck in a burst is
+    /// reported every `stall_report` (a warning naming it) and counted once in `stalls`,
+    /// and the wait goes on, because what the caller frees next may be in that worker's hands.
     pub fn synchronize(&self) {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        for (w, seen) in self.seen.iter().enumerate() {
-            loop {
-                // u64::MAX: the worker has stopped (or not started: it reads the newest
-                // generation when it does).
-                if seen.0.load(Ordering::Acquire) >= generation {
-                    break;
-                }
-                if std::time::Instant::now() > deadline {
-                    tracing::error!(
-                        worker = w,
-                        generation,
-                        "PMD worker did not reach a quiescent state in 5 s"
-                    );
-                    break;
-                }
+        self.synchronize_unless(&AtomicBool::new(false));
+    }
+
+    /// As [`Shared::synchronize`], but also returns as soon as `unreachable` is set: the
+    /// caller's objects were taken out of every worker's reach another way (the port was
+    /// withdrawn from the configuration and every worker passed that generation).
+    pub fn synchronize_unless(&self, unreachable: &AtomicBool) {
+        let generation = self.advance();
+        let start = Instant::now();
+        let mut next_report = self.stall_report;
+        let mut counted = false;
+        let mut spins = 0u32;
+        while !self.passed(generation) {
+            if unreachable.load(Ordering::Acquire) {
+                return;
+            }
+            let waited = start.elapsed();
+            if waited >= next_report {
+                let behind = if counted {
+                    self.behind(generation)
+                } else {
+                    counted = true;
+                    self.count_stall(generation)
+                };
+                tracing::warn!(
+                    workers = ?behind,
+                    generation,
+                    waited_ms = waited.as_millis() as u64,
+                    "PMD worker(s) {behind:?} have not finished their burst: still waiting before freeing what they may hold"
+                );
+                next_report += self.stall_report;
+            }
+            // A worker finishes a burst in microseconds: spin briefly, then sleep so that a
+            // stalled one does not cost the waiting thread a CPU.
+            if spins < 1000 {
+                spins += 1;
                 std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
             }
         }
     }

@@ -284,10 +284,13 @@ impl EthPort {
 
 impl Drop for EthPort {
     /// Stops and closes the port and unplugs its device. The control plane drops an
-    /// EthPort only after every PMD worker has stopped polling it.
+    /// EthPort only after every PMD worker has picked up a configuration without it
+    /// (`SwitchCtl::finish`, reached only once `Shared::passed` holds for the removal's
+    /// generation, however long a stalled worker takes), or after the workers stopped.
     fn drop(&mut self) {
         if self.started {
-            // SAFETY: valid, started port; no worker polls it any more (see above).
+            // SAFETY: valid, started port; no worker polls it any more: every worker passed
+            // the generation that withdrew it, or has stopped (see above).
             let rc = unsafe { dpdk_sys::rte_eth_dev_stop(self.id) };
             if rc != 0 {
                 tracing::warn!(port = %self.name, error = %strerror(-rc), "stop failed");

@@ -43,7 +43,9 @@ const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// Largest ring the switch accepts (the virtio maximum for split rings).
 const MAX_RING: u32 = 32768;
 
-/// Waits until no PMD worker can still hold a ring taken out of a slot.
+/// Waits until no PMD worker can still hold a ring taken out of a slot. It must not return
+/// before that, however long a worker stalls (the switch's `Shared::synchronize_unless`
+/// waits without a timeout, reporting the stall); rings are freed right after it returns.
 pub type Quiesce = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]
@@ -68,6 +70,48 @@ pub struct VhostDevice {
     protocol: u64,
     mem: Option<Arc<GuestMemory>>,
     vrings: Vec<Vring>,
+    /// This connection read the queue-pair count (`GET_QUEUE_NUM`).
+    queue_num_read: bool,
+    /// This connection sent a memory table (what a frontend does once it starts the device).
+    setup_started: bool,
+    /// The most queue pairs a vring index of this connection implied, beyond what the port
+    /// offers.
+    pairs_wanted: u16,
+}
+
+/// Why a frontend could not use the port: it wants more queue pairs than offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMismatch {
+    /// It set up a vring of queue pair `wanted - 1`.
+    Asked {
+        /// Queue pairs the frontend asked for (at least).
+        wanted: u16,
+        /// Queue pairs the port offers.
+        offered: u16,
+    },
+    /// It read the queue-pair count and left before sending a memory table (QEMU does this
+    /// when its `queues=` is larger; the count it wanted is not sent). Only meaningful for a
+    /// short connection: a frontend that waits long before starting the device and is then
+    /// stopped looks the same.
+    LeftAfterCount {
+        /// Queue pairs the port offers.
+        offered: u16,
+    },
+}
+
+impl std::fmt::Display for QueueMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            QueueMismatch::Asked { wanted, offered } => write!(
+                f,
+                "frontend asked for {wanted} queue pairs, port offers {offered}: set queues={wanted} in the port's devargs (or queues={offered} in the frontend)"
+            ),
+            QueueMismatch::LeftAfterCount { offered } => write!(
+                f,
+                "frontend disconnected right after reading that the port offers {offered} queue pair(s): it wants more; set queues= in the port's devargs to the frontend's queue pairs (QEMU -netdev vhost-user,queues=N; virtio-user queues=N), or lower the frontend's"
+            ),
+        }
+    }
 }
 
 fn invalid(what: &'static str) -> Error {
@@ -101,13 +145,33 @@ impl VhostDevice {
             protocol: 0,
             mem: None,
             vrings: (0..n).map(|_| Vring::default()).collect(),
+            queue_num_read: false,
+            setup_started: false,
+            pairs_wanted: 0,
         }
     }
 
     fn vring(&mut self, index: u32) -> Result<&mut Vring> {
+        if index as usize >= self.vrings.len() && index < 2 * u32::from(super::port::MAX_PAIRS) {
+            self.pairs_wanted = self.pairs_wanted.max((index / 2 + 1) as u16);
+        }
         self.vrings
             .get_mut(index as usize)
             .ok_or(Error::InvalidParam)
+    }
+
+    /// Whether this connection showed that the frontend wants more queue pairs than the
+    /// port offers. Read it before the connection's state is reset.
+    pub fn queue_mismatch(&self) -> Option<QueueMismatch> {
+        let offered = self.rings.pairs();
+        if self.pairs_wanted > offered {
+            return Some(QueueMismatch::Asked {
+                wanted: self.pairs_wanted,
+                offered,
+            });
+        }
+        (self.queue_num_read && !self.setup_started)
+            .then_some(QueueMismatch::LeftAfterCount { offered })
     }
 
     fn protocol_negotiated(&self) -> bool {
@@ -232,6 +296,9 @@ impl VhostDevice {
         self.rings
             .up
             .store(up, std::sync::atomic::Ordering::Relaxed);
+        self.rings
+            .pairs_in_use
+            .store(self.running_pairs(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forgets everything the frontend set up (disconnect, `RESET_OWNER`).
@@ -243,6 +310,9 @@ impl VhostDevice {
         self.mem = None;
         self.features = 0;
         self.protocol = 0;
+        self.queue_num_read = false;
+        self.setup_started = false;
+        self.pairs_wanted = 0;
         self.update_up();
     }
 
@@ -336,6 +406,7 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
                 )
             })
             .collect();
+        self.setup_started = true;
         let mem = match GuestMemory::map(regions) {
             Ok(m) => Arc::new(m),
             Err(e) => {
@@ -443,6 +514,7 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
     }
 
     fn get_queue_num(&mut self) -> Result<u64> {
+        self.queue_num_read = true;
         Ok(u64::from(self.rings.pairs()))
     }
 

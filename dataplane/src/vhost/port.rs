@@ -149,8 +149,59 @@ pub struct LinkCounters {
     pub disconnects: AtomicU64,
     /// Messages the frontend got wrong (refused, or the connection was dropped for them).
     pub protocol_errors: AtomicU64,
+    /// Connections the frontend ended because the port offers fewer queue pairs than it
+    /// wants.
+    pub queue_pair_mismatches: AtomicU64,
     /// A frontend is connected now.
     pub connected: AtomicBool,
+}
+
+/// Connection log lines a port writes per `LOG_WINDOW` before it only counts them.
+const LOG_BURST: u32 = 4;
+/// The window of `LOG_BURST`.
+const LOG_WINDOW: Duration = Duration::from_secs(60);
+/// A connection shorter than this did not work: the next reconnect (client) backs off.
+const SHORT_CONNECTION: Duration = Duration::from_secs(1);
+/// Longest pause between reconnects after connections that did not work.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Per-port limit on connection log lines: a frontend that reconnects in a loop gets a few
+/// lines, then one summary per window.
+#[derive(Debug)]
+struct LogLimit {
+    window: std::time::Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    fn new() -> LogLimit {
+        LogLimit {
+            window: std::time::Instant::now(),
+            lines: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// True when a connection line may be written now. Writes the summary of a finished
+    /// window of suppressed lines first.
+    fn allow(&mut self, port: &str) -> bool {
+        if self.window.elapsed() >= LOG_WINDOW {
+            if self.suppressed > 0 {
+                tracing::info!(port = %port, suppressed = self.suppressed, "{} vhost-user connection log lines suppressed in the last {} s (the frontend keeps reconnecting; heddlectl stats shows vhost.connects)", self.suppressed, LOG_WINDOW.as_secs());
+            }
+            self.window = std::time::Instant::now();
+            self.lines = 0;
+            self.suppressed = 0;
+        }
+        if self.lines < LOG_BURST {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 /// A running native vhost-user port.
@@ -294,6 +345,9 @@ fn peek_header(fd: i32) -> Option<Header> {
 
 struct Worker {
     name: String,
+    log: Mutex<LogLimit>,
+    /// The queue-pair mismatch last explained in the log (said once, then only counted).
+    explained: Mutex<Option<super::device::QueueMismatch>>,
     config: VhostConfig,
     device: Arc<Mutex<VhostDevice>>,
     link: Arc<LinkCounters>,
@@ -343,14 +397,26 @@ impl Worker {
         Ok(())
     }
 
-    fn serve(&self, stream: UnixStream) {
+    fn log_allowed(&self) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(&self.name)
+    }
+
+    /// Serves one connection; true when it worked (lasted at least `SHORT_CONNECTION` and
+    /// did not end for a queue-pair mismatch).
+    fn serve(&self, stream: UnixStream) -> bool {
+        let began = std::time::Instant::now();
         let fd = stream.as_raw_fd();
         if let Ok(clone) = stream.try_clone() {
             *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
         }
         self.link.connects.fetch_add(1, Ordering::Relaxed);
         self.link.connected.store(true, Ordering::Relaxed);
-        tracing::info!(port = %self.name, socket = %self.config.path.display(), "vhost-user frontend connected");
+        if self.log_allowed() {
+            tracing::info!(port = %self.name, socket = %self.config.path.display(), "vhost-user frontend connected");
+        }
         let mut handler = BackendReqHandler::from_stream(stream, self.device.clone());
         while !self.stop.load(Ordering::Relaxed) {
             if !readable(fd, &self.wake, 1000) {
@@ -392,13 +458,31 @@ impl Worker {
         }
         drop(handler);
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset();
+        let mismatch = {
+            let mut device = self.lock_device();
+            let m = device.queue_mismatch().filter(|m| {
+                matches!(m, super::device::QueueMismatch::Asked { .. })
+                    || began.elapsed() < SHORT_CONNECTION
+            });
+            device.reset();
+            m
+        };
         self.link.connected.store(false, Ordering::Relaxed);
         self.link.disconnects.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(port = %self.name, "vhost-user frontend disconnected");
+        if let Some(m) = mismatch {
+            self.link
+                .queue_pair_mismatches
+                .fetch_add(1, Ordering::Relaxed);
+            let mut explained = self.explained.lock().unwrap_or_else(|e| e.into_inner());
+            if *explained != Some(m) {
+                *explained = Some(m);
+                tracing::warn!(port = %self.name, "vhost-user {m} (said once per port; heddlectl stats counts vhost.queue_pair_mismatches)");
+            }
+        }
+        if self.log_allowed() {
+            tracing::info!(port = %self.name, "vhost-user frontend disconnected");
+        }
+        mismatch.is_none() && began.elapsed() >= SHORT_CONNECTION
     }
 
     /// Sleeps for `d`, or until the port is dropped.
@@ -419,7 +503,11 @@ impl Worker {
                 continue;
             }
             match listener.accept() {
-                Ok((stream, _)) => self.serve(stream),
+                Ok((stream, _)) => {
+                    // The frontend decides how fast it comes back (QEMU's `reconnect=`);
+                    // its connection lines are rate-limited in `serve`.
+                    self.serve(stream);
+                }
                 Err(e) => {
                     tracing::warn!(port = %self.name, error = %e, "accept failed");
                     self.sleep(Duration::from_millis(100));
@@ -434,9 +522,15 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             match UnixStream::connect(&self.config.path) {
                 Ok(stream) => {
-                    backoff = Duration::from_millis(50);
                     logged = false;
-                    self.serve(stream);
+                    if self.serve(stream) {
+                        backoff = Duration::from_millis(50);
+                    } else {
+                        // The connection did not work (the frontend left at once, e.g. it
+                        // wants more queue pairs): do not reconnect in a tight loop.
+                        self.sleep(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
                 Err(e) => {
                     if !logged {
@@ -476,6 +570,8 @@ impl VhostPort {
         let conn = Arc::new(Mutex::new(None));
         let worker = Worker {
             name: name.to_owned(),
+            log: Mutex::new(LogLimit::new()),
+            explained: Mutex::new(None),
             config: config.clone(),
             device: Arc::new(Mutex::new(VhostDevice::new(
                 name.to_owned(),

@@ -6,8 +6,11 @@
 //! workers load the pointer once per burst (one acquire load, no lock, no reference count).
 //! To stop a ring the thread *takes* the pointer back and waits for a quiescent state of every
 //! worker (each has started a new poll iteration, see `daemon::worker`), after which no worker
-//! can still hold it: only then does it read the ring's last index or free it. Guest memory is
-//! therefore unmapped on the vhost-user thread, never under a worker.
+//! can still hold it: only then does it read the ring's last index or free it. The wait never
+//! gives up (a stalled worker is reported and counted, and waited for); it ends early only
+//! when the whole port is out of every worker's reach (removed from the configuration and
+//! every worker passed that generation). Guest memory is therefore unmapped on the
+//! vhost-user thread, never under a worker.
 //!
 //! Ownership on the fast path: a guest TX ring (odd index) is dequeued by exactly one worker,
 //! the one its queue pair is assigned to. A guest RX ring (even index) is filled by every
@@ -17,7 +20,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::memory::GuestMemory;
@@ -137,6 +140,8 @@ pub struct PortRings {
     shared_tx: bool,
     /// Set when the frontend is connected and at least one queue pair runs.
     pub up: AtomicBool,
+    /// Queue pairs whose two vrings both run.
+    pub pairs_in_use: AtomicU16,
     /// Error and interrupt counters.
     pub counters: RingCounters,
 }
@@ -150,6 +155,7 @@ impl PortRings {
                 .collect(),
             shared_tx: workers > 1,
             up: AtomicBool::new(false),
+            pairs_in_use: AtomicU16::new(0),
             counters: RingCounters::default(),
         }
     }
@@ -177,9 +183,11 @@ impl PortRings {
         if p.is_null() {
             return;
         }
-        // SAFETY: a non-null pointer in the slot is a live `ActiveRing` that the control
-        // side frees only after every worker passed a quiescent state following its removal,
-        // and this worker is inside one poll iteration. Guest TX rings are dequeued only by
+        // SAFETY: a non-null pointer in the slot is a live `ActiveRing`: the control side
+        // frees one only after `Shared::synchronize_unless` returned following its removal
+        // from the slot, i.e. every worker started a new poll iteration since (the wait has
+        // no timeout), or the port left every worker's configuration (then no worker gets
+        // here); this worker is inside one poll iteration. Guest TX rings are dequeued only by
         // the one worker that owns the queue pair, so this `&mut` is unique.
         let ring = unsafe { &mut *p };
         if ring.queue.is_broken() {

@@ -91,6 +91,8 @@ pub struct Driver {
     /// The memory, as the device (the switch) sees it; shared so a device thread can run
     /// against the driver concurrently.
     pub mem: Arc<GuestMemory>,
+    /// The memfd behind `mem` (what a frontend sends in `SET_MEM_TABLE`).
+    file: File,
     size: u16,
     features: u64,
     hdr_len: usize,
@@ -147,9 +149,12 @@ impl Driver {
             user_addr: UVA_BASE,
             mmap_offset: 0,
         };
-        let mem = Arc::new(GuestMemory::map(vec![(spec, memfd(end))]).expect("map test memory"));
+        let file = memfd(end);
+        let dup = file.try_clone().expect("dup the test memfd");
+        let mem = Arc::new(GuestMemory::map(vec![(spec, dup)]).expect("map test memory"));
         let mut d = Driver {
             mem,
+            file,
             size,
             features,
             hdr_len: if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
@@ -173,6 +178,17 @@ impl Driver {
         d.set_avail_idx(base);
         d.write_u16(GPA_BASE + d.used_off + 2, base);
         d
+    }
+
+    /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
+    pub fn region(&self) -> (RegionSpec, File) {
+        let spec = RegionSpec {
+            guest_phys_addr: GPA_BASE,
+            size: self.end,
+            user_addr: UVA_BASE,
+            mmap_offset: 0,
+        };
+        (spec, self.file.try_clone().expect("dup the test memfd"))
     }
 
     /// The ring addresses for `SplitQueue::new`.

@@ -403,6 +403,22 @@ fn print_stats(s: &StatsReply, prev: Option<(&StatsReply, f64)>) {
         "fdb: {} entries of {}, learned {}, moves {}, full {}, aged {}",
         s.fdb.entries, s.fdb.capacity, s.fdb.learned, s.fdb.moves, s.fdb.full, s.fdb.aged
     );
+    for p in &s.ports {
+        if let Some(v) = &p.vhost {
+            if v.queue_pair_mismatches > 0 {
+                println!(
+                    "{}: the frontend wanted more queue pairs than the {} offered {} time(s): see the switch log for the fix",
+                    p.name, v.queue_pairs_offered, v.queue_pair_mismatches
+                );
+            }
+        }
+    }
+    if !s.removing.is_empty() {
+        println!(
+            "removing (waiting for a stalled PMD worker): {}",
+            s.removing.join(", ")
+        );
+    }
 }
 
 fn print_pmd(s: &StatsReply) {
@@ -446,5 +462,8 @@ fn print_pmd(s: &StatsReply) {
             w.cycles_per_packet
         );
         println!("  avg packets per burst: {:.2}", w.packets_per_burst);
+        if w.stalls > 0 {
+            println!("  stalls (waits over 1 s for a burst to end): {}", w.stalls);
+        }
     }
 }
