@@ -75,7 +75,8 @@ fn mode_is_chosen_by_the_keys_and_mixed_keys_are_refused() {
         Mode::Cluster {
             namespace: Some("tenant-a".into()),
             kubeconfig: None,
-            system_namespace: DEFAULT_SYSTEM_NAMESPACE.into()
+            system_namespace: DEFAULT_SYSTEM_NAMESPACE.into(),
+            node: None,
         }
     );
     let r = parse(json!({"type": "heddle-ipam", "network": "red", "mode": "cluster"})).unwrap();
