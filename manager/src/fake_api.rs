@@ -123,21 +123,18 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 
 /// Whether `labels` match a label selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated).
 fn selects(selector: &str, labels: &Value) -> bool {
-    selector
-        .split(',')
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            let get = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
-            if let Some((k, v)) = term.split_once("!=") {
-                get(k) != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                get(k) == Some(v.trim())
-            } else if let Some(k) = term.strip_prefix('!') {
-                get(k).is_none()
-            } else {
-                get(term).is_some()
-            }
-        })
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let get = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
+        if let Some((k, v)) = term.split_once("!=") {
+            get(k) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            get(k) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            get(k).is_none()
+        } else {
+            get(term).is_some()
+        }
+    })
 }
 
 fn status(code: u16, reason: &str, message: String) -> (u16, Value) {
@@ -216,7 +213,10 @@ impl FakeApi {
         let key = (
             resource.to_string(),
             obj["metadata"]["namespace"].as_str().map(String::from),
-            obj["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         );
         st.objects.insert(key, obj.clone());
         obj
@@ -290,7 +290,11 @@ impl State {
             status(
                 404,
                 "NotFound",
-                format!("{} \"{}\" not found", k.0.rsplit('/').next().unwrap_or(""), k.2),
+                format!(
+                    "{} \"{}\" not found",
+                    k.0.rsplit('/').next().unwrap_or(""),
+                    k.2
+                ),
             )
         };
         match *method {
@@ -384,7 +388,11 @@ impl State {
         if size > OBJECT_LIMIT {
             self.version -= 1;
             self.stats.too_large += 1;
-            return status(413, "RequestEntityTooLarge", "etcdserver: request is too large".into());
+            return status(
+                413,
+                "RequestEntityTooLarge",
+                "etcdserver: request is too large".into(),
+            );
         }
         self.stats.largest_object = self.stats.largest_object.max(size);
         self.stats.writes += 1;
@@ -402,7 +410,11 @@ impl State {
             return status(
                 409,
                 "AlreadyExists",
-                format!("{} \"{}\" already exists", key.0.rsplit('/').next().unwrap_or(""), key.2),
+                format!(
+                    "{} \"{}\" already exists",
+                    key.0.rsplit('/').next().unwrap_or(""),
+                    key.2
+                ),
             );
         }
         let mut obj = body;
@@ -479,14 +491,37 @@ mod tests {
     async fn stale_writes_existing_names_and_oversized_objects_are_refused() {
         let fake = FakeApi::new();
         let api: Api<NetworkAllocation> = Api::namespaced(fake.client(), "ns1");
-        let created = api.create(&PostParams::default(), &alloc("a")).await.unwrap();
-        assert_eq!(code(api.create(&PostParams::default(), &alloc("a")).await.unwrap_err()), 409);
+        let created = api
+            .create(&PostParams::default(), &alloc("a"))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(
+                api.create(&PostParams::default(), &alloc("a"))
+                    .await
+                    .unwrap_err()
+            ),
+            409
+        );
         let mut next = created.clone();
         next.spec.leases.insert("o".into(), vec!["10.0.0.1".into()]);
-        let stored = api.replace("a", &PostParams::default(), &next).await.unwrap();
-        assert_ne!(stored.metadata.resource_version, created.metadata.resource_version);
+        let stored = api
+            .replace("a", &PostParams::default(), &next)
+            .await
+            .unwrap();
+        assert_ne!(
+            stored.metadata.resource_version,
+            created.metadata.resource_version
+        );
         // `next` still carries the version it was read at: stale now.
-        assert_eq!(code(api.replace("a", &PostParams::default(), &next).await.unwrap_err()), 409);
+        assert_eq!(
+            code(
+                api.replace("a", &PostParams::default(), &next)
+                    .await
+                    .unwrap_err()
+            ),
+            409
+        );
         let stale_delete = DeleteParams {
             preconditions: Some(Preconditions {
                 resource_version: created.metadata.resource_version.clone(),
@@ -497,9 +532,14 @@ mod tests {
         assert_eq!(code(api.delete("a", &stale_delete).await.unwrap_err()), 409);
         let mut big = stored.clone();
         for i in 0..40_000 {
-            big.spec.leases.insert(format!("owner-{i:036}/eth1"), vec!["10.0.0.1".into()]);
+            big.spec
+                .leases
+                .insert(format!("owner-{i:036}/eth1"), vec!["10.0.0.1".into()]);
         }
-        let e = api.replace("a", &PostParams::default(), &big).await.unwrap_err();
+        let e = api
+            .replace("a", &PostParams::default(), &big)
+            .await
+            .unwrap_err();
         match e {
             kube::Error::Api(s) => {
                 assert_eq!(s.code, 413);
@@ -507,13 +547,23 @@ mod tests {
             }
             e => panic!("{e}"),
         }
-        assert_eq!(api.get("a").await.unwrap(), stored, "a refused write changes nothing");
+        assert_eq!(
+            api.get("a").await.unwrap(),
+            stored,
+            "a refused write changes nothing"
+        );
         let st = fake.stats();
         assert_eq!((st.conflicts, st.too_large, st.writes), (3, 1, 2));
         assert!(st.largest_object < OBJECT_LIMIT);
-        let sel = api.list(&ListParams::default().labels("x=y")).await.unwrap();
+        let sel = api
+            .list(&ListParams::default().labels("x=y"))
+            .await
+            .unwrap();
         assert!(sel.items.is_empty());
-        assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 1);
+        assert_eq!(
+            api.list(&ListParams::default()).await.unwrap().items.len(),
+            1
+        );
     }
 
     #[test]

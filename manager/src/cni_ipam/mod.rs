@@ -209,8 +209,7 @@ impl IpamConf {
             ));
         }
         let embedded_keys = raw.store.is_some() || raw.config.is_some();
-        let cluster_keys =
-            raw.namespace.is_some()
+        let cluster_keys = raw.namespace.is_some()
             || raw.kubeconfig.is_some()
             || raw.system_namespace.is_some()
             || raw.node.is_some();

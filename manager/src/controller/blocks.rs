@@ -297,13 +297,21 @@ impl BlockAllocator {
     /// The blocks this node has claimed or borrowed from.
     pub async fn my_blocks(&self) -> Result<Vec<NetworkAddressBlock>, ControllerError> {
         let sel = format!("{},{}", self.network_selector(), node_label(&self.node));
-        Ok(self.api.list(&ListParams::default().labels(&sel)).await?.items)
+        Ok(self
+            .api
+            .list(&ListParams::default().labels(&sel))
+            .await?
+            .items)
     }
 
     /// Every block of the network.
     pub async fn all_blocks(&self) -> Result<Vec<NetworkAddressBlock>, ControllerError> {
         let sel = self.network_selector();
-        Ok(self.api.list(&ListParams::default().labels(&sel)).await?.items)
+        Ok(self
+            .api
+            .list(&ListParams::default().labels(&sel))
+            .await?
+            .items)
     }
 
     fn new_block(&self, fam: &Family, start: u128, affinity: bool) -> NetworkAddressBlock {
@@ -350,11 +358,10 @@ impl BlockAllocator {
         let mut pool = AddressPool::new(config);
         for (owner, addrs) in &b.spec.leases {
             for a in parse_addrs(owner, addrs)? {
-                pool.allocate_specific(a)
-                    .map_err(|e| IpamError::Restore {
-                        owner: owner.clone(),
-                        source: Box::new(e),
-                    })?;
+                pool.allocate_specific(a).map_err(|e| IpamError::Restore {
+                    owner: owner.clone(),
+                    source: Box::new(e),
+                })?;
             }
         }
         Ok((pool, v4))
@@ -365,9 +372,7 @@ impl BlockAllocator {
         if b.spec.node.as_deref() == Some(self.node.as_str()) {
             return;
         }
-        b.spec
-            .borrowed
-            .insert(owner.to_string(), self.node.clone());
+        b.spec.borrowed.insert(owner.to_string(), self.node.clone());
         b.labels_mut()
             .entry(node_label(&self.node))
             .or_insert_with(|| BORROWED.into());
@@ -655,8 +660,14 @@ impl BlockAllocator {
     /// The network's block and address counts, for its status.
     pub async fn counts(
         &self,
-    ) -> Result<(AddressBlockCounts, Option<AddressCounts>, Option<AddressCounts>), ControllerError>
-    {
+    ) -> Result<
+        (
+            AddressBlockCounts,
+            Option<AddressCounts>,
+            Option<AddressCounts>,
+        ),
+        ControllerError,
+    > {
         let blocks = self.all_blocks().await?;
         let mut c = AddressBlockCounts {
             blocks: blocks.len() as u64,
@@ -736,12 +747,15 @@ impl BlockAllocator {
                         .iter()
                         .copied()
                         .filter(|a| {
-                            a.is_ipv4() == v4 && b.spec.cidr.parse::<IpNet>().is_ok_and(|n| n.contains(a))
+                            a.is_ipv4() == v4
+                                && b.spec.cidr.parse::<IpNet>().is_ok_and(|n| n.contains(a))
                         })
                         .collect();
-                    if b.spec.leases.get(owner).is_some_and(|held| {
-                        mine.iter().all(|a| held.contains(&a.to_string()))
-                    }) {
+                    if b.spec
+                        .leases
+                        .get(owner)
+                        .is_some_and(|held| mine.iter().all(|a| held.contains(&a.to_string())))
+                    {
                         return Ok(());
                     }
                     for &a in &mine {
@@ -785,7 +799,9 @@ impl BlockAllocator {
         let mut starts = BTreeSet::new();
         for &a in addrs {
             let fam = self.family(a.is_ipv4()).ok_or_else(|| {
-                self.err(IpamError::Mode(format!("address {a}: the network has no subnet of its family")))
+                self.err(IpamError::Mode(format!(
+                    "address {a}: the network has no subnet of its family"
+                )))
             })?;
             starts.insert((fam.v4, fam.block_of(to_u128(a))));
         }
@@ -901,7 +917,9 @@ pub async fn collect(
             }
         }
         if !done {
-            return Err(ControllerError::Contention(format!("address block {ns}/{name}")));
+            return Err(ControllerError::Contention(format!(
+                "address block {ns}/{name}"
+            )));
         }
     }
     Ok((dropped, deleted))

@@ -71,7 +71,10 @@ fn stored(fake: &FakeApi) -> BTreeMap<IpAddr, String> {
         }
         assert_eq!(b.spec.used, used, "block {cidr}: used");
         for owner in b.spec.borrowed.keys() {
-            assert!(b.spec.leases.contains_key(owner), "borrowed entry without lease");
+            assert!(
+                b.spec.leases.contains_key(owner),
+                "borrowed entry without lease"
+            );
         }
     }
     all
@@ -81,7 +84,10 @@ fn stored(fake: &FakeApi) -> BTreeMap<IpAddr, String> {
 async fn block_sizes_follow_the_subnet() {
     let fake = FakeApi::new();
     let sizes = |v4: &str, v6: Option<&str>| allocator(&fake, "n", &spec(v4, v6)).block_sizes();
-    assert_eq!(sizes("10.0.0.0/8", Some("fd00::/64")), (Some(256), Some(256)));
+    assert_eq!(
+        sizes("10.0.0.0/8", Some("fd00::/64")),
+        (Some(256), Some(256))
+    );
     assert_eq!(sizes("10.0.0.0/24", None), (Some(16), None));
     assert_eq!(sizes("10.0.0.0/28", None), (Some(4), None));
     assert_eq!(sizes("10.0.0.0/31", None), (Some(2), None));
@@ -107,7 +113,11 @@ async fn a_node_allocates_from_its_own_block_and_claims_another_when_full() {
     let first = a.allocate("pod-0/eth1", &[]).await.unwrap();
     assert_eq!(first.len(), 2, "one address per family: {first:?}");
     assert!(first[0].is_ipv4() && first[1].is_ipv6());
-    assert_eq!(a.allocate("pod-0/eth1", &[]).await.unwrap(), first, "idempotent");
+    assert_eq!(
+        a.allocate("pod-0/eth1", &[]).await.unwrap(),
+        first,
+        "idempotent"
+    );
     let writes = fake.stats().writes;
     a.allocate("pod-0/eth1", &[]).await.unwrap();
     assert_eq!(fake.stats().writes, writes, "a repeated ADD writes nothing");
@@ -120,10 +130,17 @@ async fn a_node_allocates_from_its_own_block_and_claims_another_when_full() {
         .into_iter()
         .map(|b| serde_json::from_value(b).unwrap())
         .collect();
-    let v4: Vec<_> = blocks.iter().filter(|b| b.spec.cidr.starts_with("10.")).collect();
+    let v4: Vec<_> = blocks
+        .iter()
+        .filter(|b| b.spec.cidr.starts_with("10."))
+        .collect();
     assert_eq!(v4.len(), 2);
-    assert!(blocks.iter().all(|b| b.spec.node.as_deref() == Some("node-a")));
-    assert!(blocks.iter().all(|b| b.labels()[&node_label("node-a")] == AFFINITY));
+    assert!(blocks
+        .iter()
+        .all(|b| b.spec.node.as_deref() == Some("node-a")));
+    assert!(blocks
+        .iter()
+        .all(|b| b.labels()[&node_label("node-a")] == AFFINITY));
     assert_eq!(stored(&fake).len(), 40);
     // Release: both families freed; a repeated release writes nothing.
     let freed = a.release("pod-0/eth1").await.unwrap();
@@ -134,7 +151,14 @@ async fn a_node_allocates_from_its_own_block_and_claims_another_when_full() {
     assert_eq!(stored(&fake).len(), 38);
     let (c, v4c, v6c) = a.counts().await.unwrap();
     assert_eq!((c.blocks, c.claimed, c.leases), (3, 3, 38));
-    assert_eq!(v4c.unwrap(), AddressCounts { total: 254, allocated: 19, free: 235 });
+    assert_eq!(
+        v4c.unwrap(),
+        AddressCounts {
+            total: 254,
+            allocated: 19,
+            free: 235
+        }
+    );
     assert_eq!(v6c.unwrap().allocated, 19);
 }
 
@@ -147,23 +171,47 @@ async fn static_addresses_are_checked_and_freed_across_blocks() {
     let b = allocator(&fake, "node-b", &s);
     let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
     // In a block nobody claimed: created without affinity, marked as borrowed by node-a.
-    assert_eq!(a.allocate("st-1/eth1", &[ip("10.3.0.200")]).await.unwrap(), vec![ip("10.3.0.200")]);
-    let e = b.allocate("st-2/eth1", &[ip("10.3.0.200")]).await.unwrap_err();
+    assert_eq!(
+        a.allocate("st-1/eth1", &[ip("10.3.0.200")]).await.unwrap(),
+        vec![ip("10.3.0.200")]
+    );
+    let e = b
+        .allocate("st-2/eth1", &[ip("10.3.0.200")])
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("already in use"), "{e}");
-    let e = b.allocate("st-2/eth1", &[ip("10.3.0.1")]).await.unwrap_err();
+    let e = b
+        .allocate("st-2/eth1", &[ip("10.3.0.1")])
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("gateway"), "{e}");
-    let e = b.allocate("st-2/eth1", &[ip("10.4.0.1")]).await.unwrap_err();
-    assert!(e.to_string().contains("not in the allocatable ranges"), "{e}");
+    let e = b
+        .allocate("st-2/eth1", &[ip("10.4.0.1")])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not in the allocatable ranges"),
+        "{e}"
+    );
     // The unclaimed block is claimable: node-b takes it over for dynamic allocation later.
     let blk: NetworkAddressBlock =
         serde_json::from_value(fake.objects(BLOCKS).pop().unwrap()).unwrap();
     assert_eq!(blk.spec.node, None);
-    assert_eq!(blk.spec.borrowed.get("st-1/eth1").map(String::as_str), Some("node-a"));
-    assert_eq!(a.release("st-1/eth1").await.unwrap(), vec![ip("10.3.0.200")]);
+    assert_eq!(
+        blk.spec.borrowed.get("st-1/eth1").map(String::as_str),
+        Some("node-a")
+    );
+    assert_eq!(
+        a.release("st-1/eth1").await.unwrap(),
+        vec![ip("10.3.0.200")]
+    );
     let blk: NetworkAddressBlock =
         serde_json::from_value(fake.objects(BLOCKS).pop().unwrap()).unwrap();
     assert!(blk.spec.leases.is_empty() && blk.spec.borrowed.is_empty());
-    assert!(!blk.labels().contains_key(&node_label("node-a")), "membership dropped");
+    assert!(
+        !blk.labels().contains_key(&node_label("node-a")),
+        "membership dropped"
+    );
     // A failed request takes nothing (all or nothing).
     let e = b
         .allocate("st-3/eth1", &[ip("10.3.0.50"), ip("10.3.0.1")])
@@ -175,7 +223,12 @@ async fn static_addresses_are_checked_and_freed_across_blocks() {
 
 /// Runs `nodes` concurrent nodes on one network; each allocates `per_node` owners and
 /// releases every third. Returns the live acknowledged leases (address -> owner).
-async fn churn(fake: &FakeApi, s: &NetworkSpec, nodes: usize, per_node: usize) -> BTreeMap<IpAddr, String> {
+async fn churn(
+    fake: &FakeApi,
+    s: &NetworkSpec,
+    nodes: usize,
+    per_node: usize,
+) -> BTreeMap<IpAddr, String> {
     let mut tasks = Vec::new();
     for n in 0..nodes {
         let a = allocator(fake, &format!("node-{n}"), s);
@@ -203,7 +256,10 @@ async fn churn(fake: &FakeApi, s: &NetworkSpec, nodes: usize, per_node: usize) -
     for t in tasks {
         for (owner, addrs) in t.await.unwrap() {
             for a in addrs {
-                assert!(acked.insert(a, owner.clone()).is_none(), "{a} handed out twice");
+                assert!(
+                    acked.insert(a, owner.clone()).is_none(),
+                    "{a} handed out twice"
+                );
             }
         }
     }
@@ -216,16 +272,30 @@ async fn hundred_nodes_allocate_and_release_without_duplicates_or_oversized_obje
     let s = spec("10.0.0.0/16", None);
     let acked = churn(&fake, &s, 100, 30).await;
     assert_eq!(acked.len(), 100 * 20);
-    assert_eq!(stored(&fake), acked, "the blocks hold exactly the acknowledged leases");
+    assert_eq!(
+        stored(&fake),
+        acked,
+        "the blocks hold exactly the acknowledged leases"
+    );
     let st = fake.stats();
     assert_eq!(st.too_large, 0);
-    assert!(st.largest_object < OBJECT_LIMIT / 50, "largest {}", st.largest_object);
+    assert!(
+        st.largest_object < OBJECT_LIMIT / 50,
+        "largest {}",
+        st.largest_object
+    );
     // Node affinity: every node allocated in blocks of its own (the network is far from full).
     for b in fake.objects(BLOCKS) {
         let b: NetworkAddressBlock = serde_json::from_value(b).unwrap();
         let node = b.spec.node.clone().expect("claimed");
         let prefix = node.replace('-', "");
-        assert!(b.spec.leases.keys().all(|o| o.starts_with(&format!("{prefix}-"))), "{node} holds foreign leases");
+        assert!(
+            b.spec
+                .leases
+                .keys()
+                .all(|o| o.starts_with(&format!("{prefix}-"))),
+            "{node} holds foreign leases"
+        );
     }
 }
 
@@ -244,7 +314,10 @@ async fn a_full_network_is_shared_by_borrowing_and_never_duplicates() {
                 match a.allocate(&owner, &[]).await {
                     Ok(addrs) => got.push((owner, addrs)),
                     Err(ControllerError::Contention(_)) => continue,
-                    Err(ControllerError::Ipam { source: IpamError::Exhausted { .. }, .. }) => break,
+                    Err(ControllerError::Ipam {
+                        source: IpamError::Exhausted { .. },
+                        ..
+                    }) => break,
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -255,7 +328,10 @@ async fn a_full_network_is_shared_by_borrowing_and_never_duplicates() {
     for t in tasks {
         for (owner, addrs) in t.await.unwrap() {
             for a in addrs {
-                assert!(acked.insert(a, owner.clone()).is_none(), "{a} handed out twice");
+                assert!(
+                    acked.insert(a, owner.clone()).is_none(),
+                    "{a} handed out twice"
+                );
             }
         }
     }
@@ -264,10 +340,22 @@ async fn a_full_network_is_shared_by_borrowing_and_never_duplicates() {
     let borrowed: usize = fake
         .objects(BLOCKS)
         .into_iter()
-        .map(|b| serde_json::from_value::<NetworkAddressBlock>(b).unwrap().spec.borrowed.len())
+        .map(|b| {
+            serde_json::from_value::<NetworkAddressBlock>(b)
+                .unwrap()
+                .spec
+                .borrowed
+                .len()
+        })
         .sum();
-    assert!(borrowed > 0, "no node borrowed: the test did not reach a full network");
-    assert!(fake.stats().conflicts > 0, "no write conflicted: the retries were not exercised");
+    assert!(
+        borrowed > 0,
+        "no node borrowed: the test did not reach a full network"
+    );
+    assert!(
+        fake.stats().conflicts > 0,
+        "no write conflicted: the retries were not exercised"
+    );
 }
 
 fn legacy(leases: &BTreeMap<String, Vec<String>>) -> Value {
@@ -298,7 +386,10 @@ async fn a_populated_network_allocation_moves_into_blocks_without_loss_or_duplic
     let allocs: Api<NetworkAllocation> = Api::namespaced(fake.client(), "ns1");
     let m = allocator(&fake, FIELD_MANAGER_NODE, &s);
     assert_eq!(m.migrate(&allocs, "network.n3").await.unwrap(), 1500);
-    assert!(allocs.get_opt("network.n3").await.unwrap().is_none(), "old object deleted");
+    assert!(
+        allocs.get_opt("network.n3").await.unwrap().is_none(),
+        "old object deleted"
+    );
     let after = stored(&fake);
     let mut expected = BTreeMap::new();
     for (o, addrs) in &leases {
@@ -330,7 +421,9 @@ async fn an_interrupted_migration_resumes_and_a_double_holder_is_refused() {
     let allocs: Api<NetworkAllocation> = Api::namespaced(fake.client(), "ns1");
     let m = allocator(&fake, FIELD_MANAGER_NODE, &s);
     // A first run that copied some leases and died before deleting the object.
-    let half: Vec<IpAddr> = (1..=20).map(|i| format!("10.3.0.{i}").parse().unwrap()).collect();
+    let half: Vec<IpAddr> = (1..=20)
+        .map(|i| format!("10.3.0.{i}").parse().unwrap())
+        .collect();
     m.edit_blocks(&half, |b| {
         let cidr: IpNet = b.spec.cidr.parse().unwrap();
         for a in half.iter().filter(|a| cidr.contains(*a)) {
@@ -349,8 +442,14 @@ async fn an_interrupted_migration_resumes_and_a_double_holder_is_refused() {
     fake.insert("heddle.dev/v1alpha1/networkallocations", legacy(&clash));
     let e = m.migrate(&allocs, "network.n3").await.unwrap_err();
     assert!(e.to_string().contains("already in use"), "{e}");
-    assert!(allocs.get_opt("network.n3").await.unwrap().is_some(), "not deleted on error");
-    assert_eq!(stored(&fake)[&"10.3.0.5".parse::<IpAddr>().unwrap()], "pod-5/eth1");
+    assert!(
+        allocs.get_opt("network.n3").await.unwrap().is_some(),
+        "not deleted on error"
+    );
+    assert_eq!(
+        stored(&fake)[&"10.3.0.5".parse::<IpAddr>().unwrap()],
+        "pod-5/eth1"
+    );
 }
 
 const FIELD_MANAGER_NODE: &str = super::super::FIELD_MANAGER;
@@ -373,7 +472,11 @@ async fn collection_drops_dead_leases_and_the_empty_blocks_of_departed_nodes() {
     let (dropped, deleted) = collect(&api, listed, |o| o.starts_with("dead-"), &nodes)
         .await
         .unwrap();
-    assert_eq!((dropped, deleted), (4, 1), "node-a's block deleted; node-b's keeps a lease");
+    assert_eq!(
+        (dropped, deleted),
+        (4, 1),
+        "node-a's block deleted; node-b's keeps a lease"
+    );
     let left: Vec<NetworkAddressBlock> = fake
         .objects(BLOCKS)
         .into_iter()
@@ -381,7 +484,10 @@ async fn collection_drops_dead_leases_and_the_empty_blocks_of_departed_nodes() {
         .collect();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].spec.node.as_deref(), Some("node-b"));
-    assert_eq!(stored(&fake).into_values().collect::<Vec<_>>(), ["live-b/eth1"]);
+    assert_eq!(
+        stored(&fake).into_values().collect::<Vec<_>>(),
+        ["live-b/eth1"]
+    );
     // A block written between the listing and the delete is kept (precondition).
     b.release("live-b/eth1").await.unwrap();
     let listed = api.list(&Default::default()).await.unwrap().items;

@@ -64,7 +64,10 @@ pub async fn collect_pod_leaks(client: &Client) -> Result<usize, ControllerError
     let dead = |o: &str| looks_like_pod_uid(pod_uid_of(o)) && !live.contains(pod_uid_of(o));
     let (mut dropped, deleted) = blocks::collect(&block_api, listed_blocks, dead, &nodes).await?;
     if deleted > 0 {
-        tracing::info!(blocks = deleted, "deleted empty address blocks of nodes that left");
+        tracing::info!(
+            blocks = deleted,
+            "deleted empty address blocks of nodes that left"
+        );
     }
     for alloc in listed {
         let dead: BTreeSet<String> = alloc

@@ -34,8 +34,7 @@ use serde_json::json;
 
 use crate::crd::{
     allocation_object, network_key, AllocationMode, ClusterNetwork, Condition, Network,
-    NetworkAllocation, NetworkSpec, NetworkStatus, ProviderNetwork,
-    VlanAssignment,
+    NetworkAllocation, NetworkSpec, NetworkStatus, ProviderNetwork, VlanAssignment,
 };
 use crate::validation::{validate_network, validate_provider};
 use crate::vlan::VlanPool;

@@ -266,7 +266,8 @@ async fn a_conflicting_claim_is_retried_from_a_fresh_read() {
     // The single allocation object is migrated: its lease goes into its block (created
     // without affinity, owned by the network), then the object is deleted with a precondition.
     expect(&mut h, Method::GET, ALLOC, 200, alloc).await;
-    const BLOCK: &str = "/apis/heddle.dev/v1alpha1/namespaces/ns1/networkaddressblocks/network.n3.10-3-0-0-28";
+    const BLOCK: &str =
+        "/apis/heddle.dev/v1alpha1/namespaces/ns1/networkaddressblocks/network.n3.10-3-0-0-28";
     expect(&mut h, Method::GET, BLOCK, 404, status(404, "NotFound")).await;
     let (_, block) = expect(&mut h, Method::POST, BLOCKS, 201, Value::Null).await;
     assert_eq!(
@@ -278,7 +279,14 @@ async fn a_conflicting_claim_is_retried_from_a_fresh_read() {
         block["metadata"]["labels"],
         json!({"heddle.dev/network": "network.n3"})
     );
-    let (_, del) = expect(&mut h, Method::DELETE, ALLOC, 200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})).await;
+    let (_, del) = expect(
+        &mut h,
+        Method::DELETE,
+        ALLOC,
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+    )
+    .await;
     assert_eq!(del["preconditions"]["resourceVersion"], "3");
     let mut stored = block.clone();
     stored["metadata"]["resourceVersion"] = json!("4");
