@@ -48,6 +48,9 @@ type Key = (String, Option<String>, String);
 struct State {
     /// (resource path, e.g. `heddle.dev/v1alpha1/networks`; namespace; name) -> object.
     objects: BTreeMap<Key, Value>,
+    /// (resource, label key) -> objects carrying that label, so a selector list does not
+    /// scan every object.
+    by_label: std::collections::HashMap<(String, String), std::collections::BTreeSet<Key>>,
     version: u64,
     stats: Stats,
 }
@@ -57,6 +60,7 @@ struct State {
 pub struct FakeApi {
     state: Arc<Mutex<State>>,
     interleave: bool,
+    latency: Option<std::time::Duration>,
 }
 
 struct Route {
@@ -176,6 +180,15 @@ impl FakeApi {
         }
     }
 
+    /// A server that answers each request after `latency` (a round trip to a real API
+    /// server and etcd), for benchmarks; concurrent requests overlap.
+    pub fn with_latency(latency: std::time::Duration) -> Self {
+        Self {
+            latency: Some(latency),
+            ..Self::default()
+        }
+    }
+
     /// A client talking to this server (default namespace `default`).
     pub fn client(&self) -> Client {
         let api = self.clone();
@@ -218,13 +231,16 @@ impl FakeApi {
                 .unwrap_or_default()
                 .to_string(),
         );
-        st.objects.insert(key, obj.clone());
+        st.put_object(key, obj.clone());
         obj
     }
 
     async fn serve(&self, req: Request<Body>) -> Response<Body> {
         if self.interleave {
             tokio::task::yield_now().await;
+        }
+        if let Some(l) = self.latency {
+            tokio::time::sleep(l).await;
         }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -263,7 +279,35 @@ fn reply((code, body): (u16, Value)) -> Response<Body> {
         .expect("a valid response")
 }
 
+fn label_keys(obj: &Value) -> Vec<String> {
+    obj["metadata"]["labels"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 impl State {
+    fn put_object(&mut self, key: Key, obj: Value) {
+        self.drop_object(&key);
+        for l in label_keys(&obj) {
+            self.by_label
+                .entry((key.0.clone(), l))
+                .or_default()
+                .insert(key.clone());
+        }
+        self.objects.insert(key, obj);
+    }
+
+    fn drop_object(&mut self, key: &Key) {
+        if let Some(old) = self.objects.remove(key) {
+            for l in label_keys(&old) {
+                if let Some(set) = self.by_label.get_mut(&(key.0.clone(), l)) {
+                    set.remove(key);
+                }
+            }
+        }
+    }
+
     fn handle(
         &mut self,
         method: &Method,
@@ -342,7 +386,7 @@ impl State {
                 if let Some(conflict) = self.precondition(&current, &body["preconditions"]) {
                     return conflict;
                 }
-                self.objects.remove(&key);
+                self.drop_object(&key);
                 self.stats.writes += 1;
                 (
                     200,
@@ -396,7 +440,7 @@ impl State {
         }
         self.stats.largest_object = self.stats.largest_object.max(size);
         self.stats.writes += 1;
-        self.objects.insert(key, obj.clone());
+        self.put_object(key, obj.clone());
         (code, obj)
     }
 
@@ -433,9 +477,19 @@ impl State {
         metadata_only: bool,
     ) -> (u16, Value) {
         let selector = query_param(query, "labelSelector").unwrap_or_default();
-        let items: Vec<Value> = self
-            .objects
-            .iter()
+        // The smallest set of objects carrying a label the selector requires, if any.
+        let indexed = selector
+            .split(',')
+            .filter(|t| !t.is_empty() && !t.starts_with('!') && !t.contains("!="))
+            .map(|t| t.split('=').next().unwrap_or(t).trim().to_string())
+            .map(|k| self.by_label.get(&(resource.to_string(), k)))
+            .min_by_key(|set| set.map_or(0, |s| s.len()));
+        let candidates: Box<dyn Iterator<Item = (&Key, &Value)>> = match indexed {
+            Some(Some(set)) => Box::new(set.iter().filter_map(|k| self.objects.get_key_value(k))),
+            Some(None) => Box::new(std::iter::empty()),
+            None => Box::new(self.objects.iter()),
+        };
+        let items: Vec<Value> = candidates
             .filter(|((r, ns, _), o)| {
                 r == resource
                     && (namespace.is_none() || ns.as_deref() == namespace)
