@@ -10,6 +10,11 @@
 //! * [`NetworkAllocation`] (namespaced, owned by its network): the address leases of one network, the object the
 //!   cluster-wide IP allocator updates with `resourceVersion` preconditions.
 //!
+//! * [`NetworkAddressBlock`] (namespaced, owned by its network): one address block of a
+//!   network and its leases, claimed by a node (cluster IPAM; see `controller::blocks`).
+//!   [`NetworkAllocation`] is the single-object format the blocks replace; the manager
+//!   migrates it.
+//!
 //! `heddle-manager crdgen` prints [`crds_yaml`]; the chart ships the same text.
 
 use std::collections::BTreeMap;
@@ -112,7 +117,11 @@ pub struct VlanAssignment {
     derive = "PartialEq",
     printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.kind"}"#,
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
-    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".status.vlan"}"#
+    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".status.vlan"}"#,
+    printcolumn = r#"{"name":"Blocks","type":"integer","jsonPath":".status.addressBlocks.blocks"}"#,
+    printcolumn = r#"{"name":"Leases","type":"integer","jsonPath":".status.addressBlocks.leases"}"#,
+    printcolumn = r#"{"name":"Free IPv4","type":"integer","jsonPath":".status.ipv4.free"}"#,
+    printcolumn = r#"{"name":"Free IPv6","type":"integer","jsonPath":".status.ipv6.free","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
@@ -198,7 +207,11 @@ impl NetworkSpec {
     derive = "PartialEq",
     printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.kind"}"#,
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
-    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".status.vlan"}"#
+    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".status.vlan"}"#,
+    printcolumn = r#"{"name":"Blocks","type":"integer","jsonPath":".status.addressBlocks.blocks"}"#,
+    printcolumn = r#"{"name":"Leases","type":"integer","jsonPath":".status.addressBlocks.leases"}"#,
+    printcolumn = r#"{"name":"Free IPv4","type":"integer","jsonPath":".status.ipv4.free"}"#,
+    printcolumn = r#"{"name":"Free IPv6","type":"integer","jsonPath":".status.ipv6.free","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterNetworkSpec {
@@ -351,6 +364,22 @@ pub struct NetworkStatus {
     /// IPv6 address counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<AddressCounts>,
+    /// The network's address blocks. Present once the manager has moved the network's
+    /// leases into blocks (migrating its `NetworkAllocation`, if any): allocators wait for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_blocks: Option<AddressBlockCounts>,
+}
+
+/// How a network's leases are spread over address blocks.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressBlockCounts {
+    /// `NetworkAddressBlock` objects of the network.
+    pub blocks: u64,
+    /// Blocks with a node affinity.
+    pub claimed: u64,
+    /// Lease owners (an owner with an IPv4 and an IPv6 address counts once per block).
+    pub leases: u64,
 }
 
 /// Address counts of one subnet.
@@ -361,6 +390,9 @@ pub struct AddressCounts {
     pub total: u64,
     /// Addresses given to pods.
     pub allocated: u64,
+    /// Addresses left (`total - allocated`).
+    #[serde(default)]
+    pub free: u64,
 }
 
 /// A Kubernetes-style condition.
@@ -401,6 +433,59 @@ pub struct NetworkAllocationSpec {
     pub leases: BTreeMap<String, Vec<String>>,
 }
 
+/// One address block of a network: a CIDR-aligned slice of its address space and the leases
+/// in it. A node claims a block (`spec.node`) and allocates from its own blocks without
+/// touching anyone else's; every write carries the `resourceVersion` it read. The name is
+/// derived from the network and the block's CIDR ([`block_name`]), so two nodes claiming the
+/// same block collide on `create` and one of them gets `409 AlreadyExists`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "heddle.dev",
+    version = "v1alpha1",
+    kind = "NetworkAddressBlock",
+    plural = "networkaddressblocks",
+    shortname = "hblock",
+    namespaced,
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.cidr"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Used","type":"integer","jsonPath":".spec.used"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkAddressBlockSpec {
+    /// `namespace/name` of a `Network` or `name` of a `ClusterNetwork`.
+    pub network: String,
+    /// The block, e.g. `10.3.1.0/24`.
+    pub cidr: String,
+    /// The node whose allocations this block serves; none after a migration or once the
+    /// node has left (any node may then claim it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Leases in this block by owner: the owner's addresses that lie in this block.
+    #[serde(default)]
+    pub leases: BTreeMap<String, Vec<String>>,
+    /// Leases another node took here (owner -> node) because the network was nearly full.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub borrowed: BTreeMap<String, String>,
+    /// Addresses leased in this block (kept equal to the leases, for `kubectl get`).
+    #[serde(default)]
+    pub used: u32,
+}
+
+/// The name of the block of network allocation object `prefix` (see
+/// [`allocation_object`]) starting at `first`: `network.n3.10-3-1-0-24`; an IPv6 block
+/// spells its first address as 32 hex digits (`...fd000003000000000000000000000100-120`).
+pub fn block_name(prefix: &str, first: std::net::IpAddr, prefix_len: u8) -> String {
+    match first {
+        std::net::IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{prefix}.{}-{}-{}-{}-{prefix_len}", o[0], o[1], o[2], o[3])
+        }
+        std::net::IpAddr::V6(a) => format!("{prefix}.{:032x}-{prefix_len}", u128::from(a)),
+    }
+}
+
 /// Namespace and name of the [`NetworkAllocation`] object of a network: `network.<name>` in
 /// the network's own namespace for a `Network`, `clusternetwork.<name>` in the manager's
 /// namespace (`system_namespace`) for a `ClusterNetwork`. The prefixes keep the two apart.
@@ -434,6 +519,7 @@ pub fn crds_yaml() -> String {
         Network::crd(),
         ClusterNetwork::crd(),
         NetworkAllocation::crd(),
+        NetworkAddressBlock::crd(),
     ];
     let mut out = String::new();
     for crd in crds {

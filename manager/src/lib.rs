@@ -8,6 +8,8 @@
 //! * [`device_plugin`]: the kubelet device plugin (vhost-user, memif, SR-IOV VF pools).
 //! * [`controller`]: the kube-rs reconcilers and the cluster-wide allocator.
 //! * [`cni_ipam`]: `heddle-ipam`, the allocators as a CNI IPAM plugin (embedded or cluster).
+//! * [`fake_api`]: an in-memory API server (resourceVersion preconditions, etcd's size
+//!   limit) behind a real `kube::Client`, for the allocators' tests and benchmarks.
 //! * [`trunks`]: the VLANs each uplink trunk of a node must carry, for the node daemon.
 
 pub mod cni_ipam;
@@ -15,6 +17,7 @@ pub mod controller;
 pub mod crd;
 pub mod device_plugin;
 pub mod embedded;
+pub mod fake_api;
 pub mod ipam;
 pub mod leader;
 pub mod node_agent;

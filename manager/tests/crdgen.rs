@@ -49,6 +49,7 @@ fn crds_name_every_kind_with_the_right_scope() {
         ("networks.heddle.dev", "Namespaced"),
         ("clusternetworks.heddle.dev", "Cluster"),
         ("networkallocations.heddle.dev", "Namespaced"),
+        ("networkaddressblocks.heddle.dev", "Namespaced"),
     ];
     assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
     for d in &docs {
@@ -58,6 +59,7 @@ fn crds_name_every_kind_with_the_right_scope() {
         assert_eq!(
             has_status,
             d["metadata"]["name"] != "networkallocations.heddle.dev"
+                && d["metadata"]["name"] != "networkaddressblocks.heddle.dev"
         );
     }
     // The VLAN is bounded in the schema and may not change once set.

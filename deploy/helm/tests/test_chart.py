@@ -462,13 +462,18 @@ def test_rbac_grants_each_component_only_what_its_code_uses(chart):
     node = verbs(one(objects, "ClusterRole", f"{RELEASE}-node"))
     assert node == {("", "nodes", "get"), ("heddle.dev", "providernetworks", "list"),
                     ("heddle.dev", "providernetworks", "watch"), ("heddle.dev", "networks", "get"),
-                    ("heddle.dev", "clusternetworks", "get"), ("heddle.dev", "networkallocations", "get"),
-                    ("heddle.dev", "networkallocations", "update")}, f"node agent + heddle-ipam verbs: {sorted(node)}"
+                    ("heddle.dev", "clusternetworks", "get"),
+                    *{("heddle.dev", "networkaddressblocks", v) for v in ("get", "list", "create", "update")}}, \
+        f"node agent + heddle-ipam verbs: {sorted(node)}"
     webhook = verbs(one(objects, "ClusterRole", f"{RELEASE}-webhook"))
     assert webhook == {("heddle.dev", "providernetworks", "get")}, f"the webhook only reads provider networks: {webhook}"
     manager = verbs(one(objects, "ClusterRole", f"{RELEASE}-manager"))
     for v in manager:
-        assert v[2] not in ("delete", "deletecollection", "*") and v[1] != "*", f"the manager never deletes or wildcards: {v}"
+        assert v[2] not in ("deletecollection", "*") and v[1] != "*", f"the manager never wildcards: {v}"
+    # It deletes only what IPAM retires, always with a resourceVersion precondition: a migrated
+    # NetworkAllocation, and the empty address blocks of nodes that left.
+    assert {v for v in manager if v[2] == "delete"} == {("heddle.dev", "networkallocations", "delete"),
+                                                        ("heddle.dev", "networkaddressblocks", "delete")}
     assert ("", "secrets", "get") not in manager | node | webhook, "no component reads Secrets"
 
 

@@ -1,30 +1,36 @@
-//! Cluster mode: leases in the network's `NetworkAllocation` on the API server, through the
-//! cluster allocator ([`controller::ipam`]), which is safe across nodes (optimistic
-//! concurrency on `resourceVersion`).
+//! Cluster mode: leases in the network's address blocks on the API server, through the
+//! block allocator ([`controller::blocks`]): this node allocates from the blocks it claimed,
+//! claims another when they are full, borrows from another node's block only when every
+//! block is claimed; every write is conditional on `resourceVersion`.
 //!
 //! The network is the `Network` `ipam.network` in `ipam.namespace`, or the `ClusterNetwork`
 //! of that name when no namespace is given (its allocation object lives in
 //! `ipam.systemNamespace`). The plugin needs `get` on networks / clusternetworks and `get`,
-//! `update` on networkallocations.
+//! `list`, `create`, `update` on networkaddressblocks. It waits (CNI error 11, try again)
+//! until the manager has set up the network's blocks (`status.addressBlocks`), which is also
+//! when a network's old `NetworkAllocation` has been migrated.
 //!
-//! GC does not release anything here: the allocation object holds the leases of every node,
+//! GC does not release anything here: the blocks hold the leases of every node,
 //! and a runtime's `cni.dev/valid-attachments` only lists its own node's attachments, so
 //! releasing "everything not listed" would free addresses of live pods elsewhere. Leases
 //! whose DEL never came are the manager's leak collector's job.
 //!
-//! [`controller::ipam`]: crate::controller::ipam
+//! [`controller::blocks`]: crate::controller::blocks
 
 use std::path::Path;
 
 use heddle_cni::error::{code, CniError};
 use heddle_cni::{Command, Invocation};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use serde_json::Value;
 
 use super::{owner, requested, result, Mode, Request};
-use crate::controller::{ipam, ControllerError};
-use crate::crd::{allocation_object, network_key, ClusterNetwork, Network, NetworkAllocation};
+use crate::controller::blocks::BlockAllocator;
+use crate::controller::ControllerError;
+use crate::crd::{
+    allocation_object, network_key, AllocationMode, ClusterNetwork, Network, NetworkAddressBlock,
+};
 use crate::ipam::IpamError;
 
 fn unreachable_api(what: &str, e: impl std::fmt::Display) -> CniError {
@@ -42,7 +48,7 @@ fn kube_error(what: &str, e: kube::Error) -> CniError {
     match &e {
         kube::Error::Api(s) if s.code == 401 || s.code == 403 => CniError::new(
             code::IPAM,
-            format!("{what}: the API server refused heddle-ipam's credentials; give them get on networks/clusternetworks and get, update on networkallocations (heddle.dev)"),
+            format!("{what}: the API server refused heddle-ipam's credentials; give them get on networks/clusternetworks and get, list, create, update on networkaddressblocks (heddle.dev)"),
             e.to_string(),
         ),
         kube::Error::Api(_) => CniError::new(code::IPAM, format!("{what}: the API server refused the request"), e.to_string()),
@@ -132,7 +138,28 @@ pub fn run(req: &Request, inv: &Invocation) -> Result<Option<Value>, CniError> {
     })
 }
 
-/// Runs one call with `client` (the tests pass a mock).
+/// The node this call runs on: `ipam.node`, else `NODE_NAME`, else the host name (the
+/// kubelet's default node name).
+pub fn node_name(configured: Option<&str>) -> Result<String, CniError> {
+    if let Some(n) = configured.filter(|n| !n.is_empty()) {
+        return Ok(n.to_string());
+    }
+    if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        return Ok(n);
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            CniError::config(
+                "cannot tell which node this is: set ipam.node to the Kubernetes node name",
+                "no NODE_NAME and no host name",
+            )
+        })
+}
+
+/// Runs one call with `client` (the tests pass a fake API server).
 pub async fn run_with(
     client: Client,
     req: &Request,
@@ -141,6 +168,7 @@ pub async fn run_with(
     let Mode::Cluster {
         namespace,
         system_namespace,
+        node,
         ..
     } = &req.ipam.mode
     else {
@@ -148,20 +176,20 @@ pub async fn run_with(
     };
     let net = req.ipam.network.as_str();
     let key = network_key(namespace.as_deref(), net);
-    let spec = match namespace {
+    let found = match namespace {
         Some(ns) => Api::<Network>::namespaced(client.clone(), ns)
             .get_opt(net)
             .await
-            .map(|n| n.map(|n| n.spec)),
+            .map(|n| n.map(|n| (n.controller_owner_ref(&()), n.spec, n.status))),
         None => Api::<ClusterNetwork>::all(client.clone())
             .get_opt(net)
             .await
-            .map(|n| n.map(|n| n.spec.network)),
+            .map(|n| n.map(|n| (n.controller_owner_ref(&()), n.spec.network, n.status))),
     }
     .map_err(|e| kube_error(&format!("network {key}"), e))?;
-    let Some(spec) = spec else {
+    let Some((owner_ref, spec, status)) = found else {
         if inv.command == Command::Del {
-            // The network is gone, and its allocation object with it: nothing to free.
+            // The network is gone, and its address blocks with it: nothing to free.
             return Ok(None);
         }
         let kind = if namespace.is_some() {
@@ -176,49 +204,58 @@ pub async fn run_with(
         ));
     };
     let (alloc_ns, alloc_name) = allocation_object(namespace.as_deref(), net, system_namespace);
-    let api: Api<NetworkAllocation> = Api::namespaced(client, &alloc_ns);
+    let ready = status.as_ref().is_some_and(|s| s.address_blocks.is_some());
     let not_ready = || {
         CniError::new(
             code::TRY_AGAIN_LATER,
-            format!("network {key} has no allocation object {alloc_ns}/{alloc_name} yet: heddle-manager creates it when it reconciles the network; retry"),
+            format!("network {key} has no address blocks yet: heddle-manager sets up (or migrates) them when it reconciles the network; retry"),
             "is heddle-manager running?",
         )
     };
-    let missing_alloc = |e: &ControllerError| matches!(e, ControllerError::Kube(kube::Error::Api(s)) if s.is_not_found());
+    let node = node_name(node.as_deref())?;
+    let allocator = BlockAllocator::new(
+        Api::<NetworkAddressBlock>::namespaced(client, &alloc_ns),
+        &alloc_name,
+        &key,
+        &spec,
+        &node,
+        owner_ref,
+    )
+    .map_err(allocator_error)?;
     let owner = owner(inv);
     match inv.command {
         Command::Add => {
             let requested = requested(req, inv)?;
-            let addresses = ipam::allocate(&api, &alloc_name, &spec, &owner, &requested)
+            if !ready && spec.allocation != AllocationMode::None {
+                return Err(not_ready());
+            }
+            let addresses = allocator
+                .allocate(&owner, &requested)
                 .await
-                .map_err(|e| {
-                    if missing_alloc(&e) {
-                        not_ready()
-                    } else {
-                        allocator_error(e)
-                    }
-                })?;
+                .map_err(allocator_error)?;
             let r = result(&key, &spec, &addresses, &req.ipam)?;
             Ok(Some(r.render(&req.cni_version)))
         }
-        Command::Del => match ipam::release(&api, &alloc_name, &spec, &owner).await {
-            Ok(_) => Ok(None),
-            Err(e) if missing_alloc(&e) => Ok(None),
-            Err(e) => Err(allocator_error(e)),
-        },
+        Command::Del => allocator
+            .release(&owner)
+            .await
+            .map(|_| None)
+            .map_err(allocator_error),
         Command::Check => {
-            let alloc = api
-                .get_opt(&alloc_name)
-                .await
-                .map_err(|e| kube_error("network allocation", e))?
-                .ok_or_else(not_ready)?;
-            let held = alloc.spec.leases.get(&owner).ok_or_else(|| {
-                CniError::new(
+            if !ready {
+                return Err(not_ready());
+            }
+            let mut held: Vec<String> = Vec::new();
+            for b in allocator.my_blocks().await.map_err(allocator_error)? {
+                held.extend(b.spec.leases.get(&owner).cloned().unwrap_or_default());
+            }
+            if held.is_empty() {
+                return Err(CniError::new(
                     code::UNKNOWN_CONTAINER,
                     format!("{owner} holds no address on network {key}"),
                     "run DEL and ADD again",
-                )
-            })?;
+                ));
+            }
             let missing: Vec<_> = requested(req, inv)?
                 .into_iter()
                 .filter(|a| !held.contains(&a.to_string()))
@@ -234,11 +271,10 @@ pub async fn run_with(
         }
         Command::Status => {
             // STATUS reports "not available" (50) whatever the cause.
-            let unavailable = |e: CniError| CniError::new(code::NOT_AVAILABLE, e.msg, e.details);
-            api.get_opt(&alloc_name)
-                .await
-                .map_err(|e| unavailable(kube_error("network allocation", e)))?
-                .ok_or_else(|| unavailable(not_ready()))?;
+            if !ready {
+                let e = not_ready();
+                return Err(CniError::new(code::NOT_AVAILABLE, e.msg, e.details));
+            }
             Ok(None)
         }
         Command::Gc | Command::Version => Ok(None),

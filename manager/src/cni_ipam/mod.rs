@@ -9,8 +9,8 @@
 //!
 //! The `ipam` object picks where leases live:
 //! - embedded (`store`, `config`): the node's [`EmbeddedStore`], see [`local`];
-//! - cluster (`namespace`, `kubeconfig`, or `"mode": "cluster"`): the network's
-//!   `NetworkAllocation` object on the API server, see [`cluster`].
+//! - cluster (`namespace`, `kubeconfig`, or `"mode": "cluster"`): the network's address
+//!   blocks on the API server (claimed by this node), see [`cluster`].
 //!
 //! The lease owner is `<CNI_CONTAINERID>/<CNI_IFNAME>`, so ADD is idempotent per attachment
 //! and DEL frees exactly what that attachment holds (and succeeds when repeated).
@@ -63,6 +63,8 @@ struct RawIpamConf {
     #[serde(default)]
     system_namespace: Option<String>,
     #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
     routes: Vec<Route>,
     #[serde(default)]
     dns: Value,
@@ -86,6 +88,9 @@ pub enum Mode {
         kubeconfig: Option<PathBuf>,
         /// Namespace of `ClusterNetwork` allocation objects.
         system_namespace: String,
+        /// The Kubernetes node name this plugin runs on (`ipam.node`); when absent, the
+        /// `NODE_NAME` environment variable, else the host name.
+        node: Option<String>,
     },
 }
 
@@ -204,8 +209,10 @@ impl IpamConf {
             ));
         }
         let embedded_keys = raw.store.is_some() || raw.config.is_some();
-        let cluster_keys =
-            raw.namespace.is_some() || raw.kubeconfig.is_some() || raw.system_namespace.is_some();
+        let cluster_keys = raw.namespace.is_some()
+            || raw.kubeconfig.is_some()
+            || raw.system_namespace.is_some()
+            || raw.node.is_some();
         let cluster = match raw.mode.as_deref() {
             Some("embedded") => false,
             Some("cluster") => true,
@@ -225,7 +232,7 @@ impl IpamConf {
         };
         if cluster && embedded_keys || !cluster && cluster_keys {
             return Err(bad_config(
-                "ipam mixes embedded keys (store, config) with cluster keys (namespace, kubeconfig, systemNamespace)",
+                "ipam mixes embedded keys (store, config) with cluster keys (namespace, kubeconfig, systemNamespace, node)",
                 "keep the keys of one mode",
             ));
         }
@@ -236,6 +243,7 @@ impl IpamConf {
                 system_namespace: raw
                     .system_namespace
                     .unwrap_or_else(|| DEFAULT_SYSTEM_NAMESPACE.into()),
+                node: raw.node,
             }
         } else {
             Mode::Embedded {

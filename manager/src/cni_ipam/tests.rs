@@ -1,13 +1,12 @@
 //! The plugin's decisions and both modes: the embedded store in a temporary directory, the
-//! cluster allocator against `tower_test` API scenarios.
+//! block allocator against the in-memory API server (`fake_api`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use http::{Method, Request as HttpRequest, Response};
-use kube::client::Body;
 use serde_json::{json, Value};
-use tower_test::mock;
+
+use crate::fake_api::FakeApi;
 
 use super::*;
 
@@ -75,7 +74,8 @@ fn mode_is_chosen_by_the_keys_and_mixed_keys_are_refused() {
         Mode::Cluster {
             namespace: Some("tenant-a".into()),
             kubeconfig: None,
-            system_namespace: DEFAULT_SYSTEM_NAMESPACE.into()
+            system_namespace: DEFAULT_SYSTEM_NAMESPACE.into(),
+            node: None,
         }
     );
     let r = parse(json!({"type": "heddle-ipam", "network": "red", "mode": "cluster"})).unwrap();
@@ -261,221 +261,167 @@ fn concurrent_adds_on_one_node_get_distinct_addresses() {
     assert_eq!(addrs.len(), 20);
 }
 
-// ---- cluster mode ----
+// ---- cluster mode (against the in-memory API server) ----
 
-type Handle = mock::Handle<HttpRequest<Body>, Response<Body>>;
-
-const NETWORK: &str = "/apis/heddle.dev/v1alpha1/namespaces/tenant-a/networks/red";
-const ALLOC: &str = "/apis/heddle.dev/v1alpha1/namespaces/tenant-a/networkallocations/network.red";
+const NETWORK_RESOURCE: &str = "heddle.dev/v1alpha1/networks";
+const BLOCKS: &str = "heddle.dev/v1alpha1/networkaddressblocks";
 
 fn cluster_conf(extra: Value) -> Request {
     let mut c = json!({"cniVersion": "1.0.0", "ipam": {"type": "heddle-ipam", "network": "red",
-        "namespace": "tenant-a", "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig"}});
+        "namespace": "tenant-a", "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig", "node": "node-a"}});
     for (k, v) in extra.as_object().unwrap() {
         c[k] = v.clone();
     }
     Request::parse(&serde_json::to_vec(&c).unwrap()).unwrap()
 }
 
-fn network_object(cidr: &str) -> Value {
-    json!({"apiVersion": "heddle.dev/v1alpha1", "kind": "Network",
+/// Network `tenant-a/red` on `fake`; `ready`: the manager has set up its address blocks.
+fn network_object(fake: &FakeApi, cidr: &str, ready: bool) {
+    let mut n = json!({"apiVersion": "heddle.dev/v1alpha1", "kind": "Network",
         "metadata": {"name": "red", "namespace": "tenant-a", "uid": "u1"},
-        "spec": {"kind": "vhost-user", "provider": "physnet", "ipv4": {"cidr": cidr, "gateway": "10.10.0.1"}}})
+        "spec": {"kind": "vhost-user", "provider": "physnet", "ipv4": {"cidr": cidr, "gateway": "10.10.0.1"}}});
+    if ready {
+        n["status"] =
+            json!({"conditions": [], "addressBlocks": {"blocks": 0, "claimed": 0, "leases": 0}});
+    }
+    fake.insert(NETWORK_RESOURCE, n);
 }
 
-fn alloc_object(rv: &str, leases: Value) -> Value {
-    json!({"apiVersion": "heddle.dev/v1alpha1", "kind": "NetworkAllocation",
-        "metadata": {"name": "network.red", "namespace": "tenant-a", "resourceVersion": rv},
-        "spec": {"network": "tenant-a/red", "leases": leases}})
-}
-
-fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"})
-}
-
-/// Answers the next request, which must be `method path`, with `status` and `reply` (the
-/// request body echoed when `reply` is null); returns the request body.
-async fn expect(h: &mut Handle, method: Method, path: &str, status: u16, reply: Value) -> Value {
-    let (req, send) = h.next_request().await.expect("a request");
-    assert_eq!((req.method(), req.uri().path()), (&method, path));
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let reply = if reply.is_null() { body.clone() } else { reply };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap(),
-    );
-    body
-}
-
-fn spawn_call(
+async fn call(
+    fake: &FakeApi,
     command: &str,
     container: &str,
     req: Request,
-) -> (
-    Handle,
-    tokio::task::JoinHandle<Result<Option<Value>, CniError>>,
-) {
-    let (svc, handle) = mock::pair::<HttpRequest<Body>, Response<Body>>();
-    let client = kube::Client::new(svc, "default");
-    let inv = inv(command, container, "");
-    let task = tokio::spawn(async move { cluster::run_with(client, &req, &inv).await });
-    (handle, task)
+) -> Result<Option<Value>, CniError> {
+    cluster::run_with(fake.client(), &req, &inv(command, container, "")).await
+}
+
+/// Every lease in the fake server's blocks: owner -> addresses.
+fn leases(fake: &FakeApi) -> BTreeMap<String, Vec<String>> {
+    let mut all = BTreeMap::new();
+    for b in fake.objects(BLOCKS) {
+        for (o, a) in b["spec"]["leases"].as_object().unwrap() {
+            let a: Vec<String> = serde_json::from_value(a.clone()).unwrap();
+            all.entry(o.clone()).or_insert_with(Vec::new).extend(a);
+        }
+    }
+    all
 }
 
 #[tokio::test]
-async fn cluster_add_writes_the_lease_and_repeated_add_writes_nothing() {
-    let (mut h, task) = spawn_call("ADD", "ctr-a", cluster_conf(json!({})));
-    expect(
-        &mut h,
-        Method::GET,
-        NETWORK,
-        200,
-        network_object("10.10.0.0/24"),
-    )
-    .await;
-    expect(
-        &mut h,
-        Method::GET,
-        ALLOC,
-        200,
-        alloc_object("7", json!({"other/net1": ["10.10.0.2"]})),
-    )
-    .await;
-    let put = expect(&mut h, Method::PUT, ALLOC, 200, Value::Null).await;
-    assert_eq!(
-        put["metadata"]["resourceVersion"], "7",
-        "written with the precondition"
-    );
-    assert_eq!(put["spec"]["leases"]["ctr-a/net1"], json!(["10.10.0.3"]));
-    let r = task.await.unwrap().unwrap().unwrap();
+async fn cluster_add_writes_the_lease_in_a_block_of_this_node_and_repeated_add_writes_nothing() {
+    let fake = FakeApi::new();
+    network_object(&fake, "10.10.0.0/24", true);
+    let r = call(&fake, "ADD", "ctr-a", cluster_conf(json!({})))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r["cniVersion"], "1.0.0");
+    assert_eq!(r["ips"][0]["gateway"], "10.10.0.1");
+    let addr = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/24")
+        .to_string();
     assert_eq!(
-        r["ips"],
-        json!([{"address": "10.10.0.3/24", "gateway": "10.10.0.1"}])
+        leases(&fake),
+        BTreeMap::from([("ctr-a/net1".to_string(), vec![addr])])
     );
-
-    let (mut h, task) = spawn_call("ADD", "ctr-a", cluster_conf(json!({})));
-    expect(
-        &mut h,
-        Method::GET,
-        NETWORK,
-        200,
-        network_object("10.10.0.0/24"),
-    )
-    .await;
-    expect(
-        &mut h,
-        Method::GET,
-        ALLOC,
-        200,
-        alloc_object("8", put["spec"]["leases"].clone()),
-    )
-    .await;
-    let again = task.await.unwrap().unwrap().unwrap();
+    let blocks = fake.objects(BLOCKS);
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0]["spec"]["node"], "node-a");
+    assert_eq!(
+        blocks[0]["metadata"]["ownerReferences"][0]["uid"], "u1",
+        "owned by the network"
+    );
+    let writes = fake.stats().writes;
+    let again = call(&fake, "ADD", "ctr-a", cluster_conf(json!({})))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, r);
+    assert_eq!(fake.stats().writes, writes);
+    // CHECK passes for the holder, fails for an unknown attachment.
+    call(&fake, "CHECK", "ctr-a", cluster_conf(json!({})))
+        .await
+        .unwrap();
+    let e = call(&fake, "CHECK", "ctr-x", cluster_conf(json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::UNKNOWN_CONTAINER);
 }
 
 #[tokio::test]
 async fn cluster_del_frees_and_succeeds_when_the_network_is_gone() {
-    let (mut h, task) = spawn_call("DEL", "ctr-a", cluster_conf(json!({})));
-    expect(
-        &mut h,
-        Method::GET,
-        NETWORK,
-        200,
-        network_object("10.10.0.0/24"),
-    )
-    .await;
-    expect(
-        &mut h,
-        Method::GET,
-        ALLOC,
-        200,
-        alloc_object(
-            "8",
-            json!({"ctr-a/net1": ["10.10.0.3"], "b/net1": ["10.10.0.4"]}),
-        ),
-    )
-    .await;
-    let put = expect(&mut h, Method::PUT, ALLOC, 200, Value::Null).await;
-    assert_eq!(put["spec"]["leases"], json!({"b/net1": ["10.10.0.4"]}));
-    assert_eq!(task.await.unwrap().unwrap(), None);
+    let fake = FakeApi::new();
+    network_object(&fake, "10.10.0.0/24", true);
+    call(&fake, "ADD", "ctr-a", cluster_conf(json!({})))
+        .await
+        .unwrap();
+    call(&fake, "ADD", "ctr-b", cluster_conf(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&fake, "DEL", "ctr-a", cluster_conf(json!({})))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(leases(&fake).keys().collect::<Vec<_>>(), ["ctr-b/net1"]);
+    assert_eq!(
+        call(&fake, "DEL", "ctr-a", cluster_conf(json!({})))
+            .await
+            .unwrap(),
+        None
+    );
 
-    let (mut h, task) = spawn_call("DEL", "ctr-a", cluster_conf(json!({})));
-    expect(&mut h, Method::GET, NETWORK, 404, not_found()).await;
-    assert_eq!(task.await.unwrap().unwrap(), None);
+    let empty = FakeApi::new();
+    assert_eq!(
+        call(&empty, "DEL", "ctr-a", cluster_conf(json!({})))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
-async fn cluster_unknown_network_and_exhausted_pool_are_reported() {
-    let (mut h, task) = spawn_call("ADD", "ctr-a", cluster_conf(json!({})));
-    expect(&mut h, Method::GET, NETWORK, 404, not_found()).await;
-    let e = task.await.unwrap().unwrap_err();
+async fn cluster_unknown_network_exhausted_pool_and_unready_network_are_reported() {
+    let fake = FakeApi::new();
+    let e = call(&fake, "ADD", "ctr-a", cluster_conf(json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, code::INVALID_CONFIG);
     assert_eq!(e.msg, "network tenant-a/red does not exist: create the Network (heddle.dev) or fix ipam.network / ipam.namespace");
 
-    let (mut h, task) = spawn_call("ADD", "ctr-c", cluster_conf(json!({})));
-    expect(
-        &mut h,
-        Method::GET,
-        NETWORK,
-        200,
-        network_object("10.10.0.0/30"),
-    )
-    .await;
-    expect(
-        &mut h,
-        Method::GET,
-        ALLOC,
-        200,
-        alloc_object("9", json!({"b/net1": ["10.10.0.2"]})),
-    )
-    .await;
-    let e = task.await.unwrap().unwrap_err();
+    network_object(&fake, "10.10.0.0/30", true);
+    call(&fake, "ADD", "ctr-b", cluster_conf(json!({})))
+        .await
+        .unwrap();
+    let e = call(&fake, "ADD", "ctr-c", cluster_conf(json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, code::IPAM);
     assert_eq!(e.msg, "network tenant-a/red: subnet 10.10.0.0/30 has no free address left; widen its ranges or release addresses");
 
-    let (mut h, task) = spawn_call("ADD", "ctr-d", cluster_conf(json!({})));
-    expect(
-        &mut h,
-        Method::GET,
-        NETWORK,
-        200,
-        network_object("10.10.0.0/24"),
-    )
-    .await;
-    expect(&mut h, Method::GET, ALLOC, 404, not_found()).await;
-    assert_eq!(task.await.unwrap().unwrap_err().code, code::TRY_AGAIN_LATER);
+    let unready = FakeApi::new();
+    network_object(&unready, "10.10.0.0/24", false);
+    let e = call(&unready, "ADD", "ctr-d", cluster_conf(json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, code::TRY_AGAIN_LATER);
+    assert!(e.msg.contains("no address blocks yet"), "{}", e.msg);
+    assert!(unready.objects(BLOCKS).is_empty(), "nothing written");
 }
 
 #[tokio::test]
 async fn cluster_static_request_and_gc_touches_nothing() {
+    let fake = FakeApi::new();
+    network_object(&fake, "10.10.0.0/24", true);
     let req = cluster_conf(json!({"runtimeConfig": {"ips": ["10.10.0.77/24"]}}));
-    let (mut h, task) = spawn_call("ADD", "ctr-s", req);
-    expect(
-        &mut h,
-        Method::GET,
-        NETWORK,
-        200,
-        network_object("10.10.0.0/24"),
-    )
-    .await;
-    expect(
-        &mut h,
-        Method::GET,
-        ALLOC,
-        200,
-        alloc_object("1", json!({})),
-    )
-    .await;
-    let put = expect(&mut h, Method::PUT, ALLOC, 200, Value::Null).await;
-    assert_eq!(put["spec"]["leases"]["ctr-s/net1"], json!(["10.10.0.77"]));
-    task.await.unwrap().unwrap();
+    call(&fake, "ADD", "ctr-s", req).await.unwrap();
+    assert_eq!(leases(&fake)["ctr-s/net1"], ["10.10.0.77"]);
 
-    // GC never reaches the API: the allocation holds every node's leases.
+    // GC never reaches the API: the blocks hold every node's leases.
     let req = cluster_conf(json!({"cni.dev/valid-attachments": []}));
     let r = cluster::run(&req, &inv("GC", "", "")).unwrap();
     assert_eq!(r, None);

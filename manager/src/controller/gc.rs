@@ -1,5 +1,7 @@
 //! Leak collection: leases whose pod is gone (a DEL that never came: node lost, runtime
-//! crash) are dropped from the [`NetworkAllocation`] objects.
+//! crash) are dropped from the [`NetworkAddressBlock`] objects (and from any
+//! [`NetworkAllocation`] not migrated yet), and the blocks of nodes that left are deleted
+//! once their leases are gone, which releases the nodes' affinities.
 //!
 //! Cluster lease owners are `<pod uid>/<ifname>`. The allocation objects are listed *before*
 //! the pods, so a lease seen in that listing belongs to a pod created before the pod listing;
@@ -17,8 +19,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::{is_conflict, ControllerError, CONFLICT_RETRIES};
-use crate::crd::NetworkAllocation;
+use super::{blocks, is_conflict, ControllerError, CONFLICT_RETRIES};
+use crate::crd::{NetworkAddressBlock, NetworkAllocation};
+use k8s_openapi::api::core::v1::Node;
 
 /// The pod UID of a cluster lease owner (`<pod uid>/<ifname>`).
 pub fn pod_uid_of(owner: &str) -> &str {
@@ -36,8 +39,11 @@ pub fn looks_like_pod_uid(s: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Drop every lease whose pod no longer exists; returns how many were dropped.
+/// Drop every lease whose pod no longer exists, and the empty blocks of nodes that left;
+/// returns how many leases were dropped.
 pub async fn collect_pod_leaks(client: &Client) -> Result<usize, ControllerError> {
+    let block_api: Api<NetworkAddressBlock> = Api::all(client.clone());
+    let listed_blocks = block_api.list(&ListParams::default()).await?.items;
     let allocs: Api<NetworkAllocation> = Api::all(client.clone());
     let listed = allocs.list(&ListParams::default()).await?;
     let pods: Api<Pod> = Api::all(client.clone());
@@ -48,7 +54,21 @@ pub async fn collect_pod_leaks(client: &Client) -> Result<usize, ControllerError
         .into_iter()
         .filter_map(|p| p.uid())
         .collect();
-    let mut dropped = 0;
+    let nodes: BTreeSet<String> = Api::<Node>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|n| n.name_any())
+        .collect();
+    let dead = |o: &str| looks_like_pod_uid(pod_uid_of(o)) && !live.contains(pod_uid_of(o));
+    let (mut dropped, deleted) = blocks::collect(&block_api, listed_blocks, dead, &nodes).await?;
+    if deleted > 0 {
+        tracing::info!(
+            blocks = deleted,
+            "deleted empty address blocks of nodes that left"
+        );
+    }
     for alloc in listed {
         let dead: BTreeSet<String> = alloc
             .spec

@@ -7,10 +7,14 @@
 //!   so Kubernetes deletes it with the network), and apply the status (server-side apply).
 //! * [`reconcile_provider`]: drop claims of networks that no longer exist, which releases
 //!   their VLANs and subnets; triggered by network deletions and a periodic resync.
-//! * [`ipam`]: allocate and release addresses on a network's [`NetworkAllocation`] from any
-//!   node, with optimistic concurrency.
+//! * [`blocks`]: allocate and release addresses in a network's address blocks
+//!   (`NetworkAddressBlock`, claimed by nodes), with optimistic concurrency; the reconciler
+//!   migrates a network's single [`NetworkAllocation`] into blocks.
+//! * [`ipam`]: the single-object allocator (every lease in one [`NetworkAllocation`]): the
+//!   format the blocks replace, kept for the migration and as the benchmark's baseline.
 //! * [`gc`]: drop leases of pods that are gone (every [`LEAK_COLLECTION_PERIOD`]).
 
+pub mod blocks;
 pub mod gc;
 pub mod ipam;
 
@@ -30,8 +34,7 @@ use serde_json::json;
 
 use crate::crd::{
     allocation_object, network_key, AllocationMode, ClusterNetwork, Condition, Network,
-    NetworkAllocation, NetworkAllocationSpec, NetworkSpec, NetworkStatus, ProviderNetwork,
-    VlanAssignment,
+    NetworkAllocation, NetworkSpec, NetworkStatus, ProviderNetwork, VlanAssignment,
 };
 use crate::validation::{validate_network, validate_provider};
 use crate::vlan::VlanPool;
@@ -375,36 +378,30 @@ where
         )));
     };
 
-    // 2. The allocation object the node allocators update.
+    // 2. The address blocks: migrate a single allocation object, count the blocks.
     let (alloc_ns, alloc_name) =
         allocation_object(t.namespace.as_deref(), &t.name, &ctx.system_namespace);
     let mut counts = (None, None);
+    let mut address_blocks = None;
     if t.spec.allocation != AllocationMode::None {
-        let allocs: Api<NetworkAllocation> = Api::namespaced(ctx.client.clone(), &alloc_ns);
-        let alloc = match allocs.get(&alloc_name).await {
-            Ok(a) => a,
-            Err(e) if is_not_found(&e) => {
-                let mut a = NetworkAllocation::new(
-                    &alloc_name,
-                    NetworkAllocationSpec {
-                        network: key.clone(),
-                        leases: Default::default(),
-                    },
-                );
-                a.metadata.namespace = Some(alloc_ns.clone());
-                a.metadata.owner_references = Some(vec![t.owner.clone()]);
-                match allocs.create(&PostParams::default(), &a).await {
-                    Ok(a) => a,
-                    Err(e) if matches!(&e, kube::Error::Api(s) if s.is_already_exists()) => {
-                        allocs.get(&alloc_name).await?
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        let allocator = blocks::BlockAllocator::new(
+            Api::namespaced(ctx.client.clone(), &alloc_ns),
+            &alloc_name,
+            &key,
+            &t.spec,
+            FIELD_MANAGER,
+            Some(t.owner.clone()),
+        );
+        // A spec the allocator cannot parse was refused by validation above.
+        if let Ok(allocator) = allocator {
+            let allocs: Api<NetworkAllocation> = Api::namespaced(ctx.client.clone(), &alloc_ns);
+            let moved = allocator.migrate(&allocs, &alloc_name).await?;
+            if moved > 0 {
+                tracing::info!(network = %key, leases = moved, "moved the network's leases into address blocks");
             }
-            Err(e) => return Err(e.into()),
-        };
-        if let Ok(ipam) = ipam::load(&t.spec, &alloc) {
-            counts = (ipam.counts_v4(), ipam.counts_v6());
+            let (c, v4, v6) = allocator.counts().await?;
+            counts = (v4, v6);
+            address_blocks = Some(c);
         }
     }
 
@@ -439,6 +436,7 @@ where
         )],
         ipv4: counts.0,
         ipv6: counts.1,
+        address_blocks,
     };
     patch_status(t.name.clone(), status_patch(status)).await?;
     Ok(Action::requeue(Duration::from_secs(300)))

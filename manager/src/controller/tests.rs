@@ -129,7 +129,11 @@ fn network(spec: NetworkSpec, status_vlan: Option<u16>) -> Network {
 const PROVIDER: &str = "/apis/heddle.dev/v1alpha1/providernetworks/uplink0";
 const PROVIDER_STATUS: &str = "/apis/heddle.dev/v1alpha1/providernetworks/uplink0/status";
 const ALLOC: &str = "/apis/heddle.dev/v1alpha1/namespaces/ns1/networkallocations/network.n3";
-const ALLOCS: &str = "/apis/heddle.dev/v1alpha1/namespaces/ns1/networkallocations";
+const BLOCKS: &str = "/apis/heddle.dev/v1alpha1/namespaces/ns1/networkaddressblocks";
+
+fn empty_list() -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []})
+}
 const NAD: &str = "/apis/k8s.cni.cncf.io/v1/namespaces/ns1/network-attachment-definitions/n3";
 const NET_STATUS: &str = "/apis/heddle.dev/v1alpha1/namespaces/ns1/networks/n3/status";
 
@@ -166,11 +170,13 @@ async fn new_network_gets_a_vlan_an_allocation_object_a_nad_and_status() {
             {"network": "ns1/n3", "uid": "uid-n3", "vlan": 101, "subnets": ["10.3.0.0/24"]},
         ])
     );
+    // No single allocation object to migrate; the network's blocks are counted.
     expect(&mut h, Method::GET, ALLOC, 404, status(404, "NotFound")).await;
-    let (_, created) = expect(&mut h, Method::POST, ALLOCS, 201, Value::Null).await;
-    assert_eq!(created["spec"], json!({"network": "ns1/n3", "leases": {}}));
-    assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-n3");
-    assert_eq!(created["metadata"]["ownerReferences"][0]["kind"], "Network");
+    let (query, _) = expect(&mut h, Method::GET, BLOCKS, 200, empty_list()).await;
+    assert!(
+        query.contains("labelSelector=heddle.dev%2Fnetwork%3Dnetwork.n3"),
+        "{query}"
+    );
     let (query, nad) = expect(&mut h, Method::PATCH, NAD, 200, Value::Null).await;
     assert!(
         query.contains("fieldManager=heddle-manager") && query.contains("force=true"),
@@ -193,7 +199,14 @@ async fn new_network_gets_a_vlan_an_allocation_object_a_nad_and_status() {
     assert_eq!(st["status"]["vlan"], 101);
     assert_eq!(st["status"]["observedGeneration"], 2);
     assert_eq!(st["status"]["conditions"][0]["status"], "True");
-    assert_eq!(st["status"]["ipv4"], json!({"total": 254, "allocated": 0}));
+    assert_eq!(
+        st["status"]["ipv4"],
+        json!({"total": 254, "allocated": 0, "free": 254})
+    );
+    assert_eq!(
+        st["status"]["addressBlocks"],
+        json!({"blocks": 0, "claimed": 0, "leases": 0})
+    );
 
     let action = reconcile.await.unwrap().unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
@@ -250,7 +263,41 @@ async fn a_conflicting_claim_is_retried_from_a_fresh_read() {
     let alloc = json!({"apiVersion": "heddle.dev/v1alpha1", "kind": "NetworkAllocation",
         "metadata": {"name": "network.n3", "namespace": "ns1", "resourceVersion": "3"},
         "spec": {"network": "ns1/n3", "leases": {"c1/eth1": ["10.3.0.7"]}}});
+    // The single allocation object is migrated: its lease goes into its block (created
+    // without affinity, owned by the network), then the object is deleted with a precondition.
     expect(&mut h, Method::GET, ALLOC, 200, alloc).await;
+    const BLOCK: &str =
+        "/apis/heddle.dev/v1alpha1/namespaces/ns1/networkaddressblocks/network.n3.10-3-0-0-28";
+    expect(&mut h, Method::GET, BLOCK, 404, status(404, "NotFound")).await;
+    let (_, block) = expect(&mut h, Method::POST, BLOCKS, 201, Value::Null).await;
+    assert_eq!(
+        block["spec"],
+        json!({"network": "ns1/n3", "cidr": "10.3.0.0/28", "leases": {"c1/eth1": ["10.3.0.7"]}, "used": 1})
+    );
+    assert_eq!(block["metadata"]["ownerReferences"][0]["uid"], "uid-n3");
+    assert_eq!(
+        block["metadata"]["labels"],
+        json!({"heddle.dev/network": "network.n3"})
+    );
+    let (_, del) = expect(
+        &mut h,
+        Method::DELETE,
+        ALLOC,
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+    )
+    .await;
+    assert_eq!(del["preconditions"]["resourceVersion"], "3");
+    let mut stored = block.clone();
+    stored["metadata"]["resourceVersion"] = json!("4");
+    expect(
+        &mut h,
+        Method::GET,
+        BLOCKS,
+        200,
+        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [stored]}),
+    )
+    .await;
     expect(&mut h, Method::PATCH, NAD, 200, Value::Null).await;
     let (_, st) = expect(
         &mut h,
@@ -261,7 +308,14 @@ async fn a_conflicting_claim_is_retried_from_a_fresh_read() {
     )
     .await;
     assert_eq!(st["status"]["vlan"], 102);
-    assert_eq!(st["status"]["ipv4"], json!({"total": 254, "allocated": 1}));
+    assert_eq!(
+        st["status"]["ipv4"],
+        json!({"total": 254, "allocated": 1, "free": 253})
+    );
+    assert_eq!(
+        st["status"]["addressBlocks"],
+        json!({"blocks": 1, "claimed": 0, "leases": 1})
+    );
     reconcile.await.unwrap().unwrap();
 }
 
@@ -407,10 +461,10 @@ async fn cluster_network_nad_goes_to_the_system_namespace() {
     .await;
     expect(
         &mut h,
-        Method::POST,
-        "/apis/heddle.dev/v1alpha1/namespaces/heddle-system/networkallocations",
-        201,
-        Value::Null,
+        Method::GET,
+        "/apis/heddle.dev/v1alpha1/namespaces/heddle-system/networkaddressblocks",
+        200,
+        empty_list(),
     )
     .await;
     let (_, nad) = expect(
@@ -617,6 +671,14 @@ const CNI_OWNER: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c1
 async fn leases_of_deleted_pods_are_collected_and_new_ones_kept() {
     let (client, mut h) = mock_client();
     let task = tokio::spawn(async move { gc::collect_pod_leaks(&client).await });
+    expect(
+        &mut h,
+        Method::GET,
+        "/apis/heddle.dev/v1alpha1/networkaddressblocks",
+        200,
+        empty_list(),
+    )
+    .await;
     let live = format!("{POD_LIVE}/eth1");
     let gone = format!("{POD_GONE}/eth1");
     let new = format!("{POD_NEW}/eth1");
@@ -635,6 +697,8 @@ async fn leases_of_deleted_pods_are_collected_and_new_ones_kept() {
     let pods = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {},
         "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "p", "namespace": "ns1", "uid": POD_LIVE}}]});
     expect(&mut h, Method::GET, "/api/v1/pods", 200, pods).await;
+    let nodes = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []});
+    expect(&mut h, Method::GET, "/api/v1/nodes", 200, nodes).await;
     let (_, put) = expect(&mut h, Method::PUT, ALLOC, 409, status(409, "Conflict")).await;
     assert_eq!(
         put["spec"]["leases"],

@@ -305,6 +305,7 @@ impl NetworkIpam {
         self.v4.as_ref().map(|p| AddressCounts {
             total: p.total(),
             allocated: p.allocated(),
+            free: p.total() - p.allocated(),
         })
     }
 
@@ -313,6 +314,7 @@ impl NetworkIpam {
         self.v6.as_ref().map(|p| AddressCounts {
             total: p.total(),
             allocated: p.allocated(),
+            free: p.total() - p.allocated(),
         })
     }
 
