@@ -8,6 +8,7 @@
 //! * [`device_plugin`]: the kubelet device plugin (vhost-user, memif, SR-IOV VF pools).
 //! * [`controller`]: the kube-rs reconcilers and the cluster-wide allocator.
 //! * [`cni_ipam`]: `heddle-ipam`, the allocators as a CNI IPAM plugin (embedded or cluster).
+//! * [`fuzz`]: the fuzzing entry points for `heddle-ipam`'s stdin and the device plugin config.
 //! * [`trunks`]: the VLANs each uplink trunk of a node must carry, for the node daemon.
 
 pub mod cni_ipam;
@@ -15,6 +16,7 @@ pub mod controller;
 pub mod crd;
 pub mod device_plugin;
 pub mod embedded;
+pub mod fuzz;
 pub mod ipam;
 pub mod leader;
 pub mod node_agent;

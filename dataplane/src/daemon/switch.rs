@@ -114,7 +114,8 @@ fn to_vlan(v: u16) -> Result<Vlan, PortError> {
     })
 }
 
-fn switch_mode(spec: &PortSpec) -> Result<PortMode, PortError> {
+/// The bridge's view of a port spec's VLAN mode (the spec is validated first).
+pub(crate) fn switch_mode(spec: &PortSpec) -> Result<PortMode, PortError> {
     Ok(match &spec.mode {
         ApiMode::Access { vlan } => PortMode::Access {
             vlan: to_vlan(*vlan)?,
