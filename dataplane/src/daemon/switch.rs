@@ -159,8 +159,8 @@ fn clear_stale_vhost_socket(devargs: &str) -> Result<(), PortError> {
     };
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(PortError::Invalid(format!(
-            "vhost-user socket path {} is {} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
-            path.display(),
+            "vhost-user socket path {:?} is {} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
+            path,
             path.as_os_str().len()
         )));
     }
