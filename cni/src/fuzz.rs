@@ -46,8 +46,9 @@ fn one_level_below(parent: &Path, child: &Path) -> bool {
 /// [`NetConf::parse`] and [`Plan::new`], checking: refusals carry the right CNI code and a
 /// one-line sentence; accepted container ids and interface names cannot leave a directory
 /// they are joined to; a config accepted for ADD is accepted for GC/STATUS; the planned
-/// socket stays one directory below `socketDir`, the record one below `stateDir`, and the
-/// switch port name fits heddle-switch's 128 bytes.
+/// socket stays one directory below `socketDir`, the record one below `stateDir`, the socket
+/// path holds no ',' (it goes into devargs), and the switch port name fits heddle-switch's
+/// 128 bytes.
 pub fn fuzz_call(data: &[u8]) {
     let (env_part, stdin) = match data.iter().position(|b| *b == 0) {
         Some(i) => (Some(&data[..i]), &data[i + 1..]),
@@ -120,6 +121,11 @@ pub fn fuzz_call(data: &[u8]) {
                     conf.socket_dir.display()
                 );
                 assert!(one_level_below(&s.dir, &s.path));
+                assert!(
+                    !s.path.to_string_lossy().contains(','),
+                    "socket path {:?} would split the switch's devargs",
+                    s.path
+                );
             }
             if let Some(port) = &plan.port {
                 assert!(
