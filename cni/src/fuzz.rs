@@ -140,10 +140,6 @@ pub fn fuzz_call(data: &[u8]) {
                 &conf.state_dir.join(&record)
             ));
         }
-        Err(e) => assert_refusal(
-            "Plan::new",
-            &e,
-            &[code::INVALID_ENV, code::INVALID_CONFIG],
-        ),
+        Err(e) => assert_refusal("Plan::new", &e, &[code::INVALID_ENV, code::INVALID_CONFIG]),
     }
 }

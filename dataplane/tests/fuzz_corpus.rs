@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 /// Every target in `dataplane/fuzz/Cargo.toml` and the function it calls.
 const TARGETS: &[(&str, fn(&[u8]))] = &[
-    ("vhost_protocol", heddle_dataplane::vhost::fuzz::fuzz_protocol),
+    (
+        "vhost_protocol",
+        heddle_dataplane::vhost::fuzz::fuzz_protocol,
+    ),
     ("virtq", heddle_dataplane::vhost::testing::fuzz_rings),
     ("api_body", heddle_dataplane::daemon::fuzz::fuzz_api_body),
     ("config", heddle_dataplane::daemon::fuzz::fuzz_config),
@@ -52,7 +55,10 @@ fn every_fuzz_target_has_a_replayed_corpus() {
     declared.sort();
     let mut replayed: Vec<String> = TARGETS.iter().map(|(n, _)| n.to_string()).collect();
     replayed.sort();
-    assert_eq!(declared, replayed, "fuzz/Cargo.toml targets vs. this test's TARGETS");
+    assert_eq!(
+        declared, replayed,
+        "fuzz/Cargo.toml targets vs. this test's TARGETS"
+    );
     for (name, _) in TARGETS {
         assert!(!corpus(name).is_empty(), "fuzz/corpus/{name} is empty");
     }

@@ -32,7 +32,11 @@ fn every_fuzz_target_has_a_corpus_and_every_file_passes() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/Cargo.toml"))
             .unwrap();
     let declared = manifest.matches("[[bin]]").count();
-    assert_eq!(declared, TARGETS.len(), "fuzz/Cargo.toml targets vs. TARGETS");
+    assert_eq!(
+        declared,
+        TARGETS.len(),
+        "fuzz/Cargo.toml targets vs. TARGETS"
+    );
     let mut files = 0;
     for (name, run) in TARGETS {
         assert!(

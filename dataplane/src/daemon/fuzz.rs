@@ -33,7 +33,11 @@ fn check_spec(spec: &PortSpec) {
     });
     assert_eq!(&again, spec, "JSON round trip changed the spec");
     let verdict = validate_port(spec);
-    assert_eq!(validate_port(&again), verdict, "verdict changed in a round trip");
+    assert_eq!(
+        validate_port(&again),
+        verdict,
+        "verdict changed in a round trip"
+    );
     match verdict {
         Ok(()) => {
             if let Err(e) = switch_mode(spec) {

@@ -597,7 +597,10 @@ mod tests {
         ] {
             let e = VhostConfig::parse(devargs, None).unwrap_err();
             assert!(!e.contains('\n'), "{devargs:?}: {e}");
-            assert!(e.contains("\\n"), "{devargs:?}: the newline is shown escaped: {e}");
+            assert!(
+                e.contains("\\n"),
+                "{devargs:?}: the newline is shown escaped: {e}"
+            );
         }
     }
 }
