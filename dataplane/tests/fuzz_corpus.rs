@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Every target in `dataplane/fuzz/Cargo.toml` and the function it calls.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target's entry point.
+type Target = fn(&[u8]);
+
+/// Every target in `fuzz/Cargo.toml` and the function it calls.
+const TARGETS: &[(&str, Target)] = &[
     (
         "vhost_protocol",
         heddle_dataplane::vhost::fuzz::fuzz_protocol,

@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-/// Every target in `manager/fuzz/Cargo.toml` and the function it calls.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target's entry point.
+type Target = fn(&[u8]);
+
+/// Every target in `fuzz/Cargo.toml` and the function it calls.
+const TARGETS: &[(&str, Target)] = &[
     ("ipam_stdin", heddle_manager::fuzz::fuzz_ipam_stdin),
     (
         "device_plugin_config",
