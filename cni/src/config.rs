@@ -282,6 +282,19 @@ fn clean_abs_path(field: &str, s: &str) -> Result<PathBuf, CniError> {
     Ok(p.to_owned())
 }
 
+/// A directory that sockets go under: a clean absolute path without ',' (a socket path goes
+/// into the switch's devargs, where ',' separates keys).
+fn devargs_path(field: &str, s: &str) -> Result<PathBuf, CniError> {
+    let p = clean_abs_path(field, s)?;
+    if s.contains(',') {
+        return Err(CniError::config(
+            format!("{field} must not contain ',': socket paths go into the switch's devargs, where ',' separates keys"),
+            format!("got {s:?}"),
+        ));
+    }
+    Ok(p)
+}
+
 /// Decodes stdin for the version check only (VERSION, and the first step of every call).
 pub fn requested_version(stdin: &[u8]) -> Option<String> {
     serde_json::from_slice::<Value>(stdin)
@@ -423,7 +436,7 @@ impl NetConf {
                 ));
             }
         }
-        let socket_dir = clean_abs_path(
+        let socket_dir = devargs_path(
             "socketDir",
             c.socket_dir.as_deref().unwrap_or(DEFAULT_SOCKET_DIR),
         )?;
@@ -449,7 +462,7 @@ impl NetConf {
             "stateDir",
             c.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR),
         )?;
-        let device_root = clean_abs_path(
+        let device_root = devargs_path(
             "deviceRoot",
             c.device_root.as_deref().unwrap_or(DEFAULT_DEVICE_ROOT),
         )?;
@@ -669,6 +682,8 @@ mod tests {
             r#","mac":"zz:00:00:00:00:01""#,
             r#","socketDir":"/run/heddle/../../etc""#,
             r#","socketDir":"relative""#,
+            r#","socketDir":"/run/heddle,client=1""#,
+            r#","deviceRoot":"/run/d,perm=0777""#,
             r#","stateDir":"/var/lib/../x""#,
             r#","vhostMode":"both""#,
             r#","queues":0"#,

@@ -12,6 +12,7 @@
 //! - [`devices`]: where a device-plugin device (a socket directory) lives on the host and in a
 //!   container, shared with the device plugin;
 //! - [`owner`]: socket owner, group and mode from the config;
+//! - [`fuzz`]: the fuzzing entry point for the environment and stdin together;
 //! - [`result`] and [`error`]: what goes to stdout, per CNI version.
 //!
 //! Only the JSON reply goes to stdout; diagnostics go to stderr.
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod fuzz;
 pub mod handoff;
 pub mod invocation;
 pub mod ipam;

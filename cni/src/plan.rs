@@ -163,8 +163,8 @@ impl Plan {
                 if len > MAX_SOCKET_PATH {
                     return Err(CniError::config(
                         format!(
-                            "socket path {} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: set a shorter {}",
-                            p.display(),
+                            "socket path {:?} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: set a shorter {}",
+                            p,
                             shorter.0
                         ),
                         format!("{} is {} bytes", shorter.0, shorter.1.as_os_str().len()),
@@ -487,6 +487,21 @@ pub(crate) mod tests {
         .unwrap_err();
         assert_eq!(e.code, 7);
         assert!(e.msg.contains("107-byte"), "{}", e.msg);
+    }
+
+    /// A socketDir holding a newline was printed raw, so the refusal spanned lines; the path
+    /// is quoted now (reproducer: `fuzz/corpus/call/long-socket-dir-with-newline`).
+    #[test]
+    fn too_long_socket_path_refusal_is_one_line() {
+        let dir = format!("/{}\\n{}", "d".repeat(50), "e".repeat(50));
+        let e = Plan::new(
+            &conf(&format!(r#","kind":"memif","socketDir":"{dir}""#)),
+            &inv("abc", "net1"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("107-byte"), "{}", e.msg);
+        assert!(!e.msg.contains('\n'), "{:?}", e.msg);
     }
 
     #[test]

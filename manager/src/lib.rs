@@ -10,6 +10,7 @@
 //! * [`cni_ipam`]: `heddle-ipam`, the allocators as a CNI IPAM plugin (embedded or cluster).
 //! * [`fake_api`]: an in-memory API server (resourceVersion preconditions, etcd's size
 //!   limit) behind a real `kube::Client`, for the allocators' tests and benchmarks.
+//! * [`fuzz`]: the fuzzing entry points for `heddle-ipam`'s stdin and the device plugin config.
 //! * [`trunks`]: the VLANs each uplink trunk of a node must carry, for the node daemon.
 
 pub mod cni_ipam;
@@ -18,6 +19,7 @@ pub mod crd;
 pub mod device_plugin;
 pub mod embedded;
 pub mod fake_api;
+pub mod fuzz;
 pub mod ipam;
 pub mod leader;
 pub mod node_agent;

@@ -1,7 +1,7 @@
 //! Arbitrary bytes from a vhost-user frontend, through the `vhost` crate's message parser
 //! into Heddle's device state; see `heddle_dataplane::vhost::fuzz::fuzz_protocol`.
 //!
-//! `cargo +nightly fuzz run vhost_protocol` from `dataplane/`.
+//! `cargo fuzz run vhost_protocol` from `dataplane/` (docs/contributing.md, "Fuzzing").
 
 #![no_main]
 

@@ -2,7 +2,7 @@
 //! bits) run through dequeue, enqueue and the notification calls; see
 //! `heddle_dataplane::vhost::testing::fuzz_rings` for the invariants it checks.
 //!
-//! `cargo +nightly fuzz run virtq` from `dataplane/`.
+//! `cargo fuzz run virtq` from `dataplane/` (docs/contributing.md, "Fuzzing").
 
 #![no_main]
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod fuzz;
 pub mod metrics;
 pub mod state;
 pub mod switch;

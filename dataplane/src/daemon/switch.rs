@@ -134,7 +134,8 @@ fn to_vlan(v: u16) -> Result<Vlan, PortError> {
     })
 }
 
-fn switch_mode(spec: &PortSpec) -> Result<PortMode, PortError> {
+/// The bridge's view of a port spec's VLAN mode (the spec is validated first).
+pub(crate) fn switch_mode(spec: &PortSpec) -> Result<PortMode, PortError> {
     Ok(match &spec.mode {
         ApiMode::Access { vlan } => PortMode::Access {
             vlan: to_vlan(*vlan)?,
@@ -178,8 +179,8 @@ fn clear_stale_vhost_socket(devargs: &str) -> Result<(), PortError> {
     };
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(PortError::Invalid(format!(
-            "vhost-user socket path {} is {} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
-            path.display(),
+            "vhost-user socket path {:?} is {} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
+            path,
             path.as_os_str().len()
         )));
     }

@@ -119,21 +119,21 @@ impl VhostConfig {
         }
         if cfg.path.as_os_str().is_empty() {
             return Err(format!(
-                "vhost-user port {} has no socket: add iface=/run/heddle/<pod>/<name>.sock",
+                "vhost-user port {:?} has no socket: add iface=/run/heddle/<pod>/<name>.sock",
                 cfg.device
             ));
         }
         let len = cfg.path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
             return Err(format!(
-                "vhost-user socket path {} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
-                cfg.path.display()
+                "vhost-user socket path {:?} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
+                cfg.path
             ));
         }
         if !cfg.path.is_absolute() {
             return Err(format!(
-                "vhost-user socket path {} is relative: give an absolute path",
-                cfg.path.display()
+                "vhost-user socket path {:?} is relative: give an absolute path",
+                cfg.path
             ));
         }
         Ok(cfg)
@@ -678,6 +678,25 @@ mod tests {
         ] {
             let e = VhostConfig::parse(devargs, None).unwrap_err();
             assert!(e.contains(needle), "{devargs}: {e}");
+        }
+    }
+
+    /// Found by the `config` fuzz target: a device name or socket path holding a newline was
+    /// printed raw, so the refusal spanned lines. Both are quoted now.
+    #[test]
+    fn refusals_quote_device_and_path_on_one_line() {
+        let long = format!("vhost-user0,iface=/{}\n{}", "a".repeat(60), "b".repeat(60));
+        for devargs in [
+            "vhost-user0\n#h,client=0",
+            "vhost-user0,iface=rel\n.sock",
+            long.as_str(),
+        ] {
+            let e = VhostConfig::parse(devargs, None).unwrap_err();
+            assert!(!e.contains('\n'), "{devargs:?}: {e}");
+            assert!(
+                e.contains("\\n"),
+                "{devargs:?}: the newline is shown escaped: {e}"
+            );
         }
     }
 }

@@ -164,8 +164,8 @@ impl DevicePluginConfig {
         ] {
             if !path.is_absolute() {
                 out.push(format!(
-                    "{key} {} is not an absolute path: write it from / (e.g. {})",
-                    path.display(),
+                    "{key} {:?} is not an absolute path: write it from / (e.g. {})",
+                    path,
                     match key {
                         "kubeletDir" => heddle_kubelet_api::DEVICE_PLUGIN_DIR,
                         "deviceRoot" => heddle_cni::devices::DEFAULT_DEVICE_ROOT,
@@ -191,7 +191,7 @@ impl DevicePluginConfig {
             }
             if !names.insert(r.name.as_str()) {
                 out.push(format!(
-                    "resources[{i}]: {} is named twice: give each resource its own name",
+                    "resources[{i}]: {:?} is named twice: give each resource its own name",
                     r.name
                 ));
             }
@@ -205,15 +205,15 @@ impl DevicePluginConfig {
             }
             if r.count == 0 || r.count > MAX_SOCKET_DEVICES {
                 out.push(format!(
-                    "resources[{i}] ({}): count {} is out of range: use 1 to {MAX_SOCKET_DEVICES} (the switch holds at most {MAX_SOCKET_DEVICES} ports)",
+                    "resources[{i}] ({:?}): count {} is out of range: use 1 to {MAX_SOCKET_DEVICES} (the switch holds at most {MAX_SOCKET_DEVICES} ports)",
                     r.name, r.count
                 ));
             }
             let socket = self.plugin_socket(&r.name);
             if socket.as_os_str().len() > MAX_SOCKET_PATH {
                 out.push(format!(
-                    "resources[{i}]: the plugin socket {} is over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: choose a shorter kubeletDir or name",
-                    socket.display()
+                    "resources[{i}]: the plugin socket {:?} is over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: choose a shorter kubeletDir or name",
+                    socket
                 ));
             }
         }
@@ -223,15 +223,15 @@ impl DevicePluginConfig {
         for (i, p) in self.vf_pools.iter().enumerate() {
             if names.contains(p.resource_name.as_str()) {
                 out.push(format!(
-                    "vfPools[{i}]: resourceName {} is also a socket resource's name: give each resource its own name",
+                    "vfPools[{i}]: resourceName {:?} is also a socket resource's name: give each resource its own name",
                     p.resource_name
                 ));
             }
             let socket = self.plugin_socket(&p.resource_name);
             if socket.as_os_str().len() > MAX_SOCKET_PATH {
                 out.push(format!(
-                    "vfPools[{i}]: the plugin socket {} is over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: choose a shorter kubeletDir or resourceName",
-                    socket.display()
+                    "vfPools[{i}]: the plugin socket {:?} is over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: choose a shorter kubeletDir or resourceName",
+                    socket
                 ));
             }
         }
@@ -334,12 +334,12 @@ resources:
         .unwrap_err()
         .to_string();
         for want in [
-            "kubeletDir relative/dir is not an absolute path",
+            "kubeletDir \"relative/dir\" is not an absolute path",
             "resources[0]: name \"vhost-user\" needs a domain",
             "count 0 is out of range: use 1 to 256",
             "resources[1]: a second vhost-user resource",
             "count 300 is out of range",
-            "resources[2]: heddle.dev/v2 is named twice",
+            "resources[2]: \"heddle.dev/v2\" is named twice",
         ] {
             assert!(e.contains(want), "missing {want:?} in {e}");
         }
@@ -362,5 +362,25 @@ resources:
             .unwrap_err()
             .to_string();
         assert!(e.contains("107-byte limit"), "{e}");
+    }
+
+    /// Found by the `device_plugin_config` fuzz target: a kubeletDir holding newlines (a YAML
+    /// block scalar) was printed raw, so one problem spanned lines. Paths and names are
+    /// quoted now (reproducer: `fuzz/corpus/device_plugin_config/kubelet-dir-with-newlines.yaml`).
+    #[test]
+    fn each_problem_is_one_line_when_values_hold_newlines() {
+        let yaml = "kubeletDir: \"a\\nb\"\nresources:\n  - {name: \"heddle.dev/x\\ny\", kind: memif, count: 0}\n  - {name: \"heddle.dev/x\\ny\", kind: vhost-user, count: 1}\n";
+        let Err(ConfigError::Invalid { problems, .. }) = DevicePluginConfig::parse(yaml, "t")
+        else {
+            panic!("refused as invalid");
+        };
+        assert!(problems.len() >= 3, "{problems:?}");
+        for p in &problems {
+            assert!(!p.contains('\n'), "{p:?}");
+        }
+        assert!(
+            problems.iter().any(|p| p.contains(r#"kubeletDir "a\nb""#)),
+            "{problems:?}"
+        );
     }
 }

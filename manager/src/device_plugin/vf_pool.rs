@@ -34,7 +34,7 @@ pub use selector::{check_resource_name, PfNameSelector};
 #[derive(Debug, thiserror::Error)]
 pub enum VfError {
     /// A pool's config is wrong; each problem is a sentence naming the fix.
-    #[error("VF pool {resource}: {}", problems.join("; "))]
+    #[error("VF pool {resource:?}: {}", problems.join("; "))]
     InvalidPool {
         /// The pool's `resourceName` (as written).
         resource: String,
@@ -42,7 +42,7 @@ pub enum VfError {
         problems: Vec<String>,
     },
     /// Two pools share a `resourceName`.
-    #[error("resourceName {0} is used by more than one VF pool: give each pool its own name")]
+    #[error("resourceName {0:?} is used by more than one VF pool: give each pool its own name")]
     DuplicateResource(String),
     /// sysfs could not be read.
     #[error("cannot read {}: {source}; mount the host's /sys into the device-plugin container (read-only)", path.display())]

@@ -667,7 +667,7 @@ fn bad_configs_are_refused_with_the_fix() {
     assert!(problems[3].starts_with("rootDevices[0]"));
     assert!(e
         .to_string()
-        .starts_with("VF pool sriov_n3: resourceName \"sriov_n3\" needs a domain"));
+        .starts_with("VF pool \"sriov_n3\": resourceName \"sriov_n3\" needs a domain"));
 }
 
 #[test]
@@ -680,7 +680,7 @@ fn duplicate_names_and_bad_pools_are_refused_before_discovery() {
     let e = validate_pools(&pools).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "resourceName heddle.dev/a is used by more than one VF pool: give each pool its own name"
+        "resourceName \"heddle.dev/a\" is used by more than one VF pool: give each pool its own name"
     );
     assert!(discover_pools(&pools, dir.path()).is_err());
     let bad = [pool(
