@@ -85,12 +85,10 @@ impl DevicePluginProcess {
 
     /// Kills the plugin with SIGKILL (a crash: its sockets stay behind) and reaps it.
     pub fn kill9(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             bail!("the device plugin already stopped");
         };
-        child.kill()?;
-        child.wait()?;
-        Ok(())
+        crate::process::kill9(child)
     }
 
     /// Sends SIGTERM and waits (10 s at most) for a clean exit.

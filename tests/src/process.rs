@@ -1,10 +1,17 @@
-//! Stopping a daemon the tests started (heddle-switch, the device plugin): SIGTERM, a clean
-//! exit within 10 s, else SIGKILL and an error carrying the daemon's log.
+//! Stopping a daemon the tests started (heddle-switch, the device plugin): SIGTERM with a
+//! clean exit within 10 s (else SIGKILL and an error carrying the daemon's log), or SIGKILL.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+
+/// Kills `child` with SIGKILL (a crash: nothing is cleaned up) and reaps it.
+pub fn kill9(mut child: Child) -> Result<()> {
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
 
 /// Sends SIGTERM to `child` and waits 10 s at most for it to exit; on a timeout kills it,
 /// reaps it and fails with `what` and `log()` in the message.

@@ -135,12 +135,10 @@ impl SwitchProcess {
 
     /// Kills the daemon with SIGKILL (a crash: nothing is cleaned up) and reaps it.
     pub fn kill9(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             bail!("heddle-switch already stopped");
         };
-        child.kill()?;
-        child.wait()?;
-        Ok(())
+        crate::process::kill9(child)
     }
 
     /// Sends SIGTERM and waits (10 s at most) for a clean exit.

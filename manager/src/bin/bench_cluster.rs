@@ -75,6 +75,17 @@ fn check_blocks(fake: &FakeApi) -> usize {
     seen.len()
 }
 
+/// One address for `owner`, retried while other nodes win the race for the same object.
+async fn allocate_retrying(alloc: &BlockAllocator, owner: &str) {
+    loop {
+        match alloc.allocate(owner, &[]).await {
+            Ok(_) => return,
+            Err(ControllerError::Contention(_)) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 async fn rate(nodes: u64, per_node: u64, latency: Duration) {
     let s = spec("10.0.0.0/16");
     // Today's design: one NetworkAllocation object per network.
@@ -140,13 +151,7 @@ async fn rate(nodes: u64, per_node: u64, latency: Duration) {
         tasks.push(tokio::spawn(async move {
             for i in 0..per_node {
                 let owner = format!("node{n}-pod{i}/eth1");
-                loop {
-                    match alloc.allocate(&owner, &[]).await {
-                        Ok(_) => break,
-                        Err(ControllerError::Contention(_)) => continue,
-                        Err(e) => panic!("{e}"),
-                    }
-                }
+                allocate_retrying(&alloc, &owner).await;
             }
         }));
     }
@@ -194,13 +199,7 @@ async fn fill(leases: u64, per_node: u64, parallel: u64) {
                 let count = per_node.min(leases - n * per_node);
                 for i in 0..count {
                     let owner = format!("{n:08x}-0000-4000-8000-{i:012x}/eth1");
-                    loop {
-                        match alloc.allocate(&owner, &[]).await {
-                            Ok(_) => break,
-                            Err(ControllerError::Contention(_)) => continue,
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
+                    allocate_retrying(&alloc, &owner).await;
                 }
             }
         }));
