@@ -7,9 +7,10 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::devices::DeviceKind;
 use crate::error::{code, CniError};
-use crate::sriov::pf::VfSettings;
-use crate::sriov::SriovConf;
+use crate::sriov::conf::SriovConf;
+use crate::sriov::settings::VfSettings;
 
 /// The CNI versions this plugin speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
@@ -97,6 +98,15 @@ impl Kind {
             Kind::Memif { .. } => "memif",
             Kind::Kernel => "kernel",
             Kind::Sriov(_) => "sriov",
+        }
+    }
+
+    /// The device-plugin device kind of a socket attachment (`None` for kernel and sriov).
+    pub fn device_kind(&self) -> Option<DeviceKind> {
+        match self {
+            Kind::VhostUser { .. } => Some(DeviceKind::VhostUser),
+            Kind::Memif { .. } => Some(DeviceKind::Memif),
+            Kind::Kernel | Kind::Sriov(_) => None,
         }
     }
 }

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
+use crate::attach;
 use crate::config::NetConf;
 use crate::error::code;
 use crate::invocation::{valid_container_id, valid_ifname, CniArgs, Command, Invocation};
-use crate::plan::Plan;
 use crate::CniError;
 
 const DEFAULT_ENV: &[(&str, &str)] = &[
@@ -43,7 +43,7 @@ fn one_level_below(parent: &Path, child: &Path) -> bool {
 }
 
 /// Runs the environment and stdin of `data` through [`Invocation::from_env`],
-/// [`NetConf::parse`] and [`Plan::new`], checking: refusals carry the right CNI code and a
+/// [`NetConf::parse`] and [`attach::plan`], checking: refusals carry the right CNI code and a
 /// one-line sentence; accepted container ids and interface names cannot leave a directory
 /// they are joined to; a config accepted for ADD is accepted for GC/STATUS; the planned
 /// socket stays one directory below `socketDir`, the record one below `stateDir`, the socket
@@ -111,7 +111,7 @@ pub fn fuzz_call(data: &[u8]) {
         return;
     }
     assert!(conf.socket_dir.is_absolute() && conf.state_dir.is_absolute());
-    match Plan::new(&conf, &inv, None) {
+    match attach::plan(&conf, &inv, None) {
         Ok(plan) => {
             if let Some(s) = &plan.socket {
                 assert!(
@@ -140,6 +140,10 @@ pub fn fuzz_call(data: &[u8]) {
                 &conf.state_dir.join(&record)
             ));
         }
-        Err(e) => assert_refusal("Plan::new", &e, &[code::INVALID_ENV, code::INVALID_CONFIG]),
+        Err(e) => assert_refusal(
+            "attach::plan",
+            &e,
+            &[code::INVALID_ENV, code::INVALID_CONFIG],
+        ),
     }
 }

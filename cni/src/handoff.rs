@@ -28,11 +28,11 @@ use heddle_kubelet_api::podresources::{
     ListPodResourcesResponse,
 };
 
-use crate::config::{Kind, NetConf};
+use crate::config::NetConf;
 use crate::devices::{self, DeviceKind};
 use crate::error::{code, CniError};
 use crate::invocation::Invocation;
-use crate::plan::AttachmentKey;
+use crate::key::AttachmentKey;
 use crate::record::Record;
 
 /// How long the PodResources call (connect and `List`) may take.
@@ -123,19 +123,10 @@ pub fn devices_in(
     out
 }
 
-/// The device kind of a socket attachment (`None` for kernel and sriov).
-pub fn device_kind(kind: &Kind) -> Option<DeviceKind> {
-    match kind {
-        Kind::VhostUser { .. } => Some(DeviceKind::VhostUser),
-        Kind::Memif { .. } => Some(DeviceKind::Memif),
-        Kind::Kernel | Kind::Sriov(_) => None,
-    }
-}
-
 /// The device the runtime named for a socket attachment, checked to be a device id of its
 /// kind (code 7 otherwise): `runtimeConfig.deviceID`, then the config's `deviceID`.
 pub fn requested(conf: &NetConf) -> Result<Option<&str>, CniError> {
-    let Some(kind) = device_kind(&conf.kind) else {
+    let Some(kind) = conf.kind.device_kind() else {
         return Ok(None);
     };
     let Some(id) = conf
@@ -213,7 +204,7 @@ pub fn resolve(
     records: &[Record],
     pods: &dyn PodDevices,
 ) -> Result<Option<String>, CniError> {
-    let Some(kind) = device_kind(&conf.kind) else {
+    let Some(kind) = conf.kind.device_kind() else {
         return Ok(None);
     };
     let held = held(records, key);
@@ -291,7 +282,7 @@ pub fn check_dir(conf: &NetConf, id: &str, dir: &Path) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::conf;
+    use crate::attach::tests::conf;
     use heddle_kubelet_api::podresources::{ContainerDevices, ContainerResources, PodResources};
 
     fn key(c: &str, i: &str) -> AttachmentKey {

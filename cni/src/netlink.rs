@@ -10,11 +10,12 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkVfInfo};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkVfInfo};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::CniError;
-use crate::sriov::alloc::NetdevState;
+use crate::netdev::NetdevState;
 
 /// The pod side of a veth.
 #[derive(Debug, Clone)]
@@ -401,7 +402,7 @@ pub fn vf_list(pf: &str) -> Result<Option<Vec<LinkVfInfo>>, CniError> {
     let pf = pf.to_owned();
     on_thread(None, move |h| {
         Box::pin(async move {
-            let (family, mask) = crate::sriov::pf::vf_query();
+            let (family, mask) = vf_query();
             let links = h
                 .link()
                 .get()
@@ -435,7 +436,7 @@ pub fn set_vf(pf: &str, info: LinkVfInfo) -> Result<(), CniError> {
             h.link()
                 .set(
                     LinkUnspec::new_with_index(idx)
-                        .append_extra_attribute(crate::sriov::pf::vf_set_attribute(info))
+                        .append_extra_attribute(vf_set_attribute(info))
                         .build(),
                 )
                 .execute()
@@ -451,4 +452,14 @@ pub fn pod_link_exists(netns: &Path, ifname: &str) -> Result<bool, CniError> {
     on_thread(Some(netns.to_owned()), move |h| {
         Box::pin(async move { Ok(index_of(&h, &name).await?.is_some()) })
     })
+}
+
+/// The attribute and family of the `RTM_GETLINK` that lists a PF's VFs.
+pub fn vf_query() -> (AddressFamily, Vec<LinkExtentMask>) {
+    (AddressFamily::Unspec, vec![LinkExtentMask::Vf])
+}
+
+/// The attribute of the `RTM_SETLINK` that applies `info`.
+pub fn vf_set_attribute(info: LinkVfInfo) -> LinkAttribute {
+    LinkAttribute::VfInfoList(vec![info])
 }

@@ -519,7 +519,7 @@ impl Env {
     }
     fn record(&self, id: &str, ifname: &str) -> Option<crate::record::Record> {
         crate::record::Store::new(&self.dir.path().join("state"))
-            .read(&crate::plan::AttachmentKey {
+            .read(&crate::key::AttachmentKey {
                 container_id: id.into(),
                 ifname: ifname.into(),
             })

@@ -14,6 +14,7 @@
 //! - [`device_plugin`] has [`device_plugin::DevicePluginProcess`]: the real plugin binary.
 //! - [`kubelet`] has [`TestKubelet`]: the kubelet's side of the device plugin API
 //!   (Registration server, ListAndWatch recorder, allocator) and a PodResources server.
+//! - [`modules`] finds module import cycles in a crate's source ([`modules::cycles`]).
 //! - [`node_pod`] turns the chart's node DaemonSet into a pod podman runs from Heddle's image.
 //! - [`mod@env`] has `require_*` preconditions that fail with a fix-it sentence, polling helpers,
 //!   unique names and file prefixes, [`exclusive_cpus`].
@@ -100,6 +101,7 @@ pub mod cni;
 pub mod device_plugin;
 pub mod env;
 pub mod kubelet;
+pub mod modules;
 pub mod netns;
 pub mod node_pod;
 pub mod podman;

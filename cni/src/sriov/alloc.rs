@@ -8,22 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::pf::VfSettings;
+use super::settings::VfSettings;
 use crate::error::{code, CniError};
-
-/// A netdev's state, saved to be put back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NetdevState {
-    /// Name in the host namespace.
-    pub name: String,
-    /// MAC.
-    pub mac: [u8; 6],
-    /// MTU.
-    pub mtu: u32,
-    /// Administratively up.
-    pub up: bool,
-}
+use crate::lock::lock_file;
+use crate::netdev::NetdevState;
 
 /// The attachment holding a VF.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +83,7 @@ impl Allocations {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| CniError::io("creating", &self.dir, e))?;
-        let file = crate::record::lock_file(&self.dir.join(format!("{pci}.lock")))?;
+        let file = lock_file(&self.dir.join(format!("{pci}.lock")))?;
         Ok(VfLock { _file: file })
     }
 

@@ -270,7 +270,7 @@ impl VfPool {
     /// The `PCIDEVICE_*` variable of this pool (`heddle.dev/sriov_n3` ->
     /// `PCIDEVICE_HEDDLE_DEV_SRIOV_N3`): the name heddle-cni and SR-IOV-aware apps read.
     pub fn env_name(&self) -> String {
-        heddle_cni::sriov::pcidevice_var(&self.resource_name)
+        heddle_cni::sriov::conf::pcidevice_var(&self.resource_name)
     }
 }
 

@@ -1,0 +1,123 @@
+//! `kind: vhost-user`: a vhost-user socket in the pod's socket directory (or its device's),
+//! served by a switch port (the native backend, or DPDK's `net_vhost`).
+
+use heddle_api::{MacText, PortMode, PortSpec};
+
+use super::kind::{Add, Attachment, Context};
+use super::socket;
+use crate::config::{Kind, NetConf, VhostBackend};
+use crate::error::CniError;
+use crate::invocation::Invocation;
+use crate::plan::{Basis, Plan, SocketPlan};
+use crate::record::Record;
+use crate::result::CniResult;
+
+/// The vhost-user kind.
+pub struct VhostUser;
+
+/// The `vhost-user` fields of the config: (switch is server, queue pairs, backend).
+fn params(conf: &NetConf) -> (bool, u16, VhostBackend) {
+    match conf.kind {
+        Kind::VhostUser {
+            switch_is_server,
+            queues,
+            backend,
+        } => (switch_is_server, queues, backend),
+        _ => unreachable!("attach::of gives VhostUser only vhost-user configs"),
+    }
+}
+
+impl Attachment for VhostUser {
+    fn plan(
+        &self,
+        conf: &NetConf,
+        _inv: &Invocation,
+        basis: Basis,
+        device: Option<&str>,
+    ) -> Result<Plan, CniError> {
+        let (switch_is_server, queues, backend) = params(conf);
+        let s = SocketPlan::new(
+            conf,
+            &basis.key,
+            device,
+            switch_is_server,
+            serde_json::json!({
+                "type": "vhost-user",
+                "version": "1.1.0",
+                "vhost-user": {
+                    "mode": if switch_is_server { "client" } else { "server" },
+                }
+            }),
+        )?;
+        let devargs = devargs(backend, &basis.key.id(), &s, queues, conf);
+        Ok(Plan {
+            port: Some(PortSpec {
+                name: basis.key.port_name(),
+                devargs,
+                mode: PortMode::Access { vlan: conf.vlan },
+                mac: Some(MacText(basis.mac).to_string()),
+                queues: (queues > 1).then_some(queues),
+            }),
+            socket: Some(s),
+            ..Plan::bare(&basis)
+        })
+    }
+
+    fn apply(
+        &self,
+        cx: &Context<'_>,
+        add: &Add<'_>,
+        result: &mut CniResult,
+    ) -> Result<(), CniError> {
+        let (_, _, backend) = params(add.conf);
+        socket::apply(cx, add, backend == VhostBackend::Native, result)
+    }
+
+    fn undo(&self, cx: &Context<'_>, r: &Record, daemon_required: bool) -> Result<(), CniError> {
+        socket::undo(cx, r, daemon_required)
+    }
+
+    fn check(
+        &self,
+        cx: &Context<'_>,
+        conf: &NetConf,
+        _inv: &Invocation,
+        r: &Record,
+    ) -> Result<Option<String>, CniError> {
+        socket::check(cx, conf, r)
+    }
+}
+
+/// The switch port's devargs for a vhost-user socket. DPDK: `net_vhost_<id>,iface=<socket>
+/// [,client=1][,queues=N]` (heddle-cni sets the socket's owner and mode afterwards). Native:
+/// `vhost-user-<id>,iface=<socket>[,client=1][,queues=N][,owner=<uid>][,group=<gid>]
+/// [,perm=<octal>]`, the switch creating the socket with them (server mode only: in client
+/// mode the pod owns the socket).
+pub fn devargs(
+    backend: VhostBackend,
+    id: &str,
+    s: &SocketPlan,
+    queues: u16,
+    conf: &NetConf,
+) -> String {
+    let mut d = match backend {
+        VhostBackend::Dpdk => format!("net_vhost_{id},iface={}", s.path.display()),
+        VhostBackend::Native => format!("vhost-user-{id},iface={}", s.path.display()),
+    };
+    if !s.switch_is_server {
+        d.push_str(",client=1");
+    }
+    if queues > 1 {
+        d.push_str(&format!(",queues={queues}"));
+    }
+    if backend == VhostBackend::Native && s.switch_is_server {
+        if let Some(uid) = conf.socket_owner {
+            d.push_str(&format!(",owner={uid}"));
+        }
+        if let Some(gid) = conf.socket_group {
+            d.push_str(&format!(",group={gid}"));
+        }
+        d.push_str(&format!(",perm={:04o}", conf.socket_mode & 0o777));
+    }
+    d
+}
