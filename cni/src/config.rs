@@ -627,13 +627,10 @@ pub fn parse_unicast_mac(s: &str) -> Result<[u8; 6], CniError> {
     }
 }
 
-/// Parses `addr/prefix`.
+/// Parses `addr/prefix` (an address with its prefix length, host bits kept), by `ipnet`.
 pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
-    let (a, p) = s.split_once('/')?;
-    let addr: std::net::IpAddr = a.parse().ok()?;
-    let prefix: u8 = p.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (prefix <= max).then_some((addr, prefix))
+    let net: ipnet::IpNet = s.parse().ok()?;
+    Some((net.addr(), net.prefix_len()))
 }
 
 #[cfg(test)]
@@ -857,5 +854,23 @@ mod tests {
         assert!(parse_cidr("fd00::1/64").is_some());
         assert!(parse_cidr("10.0.0.1/33").is_none());
         assert!(parse_cidr("10.0.0.1").is_none());
+        assert_eq!(
+            parse_cidr("10.1.0.5/24"),
+            Some(("10.1.0.5".parse().unwrap(), 24)),
+            "the host bits stay"
+        );
+        assert_eq!(
+            parse_cidr("fd00::1/128"),
+            Some(("fd00::1".parse().unwrap(), 128))
+        );
+        for bad in [
+            "fd00::1/129",
+            "10.0.0.1/",
+            "/24",
+            "10.0.0/24",
+            "10.0.0.1/24/1",
+        ] {
+            assert!(parse_cidr(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -544,26 +544,8 @@ fn validate_config(config: &EmbeddedConfig) -> Result<(), StoreError> {
 
 /// Takes the store's exclusive lock, waiting for another process that holds it.
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    use std::os::fd::AsRawFd;
     let path = dir.join("lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    loop {
-        // SAFETY: `file` is open for the whole call, so its descriptor is valid; flock takes
-        // no pointers.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
-            return Ok(file);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(io(&path)(e));
-        }
-    }
+    heddle_cni::lock::exclusive(&path).map_err(io(&path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -622,31 +604,12 @@ fn read_journal(path: &Path) -> Result<(Vec<Record>, u64), StoreError> {
     Ok((records, valid as u64))
 }
 
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// CRC-32 (IEEE) of `data`.
+/// CRC-32 (IEEE 802.3, the zlib/PNG one) of `data`, by `crc32fast`: the same function the
+/// journal has always used, so journals and snapshots written before keep their checksums
+/// (`crc32_is_the_function_old_journals_were_written_with` compares it with the former
+/// table-driven code).
 pub fn crc32(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |c, &b| {
-        CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
-    })
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]
@@ -700,6 +663,62 @@ mod tests {
     #[test]
     fn crc32_matches_the_reference_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// The table-driven CRC-32 (reflected, polynomial 0xEDB88320, initial and final XOR
+    /// with all ones) the journal and snapshots were written with before `crc32fast`,
+    /// verbatim.
+    const CRC_TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+
+    fn old_crc32(data: &[u8]) -> u32 {
+        !data.iter().fold(!0u32, |c, &b| {
+            CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+        })
+    }
+
+    /// Journals and snapshots written by the old code keep verifying: the two functions
+    /// agree on every length up to 4 KiB (each byte value, at each alignment crc32fast's
+    /// SIMD path may take) and on real journal lines.
+    #[test]
+    fn crc32_is_the_function_old_journals_were_written_with() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let data: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for len in 0..=data.len() {
+            assert_eq!(crc32(&data[..len]), old_crc32(&data[..len]), "length {len}");
+        }
+        for off in 1..64 {
+            assert_eq!(crc32(&data[off..]), old_crc32(&data[off..]), "offset {off}");
+        }
+        for b in 0..=255u8 {
+            assert_eq!(crc32(&[b; 3]), old_crc32(&[b; 3]));
+        }
+        let line = r#"{"op":"allocate","network":"n3","owner":"c1/eth1","ip":"10.1.0.2"}"#;
+        assert_eq!(crc32(line.as_bytes()), old_crc32(line.as_bytes()));
     }
 
     #[test]

@@ -256,38 +256,6 @@ fn short_hash(s: &str) -> String {
     format!("{:08x}", h >> 32)
 }
 
-/// Holds an exclusive `flock` on a file until dropped.
-struct FileLock(std::fs::File);
-
-impl FileLock {
-    fn acquire(path: &Path) -> Result<FileLock> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this function owns (`f` is alive for the call).
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        ensure!(
-            rc == 0,
-            "flock {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        Ok(FileLock(f))
-    }
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: unlocking a descriptor we own; closing it would release the lock anyway.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
 impl GuestImageBuilder {
     /// Another cache directory.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -304,7 +272,9 @@ impl GuestImageBuilder {
         }
         std::fs::create_dir_all(&self.cache_dir)
             .with_context(|| format!("creating {}", self.cache_dir.display()))?;
-        let _lock = FileLock::acquire(&self.cache_dir.join(".lock"))?;
+        let lock_path = self.cache_dir.join(".lock");
+        let _lock = heddle_cni::lock::exclusive(&lock_path)
+            .with_context(|| format!("locking {}", lock_path.display()))?;
         let ((kpkg, kver), bbver) = match resolve_packages() {
             Ok(v) => v,
             Err(e) => {
