@@ -424,19 +424,39 @@ fn dpdk_vhost_user_socket_gets_the_owner_group_and_mode_by_name() -> Result<()> 
         .as_str()
         .context("socketPath")?
         .to_owned();
+    // The node's own ids of `nobody` and `nogroup` (65534 on Debian), from its databases.
+    let id_of = |db: &str, name: &str| -> Result<u32> {
+        std::fs::read_to_string(db)?
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split(':');
+                (f.next() == Some(name)).then(|| f.nth(1)?.parse().ok())?
+            })
+            .with_context(|| format!("{name} is not in {db}"))
+    };
+    let (uid, gid) = (
+        id_of("/etc/passwd", "nobody")?,
+        id_of("/etc/group", "nogroup")?,
+    );
+    ensure!(
+        gid != 0,
+        "nogroup must not be root's group for this test to mean anything"
+    );
     let meta = std::fs::metadata(&sock)?;
     ensure!(
-        meta.uid() == 65534 && meta.permissions().mode() & 0o777 == 0o640,
-        "socket uid {} mode {:o}",
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777) == (uid, gid, 0o640),
+        "socket uid {} gid {} mode {:o}, want {uid} {gid} 640",
         meta.uid(),
+        meta.gid(),
         meta.permissions().mode()
     );
     let parent = Path::new(&sock).parent().context("socket dir")?;
     let dmeta = std::fs::metadata(parent)?;
     ensure!(
-        dmeta.uid() == 65534 && dmeta.permissions().mode() & 0o777 == 0o750,
-        "dir uid {} mode {:o}",
+        (dmeta.uid(), dmeta.gid(), dmeta.permissions().mode() & 0o777) == (uid, gid, 0o750),
+        "dir uid {} gid {} mode {:o}, want {uid} {gid} 750",
         dmeta.uid(),
+        dmeta.gid(),
         dmeta.permissions().mode()
     );
     cni.ok("DEL", "own-pod", "net1", "", &c)?;
