@@ -277,8 +277,21 @@ pub fn valid_network(s: &str) -> bool {
     }
 }
 
-/// An absolute path with no `.`/`..` components.
+/// Longest path the kernel takes (`PATH_MAX` is 4096 bytes with the terminating NUL).
+pub const MAX_PATH: usize = 4095;
+
+/// An absolute path with no `.`/`..` components, no NUL, at most [`MAX_PATH`] bytes.
 fn clean_abs_path(field: &str, s: &str) -> Result<PathBuf, CniError> {
+    if s.contains('\0') || s.len() > MAX_PATH {
+        return Err(CniError::config(
+            format!("{field} must be a path of at most {MAX_PATH} bytes without NUL characters"),
+            format!(
+                "got {} bytes: {:?}",
+                s.len(),
+                s.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
     let p = Path::new(s);
     if !p.is_absolute()
         || p.components()
@@ -712,6 +725,10 @@ mod tests {
             r#","resourceName":"heddle.dev/a/b""#,
             r#","deviceRoot":"run/heddle""#,
             r#","podResourcesSocket":"/var/lib/kubelet/../x.sock""#,
+            r#","socketDir":"/run/heddle/a\u0000b""#,
+            r#","stateDir":"/var/lib/heddle\u0000""#,
+            r#","runtimeConfig":{"CNIDeviceInfoFile":"/run/x\u0000.json"}"#,
+            r#","runtimeConfig":{"CNIDeviceInfoFile":"/run/../etc/x.json"}"#,
         ] {
             let e = NetConf::parse(conf(extra).as_bytes(), true).unwrap_err();
             assert_eq!(e.code, 7, "{extra}: {e}");

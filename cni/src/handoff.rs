@@ -317,6 +317,8 @@ mod tests {
             ("vhost-user", "0000:03:02.0"),
             ("vhost-user", "../vhost-user-1"),
             ("vhost-user", "vhost-user-1/.."),
+            ("vhost-user", "/run/heddle/devices/vhost-user-1"),
+            ("vhost-user", "vhost-user-1\\u0000"),
             ("vhost-user", "vhost-user-"),
             ("memif", "vhost-user-0"),
             ("memif", ""),

@@ -89,6 +89,19 @@ impl CniArgs {
                 ));
             }
         }
+        // Pod identities go to the kubelet's PodResources API, never into a path; they are
+        // held to the container id's rule all the same (no '/', NUL, control characters or
+        // '..', at most 256 bytes), so no value from the runtime can name a path.
+        for k in ["K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_UID"] {
+            if let Some(v) = map.get(k).filter(|v| !v.is_empty()) {
+                if !valid_container_id(v) {
+                    return Err(CniError::env(
+                        format!("CNI_ARGS {k} must start with a letter or digit and hold only letters, digits, '_', '.' and '-' (at most 256 bytes): pass the pod's Kubernetes name"),
+                        format!("got {v:?}"),
+                    ));
+                }
+            }
+        }
         Ok(CniArgs {
             pod_namespace: map.remove("K8S_POD_NAMESPACE"),
             pod_name: map.remove("K8S_POD_NAME"),
@@ -239,6 +252,59 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    /// Names that could walk out of a directory, or that no path can hold, are refused
+    /// before anything is touched (code 4: the CNI spec's code for a bad `CNI_*` variable),
+    /// each with a message naming the variable.
+    #[test]
+    fn path_escapes_and_over_long_names_are_refused() {
+        let base = |k: &str, v: &str| {
+            let mut m = BTreeMap::from([
+                ("CNI_COMMAND", "ADD".to_owned()),
+                ("CNI_CONTAINERID", "c1".to_owned()),
+                ("CNI_IFNAME", "net1".to_owned()),
+                ("CNI_NETNS", "/run/netns/x".to_owned()),
+            ]);
+            m.insert(
+                match k {
+                    "CNI_CONTAINERID" => "CNI_CONTAINERID",
+                    "CNI_IFNAME" => "CNI_IFNAME",
+                    _ => "CNI_ARGS",
+                },
+                v.to_owned(),
+            );
+            Invocation::from_env(|key| m.get(key).cloned())
+        };
+        let long = "a".repeat(257);
+        let cases = [
+            ("CNI_CONTAINERID", "..", "CNI_CONTAINERID"),
+            ("CNI_CONTAINERID", "../etc", "CNI_CONTAINERID"),
+            ("CNI_CONTAINERID", "a/b", "CNI_CONTAINERID"),
+            ("CNI_CONTAINERID", "/abs", "CNI_CONTAINERID"),
+            ("CNI_CONTAINERID", "a\0b", "CNI_CONTAINERID"),
+            ("CNI_CONTAINERID", &long, "CNI_CONTAINERID"),
+            ("CNI_IFNAME", "..", "CNI_IFNAME"),
+            ("CNI_IFNAME", "a/b", "CNI_IFNAME"),
+            ("CNI_IFNAME", "e\0", "CNI_IFNAME"),
+            ("CNI_IFNAME", "eth0123456789abc", "CNI_IFNAME"),
+            ("CNI_ARGS", "K8S_POD_NAME=../x", "K8S_POD_NAME"),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=a/b", "K8S_POD_NAMESPACE"),
+            ("CNI_ARGS", "K8S_POD_UID=..", "K8S_POD_UID"),
+            ("CNI_ARGS", "K8S_POD_NAME=a\0b", "K8S_POD_NAME"),
+            ("CNI_ARGS", &format!("K8S_POD_NAME={long}"), "K8S_POD_NAME"),
+        ];
+        for (k, v, named) in cases {
+            let e = base(k, v).unwrap_err();
+            assert_eq!(e.code, 4, "{k}={v:?}: {e}");
+            assert!(e.msg.contains(named), "{k}={v:?}: {}", e.msg);
+        }
+        let ok = base(
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=upf-0.a_b;K8S_POD_UID=0f9e-11",
+        )
+        .unwrap();
+        assert_eq!(ok.args.pod_name.as_deref(), Some("upf-0.a_b"));
     }
 
     #[test]
