@@ -13,12 +13,12 @@ use heddle_api::{
 
 use super::state::PortStore;
 use super::worker::{Dataplane, Shared};
-use crate::dpdk::io::{empty_paths, PortPath, TxLock};
+use crate::dpdk::io::{empty_paths, PortPath};
 use crate::dpdk::{Eal, EthPort, Mempool, PortInfo, QueueConfig};
-use crate::switch::config::{PortMode, Snapshot, SwitchPort};
-use crate::switch::io::{PortIndex, MAX_PORTS};
-use crate::switch::vlan::{Vlan, VlanSet};
-use crate::vhost::port::{clear_stale_socket, VhostConfig, VhostPort, MAX_SOCKET_PATH};
+use heddle_core::switch::config::{PortMode, Snapshot, SwitchPort};
+use heddle_core::switch::io::{PortIndex, TxLock, MAX_PORTS};
+use heddle_core::switch::vlan::{Vlan, VlanSet};
+use heddle_core::vhost::port::{clear_stale_socket, VhostConfig, VhostPort, MAX_SOCKET_PATH};
 
 /// Why a port request was refused. The HTTP layer maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -706,7 +706,7 @@ impl SwitchCtl {
     pub fn stats(&self) -> StatsReply {
         let mut ports = Vec::new();
         for p in self.ports.values() {
-            let sum = crate::switch::counters::sum_port(&self.shared.counters, p.index);
+            let sum = heddle_core::switch::counters::sum_port(&self.shared.counters, p.index);
             let (device, vhost) = match &p.device {
                 Device::Eth { eth, .. } => {
                     let dev = eth.stats().unwrap_or_default();
@@ -783,7 +783,7 @@ impl SwitchCtl {
                 }
             })
             .collect();
-        let f = crate::switch::counters::sum_fdb(&self.shared.counters);
+        let f = heddle_core::switch::counters::sum_fdb(&self.shared.counters);
         StatsReply {
             cores: self.cores.clone(),
             ports,

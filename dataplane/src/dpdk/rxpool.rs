@@ -5,8 +5,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::{Mbuf, Mempool};
-use crate::switch::io::BURST;
-use crate::vhost::virtq::RxPool;
+use heddle_core::switch::io::BURST;
+use heddle_core::vhost::virtq::RxPool;
 
 /// Per-worker source of empty mbufs sized to a frame. Not shared: each PMD worker owns one
 /// (`Send`, not `Sync`). Mbufs left in the cache go back to the pool on drop.
@@ -126,3 +126,9 @@ impl Drop for MbufPool {
         }
     }
 }
+
+// Each PMD worker moves its pool to its own thread when it starts.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<MbufPool>();
+};

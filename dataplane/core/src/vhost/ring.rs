@@ -5,7 +5,7 @@
 //! an `ActiveRing` when the frontend has set the ring up and enabled it, and *installs* it;
 //! workers load the pointer once per burst (one acquire load, no lock, no reference count).
 //! To stop a ring the thread *takes* the pointer back and waits for a quiescent state of every
-//! worker (each has started a new poll iteration, see `daemon::worker`), after which no worker
+//! worker (each has started a new poll iteration, see `heddle_dataplane::daemon::worker`), after which no worker
 //! can still hold it: only then does it read the ring's last index or free it. The wait never
 //! gives up (a stalled worker is reported and counted, and waited for); it ends early only
 //! when the whole port is out of every worker's reach (removed from the configuration and
@@ -25,8 +25,7 @@ use std::sync::Arc;
 
 use super::memory::GuestMemory;
 use super::virtq::{QueueStats, RxPool, SplitQueue};
-use crate::dpdk::io::TxLock;
-use crate::switch::io::{Burst, Packet};
+use crate::switch::io::{Burst, Packet, TxLock};
 
 /// A virtqueue the workers may use: the queue, the memory it was translated against, and
 /// the eventfd to signal when the frontend asks for interrupts.

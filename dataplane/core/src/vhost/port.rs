@@ -20,6 +20,7 @@ use std::time::Duration;
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::device::MAX_PAIRS;
 use super::device::{Quiesce, VhostDevice};
 use super::ring::PortRings;
 
@@ -29,9 +30,6 @@ pub const PREFIX: &str = "vhost-user";
 
 /// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
-
-/// Most queue pairs a port offers.
-pub const MAX_PAIRS: u16 = 64;
 
 /// A native vhost-user port's settings, parsed from its devargs.
 #[derive(Debug, Clone, PartialEq, Eq)]
