@@ -274,7 +274,7 @@ impl VhostDevice {
         };
         queue.suppress_notifications();
         let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
-        let ring = Box::new(ActiveRing { queue, mem, call });
+        let ring = Box::new(ActiveRing::new(queue, mem, call));
         if let Some(slot) = self.rings.slot(i) {
             if let Some(old) = slot.install(ring) {
                 // Not expected (a running ring is stopped before it is rebuilt), but never

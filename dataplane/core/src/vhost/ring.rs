@@ -18,10 +18,12 @@
 //! the ring's [`TxLock`] (uncontended it is one atomic swap per burst).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::GuestMemory;
 use super::virtq::{QueueStats, RxPool, SplitQueue};
@@ -35,26 +37,33 @@ pub struct ActiveRing {
     /// Kept alive while the ring runs; the queue's pointers point into it.
     pub mem: Arc<GuestMemory>,
     /// `SET_VRING_CALL`'s eventfd, if the frontend wants interrupts.
-    pub call: Option<File>,
+    pub call: Option<EventFd>,
 }
 
 impl ActiveRing {
+    /// A running ring over `queue` in `mem`, signalling `call` (the descriptor the frontend
+    /// sent in `SET_VRING_CALL`) when the guest wants an interrupt.
+    pub fn new(queue: SplitQueue, mem: Arc<GuestMemory>, call: Option<File>) -> ActiveRing {
+        let call = call.map(|f| {
+            // SAFETY: `into_raw_fd` gives up `f`'s ownership of an open descriptor, which the
+            // EventFd takes over and closes once. The frontend sends an eventfd; were it any
+            // other descriptor, writing 8 bytes to it (all `EventFd::write` does) harms only
+            // the frontend's own file.
+            unsafe { EventFd::from_raw_fd(f.into_raw_fd()) }
+        });
+        ActiveRing { queue, mem, call }
+    }
+
     /// Signals the frontend if the ring's event rules ask for it (interrupt-driven guests
     /// such as Linux virtio-net; polling DPDK frontends never need it).
     #[inline]
     fn notify(&mut self, counters: &RingCounters) {
         if let Some(call) = &self.call {
             if self.queue.needs_interrupt() {
-                let one: u64 = 1;
-                // SAFETY: `call` is an open eventfd owned by this ring; the buffer is 8
-                // readable bytes, as eventfd writes require.
-                let _ = unsafe {
-                    libc::write(
-                        call.as_raw_fd(),
-                        ptr::addr_of!(one).cast::<libc::c_void>(),
-                        8,
-                    )
-                };
+                // One write(2) syscall on the fast path, only for interrupt-driven frontends
+                // that asked for this interrupt. The only failure is a counter at its maximum
+                // (EAGAIN, non-blocking eventfd): the frontend has interrupts pending already.
+                let _ = call.write(1);
                 counters.interrupts.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -2,6 +2,13 @@
 //! ([`SplitQueue::dequeue`]) and switch packets into guest RX buffers
 //! ([`SplitQueue::enqueue`]).
 //!
+//! Written by hand rather than with `virtio-queue`: that crate's queue reads rings through
+//! `vm-memory`'s `GuestMemory` (not used here, see [`super::memory`] for why) and hands out
+//! one descriptor chain at a time; here a whole burst of 32 chains is dequeued or filled
+//! with one acquire load of `avail.idx`, one release store of `used.idx` and no allocation,
+//! copying straight between guest buffers and switch packets (the per-packet cost is what
+//! the switch's throughput is made of).
+//!
 //! # The guest is hostile
 //! Rings and buffers live in memory the frontend writes concurrently. So:
 //! - no Rust reference ever points into guest memory: descriptors and ring entries are read
