@@ -5,6 +5,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::{Mbuf, Mempool};
+use heddle_core::prefetch;
 use heddle_core::switch::io::BURST;
 use heddle_core::vhost::virtq::RxPool;
 
@@ -61,16 +62,7 @@ impl MbufPool {
                     // this pool owns; only two header fields are read.
                     let data =
                         unsafe { (*m).buf_addr.cast::<u8>().add(usize::from((*m).data_off)) };
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: a prefetch is only a hint: it never faults or changes memory.
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch(
-                            data.cast::<i8>(),
-                            std::arch::x86_64::_MM_HINT_ET0,
-                        )
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let _ = data;
+                    prefetch::write(data);
                 }
             } else {
                 // Fewer than BURST left: take them one at a time.
