@@ -10,8 +10,18 @@ deploy/scripts/install-py.sh       # venv for the chart tests: Helm's engine, ku
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The switching core (dataplane/core) builds and tests without DPDK: dpdk-sys must not be in
+# its dependency tree, and it is tested with pkg-config unable to find libdpdk (LIBDIR replaces
+# pkg-config's default search path; PKG_CONFIG_PATH alone would only add to it).
+if cargo tree -p heddle-core -e normal,build,dev --prefix none | grep -q '^dpdk-sys '; then
+    echo "test.sh: dpdk-sys is in heddle-core's dependency tree (cargo tree -p heddle-core -i dpdk-sys shows how): the core must build without DPDK" >&2
+    exit 1
+fi
+PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH= cargo test -p heddle-core
+# No two modules of a crate import each other, directly or through others.
+deploy/scripts/module-cycles.py dataplane/core/src dataplane/src dataplane/api/src
 # Unit tests run in parallel; they need no hugepages or peers.
-cargo test --workspace --exclude heddle-tests
+cargo test --workspace --exclude heddle-tests --exclude heddle-core
 # Integration tests start real DPDK processes on the two CPUs: one at a time.
 cargo build --workspace --bins
 # The Helm chart, rendered by Helm's own engine; heddle-switch --check on its switch configs.

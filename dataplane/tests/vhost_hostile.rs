@@ -2,9 +2,13 @@
 //! frontend sets up real rings in shared memory through the protocol, then writes descriptor
 //! loops, addresses outside its memory, absurd lengths, swaps the memory table under traffic
 //! and jumps its avail index. The hostile port's bad chains are returned and counted, its
-//! ring is dropped when broken, and a well-behaved port served by the same worker keeps
-//! moving frames the whole time. No EAL: the worker is this test's own thread, polling the
-//! ports' rings as a PMD worker does, with the same quiescent-state handshake.
+//! ring is dropped when broken, and a well-behaved port served by the same worker forwards
+//! throughout: its guest sends from a thread of its own without pause while every hostile
+//! event happens (its memory table is swapped too), and after each event every frame it had
+//! sent so far has been forwarded; at the end none is lost. No EAL: the worker is this
+//! test's own thread, polling the ports' rings as a PMD worker does, with the same
+//! quiescent-state handshake; a worker that stops passing quiescent states aborts the test
+//! with a message instead of hanging it.
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -162,6 +166,76 @@ impl Guest {
     }
 }
 
+// SAFETY: `base` points into a MAP_SHARED mapping that is never unmapped (it lives until the
+// process ends), so the pointer stays valid on any thread; the guest is used by one thread
+// at a time (moved into the pump thread and back).
+unsafe impl Send for Guest {}
+
+/// The good guest on a thread of its own: sends a frame whenever its ring has room, and
+/// swaps its memory table when asked, until stopped.
+struct Pump {
+    stop: Arc<AtomicBool>,
+    /// Frames sent so far.
+    sent: Arc<AtomicU64>,
+    /// Memory-table swaps asked for, and done.
+    swaps_asked: Arc<AtomicU64>,
+    swaps_done: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Guest>>,
+}
+
+impl Pump {
+    fn start(mut g: Guest) -> Pump {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let swaps_asked = Arc::new(AtomicU64::new(0));
+        let swaps_done = Arc::new(AtomicU64::new(0));
+        let (st, se, sa, sd) = (
+            stop.clone(),
+            sent.clone(),
+            swaps_asked.clone(),
+            swaps_done.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                if sa.load(Ordering::Relaxed) > sd.load(Ordering::Relaxed) {
+                    g.send_mem_table();
+                    sd.fetch_add(1, Ordering::Relaxed);
+                }
+                if g.avail.wrapping_sub(g.used_idx()) < SIZE {
+                    g.send_good();
+                    se.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            g
+        });
+        Pump {
+            stop,
+            sent,
+            swaps_asked,
+            swaps_done,
+            thread: Some(thread),
+        }
+    }
+
+    fn swap_mem_table(&self) {
+        let n = self.swaps_asked.fetch_add(1, Ordering::Relaxed) + 1;
+        wait("the good guest's memory table swap", || {
+            self.swaps_done.load(Ordering::Relaxed) >= n
+        });
+    }
+
+    fn finish(mut self) -> Guest {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("the good guest's thread")
+    }
+}
+
 /// Writes a (hostile) chain at head `i`.
 type WriteChain = Box<dyn Fn(&Guest, u16)>;
 
@@ -179,6 +253,19 @@ impl Worker {
         let received: Vec<_> = ports.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
         let (s, r, it) = (stop.clone(), received.clone(), iterations.clone());
         let thread = std::thread::spawn(move || {
+            // Marks the worker gone when its loop ends, normally or by a panic: the quiesce
+            // handshake then returns at once (nothing can hold a ring any more) and `wait`
+            // fails the test.
+            struct Gone(Arc<AtomicU64>);
+            impl Drop for Gone {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        WORKER_PANICKED.store(true, Ordering::Relaxed);
+                    }
+                    self.0.store(u64::MAX, Ordering::Release);
+                }
+            }
+            let _gone = Gone(it.clone());
             let mut pool = VecPool::new(2048, 64);
             let mut burst: Burst<VecPacket> = Burst::new();
             while !s.load(Ordering::Relaxed) {
@@ -189,7 +276,6 @@ impl Worker {
                 }
                 it.fetch_add(1, Ordering::Release);
             }
-            it.store(u64::MAX, Ordering::Release);
         });
         Worker {
             stop,
@@ -210,9 +296,19 @@ impl Drop for Worker {
     }
 }
 
+/// Set when the worker thread panicked.
+static WORKER_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// How long the worker may take to pass a quiescent state before the test gives up on it.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(10);
+
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
+        assert!(
+            !WORKER_PANICKED.load(Ordering::Relaxed),
+            "the worker thread panicked (its message is above) while waiting for: {what}"
+        );
         assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -222,15 +318,29 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
 fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
     let dir = tempfile::tempdir().unwrap();
     let iterations = Arc::new(AtomicU64::new(0));
-    // Quiescence as the switch does it: wait until the worker started two new iterations.
+    // Quiescence as the switch does it: wait until the worker started two new iterations,
+    // or ended (then it holds no ring). It runs on a port's vhost-user thread, which is about
+    // to free a ring: if the worker is alive but passes no quiescent state within
+    // QUIESCE_LIMIT, freeing the ring could pull it from under the worker and returning
+    // without freeing would leave the thread stuck, so the test process is aborted with a
+    // message (a failure, not a hang).
     let quiesce = {
         let it = iterations.clone();
         Arc::new(move || {
             let start = it.load(Ordering::Acquire);
-            if start == u64::MAX {
-                return;
-            }
-            while it.load(Ordering::Acquire) < start + 2 {
+            let t = Instant::now();
+            loop {
+                let now = it.load(Ordering::Acquire);
+                if now == u64::MAX || now >= start.saturating_add(2) {
+                    return;
+                }
+                if t.elapsed() > QUIESCE_LIMIT {
+                    eprintln!(
+                        "vhost_hostile: the worker passed no quiescent state in {} s (stuck in one poll iteration); aborting the test",
+                        QUIESCE_LIMIT.as_secs()
+                    );
+                    std::process::abort();
+                }
                 std::hint::spin_loop();
             }
         })
@@ -251,21 +361,20 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
         vec![good_port.rings().clone(), bad_port.rings().clone()],
         iterations.clone(),
     );
-    let mut good = Guest::connect(&good_port);
+    let good = Guest::connect(&good_port);
     let mut bad = Guest::connect(&bad_port);
     let good_rx = worker.received[0].clone();
     let bad_rx = worker.received[1].clone();
 
-    // Keeps the good guest sending, one frame whenever the ring has room.
-    let pump = |good: &mut Guest, n: usize| {
-        for _ in 0..n {
-            wait("room in the good ring", || {
-                good.avail.wrapping_sub(good.used_idx()) < SIZE
-            });
-            good.send_good();
-        }
+    // The good guest sends without pause from here to the end of the hostile events.
+    let pump = Pump::start(good);
+    let sent = pump.sent.clone();
+    // Every frame the good guest has sent until now is forwarded (later ones may be in
+    // flight): called after each event, while it keeps sending.
+    let good_caught_up = |what: &str| {
+        let s = sent.load(Ordering::Relaxed);
+        wait(what, || good_rx.load(Ordering::Relaxed) >= s);
     };
-    pump(&mut good, 1000);
     wait("the good guest's frames", || {
         good_rx.load(Ordering::Relaxed) >= 1000
     });
@@ -318,11 +427,10 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
         make(&bad, i);
         bad.publish(i);
         wait(what, || bad_chains() > before);
-        // The chain came back (used index moved), and the good guest never stopped.
+        // The chain came back (used index moved), and the good guest's frames, sent all
+        // along, were all forwarded.
         wait(what, || bad.used_idx() == bad.avail);
-        let g0 = good_rx.load(Ordering::Relaxed);
-        pump(&mut good, 100);
-        wait(what, || good_rx.load(Ordering::Relaxed) >= g0 + 100);
+        good_caught_up(what);
         // A good frame right after the bad chain is still served.
         let b0 = bad_rx.load(Ordering::Relaxed);
         bad.send_good();
@@ -331,16 +439,11 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
 
     // Memory table swapped under traffic: the rings stop, remap and resume where they were.
     for _ in 0..20 {
-        pump(&mut good, 50);
         bad.send_good();
         bad.send_mem_table();
-        good.send_mem_table();
+        pump.swap_mem_table();
+        good_caught_up("traffic across memory table swaps");
     }
-    let g0 = good_rx.load(Ordering::Relaxed);
-    pump(&mut good, 500);
-    wait("traffic after memory table swaps", || {
-        good_rx.load(Ordering::Relaxed) >= g0 + 500
-    });
     wait("the bad guest's frames across swaps", || {
         bad.used_idx() == bad.avail
     });
@@ -353,11 +456,22 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
         counters.broken_rings.load(Ordering::Relaxed) >= 1
     });
     let b0 = bad_rx.load(Ordering::Relaxed);
-    let g0 = good_rx.load(Ordering::Relaxed);
-    pump(&mut good, 500);
-    wait("traffic after the broken ring", || {
-        good_rx.load(Ordering::Relaxed) >= g0 + 500
+    good_caught_up("traffic after the broken ring");
+    let s0 = sent.load(Ordering::Relaxed);
+    wait("more traffic after the broken ring", || {
+        good_rx.load(Ordering::Relaxed) >= s0 + 500
     });
+    // The good guest stops; every frame it sent was forwarded, none lost.
+    let good = pump.finish();
+    let total = sent.load(Ordering::Relaxed);
+    wait("the good guest's last frames", || {
+        good.used_idx() == good.avail
+    });
+    assert_eq!(
+        good_rx.load(Ordering::Relaxed),
+        total,
+        "every frame the good guest sent is forwarded"
+    );
     assert_eq!(
         bad_rx.load(Ordering::Relaxed),
         b0,

@@ -26,9 +26,9 @@ fn eal_mempool_mbuf_and_ring_port_round_trip() {
     // SAFETY: argv holds valid NUL-terminated strings that outlive the process's use of them
     // (`owned` lives until the end of the test, after rte_eal_cleanup).
     let rc = unsafe { dpdk_sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
-    assert!(rc >= 0, "rte_eal_init failed: errno {}", unsafe {
-        dpdk_sys::heddle_rte_errno()
-    });
+    // SAFETY: reads this thread's `rte_errno`, which rte_eal_init set on failure.
+    let errno = unsafe { dpdk_sys::heddle_rte_errno() };
+    assert!(rc >= 0, "rte_eal_init failed: errno {errno}");
 
     let name = CString::new("shim_pool").unwrap();
     // SAFETY: the EAL is running; the name is a valid C string.
@@ -36,11 +36,9 @@ fn eal_mempool_mbuf_and_ring_port_round_trip() {
         dpdk_sys::rte_pktmbuf_pool_create(name.as_ptr(), 1023, 0, 0, 2176, dpdk_sys::SOCKET_ID_ANY)
     };
     assert!(!pool.is_null(), "pool creation failed");
-    // SAFETY: valid pool.
-    assert_eq!(
-        unsafe { dpdk_sys::heddle_rte_mempool_avail_count(pool) },
-        1023
-    );
+    // SAFETY: `pool` was checked non-null just above and is never freed.
+    let avail = unsafe { dpdk_sys::heddle_rte_mempool_avail_count(pool) };
+    assert_eq!(avail, 1023);
 
     // SAFETY: valid pool; the mbuf is checked for null and freed below.
     let m = unsafe { dpdk_sys::heddle_rte_pktmbuf_alloc(pool) };
@@ -67,11 +65,10 @@ fn eal_mempool_mbuf_and_ring_port_round_trip() {
     // SAFETY: valid C string; the EAL is running.
     assert_eq!(unsafe { dpdk_sys::rte_dev_probe(dev.as_ptr()) }, 0);
     let mut port = 0u16;
-    // SAFETY: valid C string and out pointer.
-    assert_eq!(
-        unsafe { dpdk_sys::rte_eth_dev_get_port_by_name(dev.as_ptr(), &mut port) },
-        0
-    );
+    // SAFETY: `dev` is a NUL-terminated string that outlives the call; `port` is a valid
+    // out pointer.
+    let rc = unsafe { dpdk_sys::rte_eth_dev_get_port_by_name(dev.as_ptr(), &mut port) };
+    assert_eq!(rc, 0);
     let conf = dpdk_sys::rte_eth_conf::default();
     // SAFETY: valid port id, default config, queues set up before start.
     unsafe {

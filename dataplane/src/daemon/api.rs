@@ -29,7 +29,10 @@ fn error(status: StatusCode, msg: String) -> Response {
 impl IntoResponse for PortError {
     fn into_response(self) -> Response {
         let status = match self {
-            PortError::Invalid(_) | PortError::Device(_) => StatusCode::BAD_REQUEST,
+            PortError::Vhost(ref e) if e.is_conflict() => StatusCode::CONFLICT,
+            PortError::Invalid(_) | PortError::Device(_) | PortError::Vhost(_) => {
+                StatusCode::BAD_REQUEST
+            }
             PortError::Conflict(_) => StatusCode::CONFLICT,
             PortError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             PortError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -6,7 +6,7 @@ use heddle_api::{parse_mac, PortMode, PortSpec};
 use heddle_hugepages::MemoryConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::switch::io::MAX_PORTS;
+use heddle_core::switch::io::MAX_PORTS;
 
 /// The configuration compiled into `heddle-switch`, used when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
@@ -390,8 +390,8 @@ pub fn validate_port(p: &PortSpec) -> Result<(), String> {
     if p.queues == Some(0) || p.queues.is_some_and(|q| q > 64) {
         return Err(format!("port {:?}: queues must be 1-64", p.name));
     }
-    if crate::vhost::port::VhostConfig::is_native(&p.devargs) {
-        crate::vhost::port::VhostConfig::parse(&p.devargs, p.queues)
+    if heddle_core::vhost::port::VhostConfig::is_native(&p.devargs) {
+        heddle_core::vhost::port::VhostConfig::parse(&p.devargs, p.queues)
             .map_err(|e| format!("port {:?}: {e}", p.name))?;
     }
     Ok(())

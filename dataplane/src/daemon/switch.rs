@@ -13,12 +13,14 @@ use heddle_api::{
 
 use super::state::PortStore;
 use super::worker::{Dataplane, Shared};
-use crate::dpdk::io::{empty_paths, PortPath, TxLock};
-use crate::dpdk::{Eal, EthPort, Mempool, PortInfo, QueueConfig};
-use crate::switch::config::{PortMode, Snapshot, SwitchPort};
-use crate::switch::io::{PortIndex, MAX_PORTS};
-use crate::switch::vlan::{Vlan, VlanSet};
-use crate::vhost::port::{clear_stale_socket, VhostConfig, VhostPort, MAX_SOCKET_PATH};
+use crate::dpdk::io::{empty_paths, PortPath};
+use crate::dpdk::{DpdkError, Eal, EthPort, Mempool, PortInfo, QueueConfig};
+use heddle_core::switch::config::{PortMode, Snapshot, SwitchPort};
+use heddle_core::switch::io::{PortIndex, TxLock, MAX_PORTS};
+use heddle_core::switch::vlan::{Vlan, VlanSet};
+use heddle_core::vhost::port::{
+    clear_stale_socket, VhostConfig, VhostError, VhostPort, MAX_SOCKET_PATH,
+};
 
 /// Why a port request was refused. The HTTP layer maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +32,11 @@ pub enum PortError {
     #[error("{0}")]
     Conflict(String),
     /// DPDK refused the device.
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] DpdkError),
+    /// A native vhost-user port's devargs were refused, or its socket could not be set up.
+    #[error(transparent)]
+    Vhost(#[from] VhostError),
     /// No port by that name.
     #[error("{0}")]
     NotFound(String),
@@ -40,7 +45,7 @@ pub enum PortError {
     Full(String),
     /// Saving the port table failed (the change was rolled back).
     #[error("cannot save the port table: {0}")]
-    Store(String),
+    Store(#[source] std::io::Error),
 }
 
 /// What moves a port's packets.
@@ -184,13 +189,7 @@ fn clear_stale_vhost_socket(devargs: &str) -> Result<(), PortError> {
             path.as_os_str().len()
         )));
     }
-    clear_stale_socket(&path).map_err(|e| {
-        if e.contains("in use") || e.contains("not a socket") {
-            PortError::Conflict(e)
-        } else {
-            PortError::Device(e)
-        }
-    })
+    Ok(clear_stale_socket(&path)?)
 }
 
 fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
@@ -342,8 +341,7 @@ impl SwitchCtl {
             })?;
         let unreachable = Arc::new(AtomicBool::new(false));
         let device = if VhostConfig::is_native(&spec.devargs) {
-            let config =
-                VhostConfig::parse(&spec.devargs, spec.queues).map_err(PortError::Invalid)?;
+            let config = VhostConfig::parse(&spec.devargs, spec.queues)?;
             let shared = self.shared.clone();
             let unreachable = unreachable.clone();
             let port = VhostPort::start(
@@ -351,14 +349,7 @@ impl SwitchCtl {
                 config,
                 self.workers.len(),
                 Arc::new(move || shared.synchronize_unless(&unreachable)),
-            )
-            .map_err(|e| {
-                if e.contains("in use") || e.contains("not a socket") {
-                    PortError::Conflict(e)
-                } else {
-                    PortError::Device(e)
-                }
-            })?;
+            )?;
             Device::Vhost(port)
         } else {
             self.start_ethdev(&spec)?
@@ -400,7 +391,7 @@ impl SwitchCtl {
             if let Err(e) = self.persist() {
                 // Roll back: the caller is told it failed, so it must not exist.
                 self.remove_entry(&spec.name);
-                return Err(PortError::Store(e.to_string()));
+                return Err(PortError::Store(e));
             }
         }
         tracing::info!(port = %spec.name, index, devargs = %spec.devargs, "port added");
@@ -417,9 +408,8 @@ impl SwitchCtl {
             )));
         }
         clear_stale_vhost_socket(&spec.devargs)?;
-        let mut eth =
-            EthPort::probe(&spec.devargs).map_err(|e| PortError::Device(e.to_string()))?;
-        let info = eth.info().map_err(|e| PortError::Device(e.to_string()))?;
+        let mut eth = EthPort::probe(&spec.devargs)?;
+        let info = eth.info()?;
         let nworkers = self.workers.len() as u16;
         let queues = QueueConfig {
             rx_queues: spec.queues.unwrap_or(1).min(info.max_rx_queues.max(1)),
@@ -427,8 +417,7 @@ impl SwitchCtl {
             rx_ring: self.rings.0,
             tx_ring: self.rings.1,
         };
-        eth.start(queues, &self.pool)
-            .map_err(|e| PortError::Device(e.to_string()))?;
+        eth.start(queues, &self.pool)?;
         let tx_lock = (queues.tx_queues < nworkers).then(|| Arc::new(TxLock::default()));
         Ok(Device::Eth {
             info,
@@ -477,7 +466,7 @@ impl SwitchCtl {
             if let Err(e) = self.persist() {
                 self.ports.get_mut(name).expect("checked above").spec = old;
                 self.publish();
-                return Err(PortError::Store(e.to_string()));
+                return Err(PortError::Store(e));
             }
         }
         tracing::info!(port = %name, "trunk VLANs changed");
@@ -490,16 +479,14 @@ impl SwitchCtl {
             let before = self.unrestored.len();
             self.unrestored.retain(|s| s.name != name);
             if before != self.unrestored.len() {
-                self.persist()
-                    .map_err(|e| PortError::Store(e.to_string()))?;
+                self.persist().map_err(PortError::Store)?;
                 return Ok(true);
             }
             return Ok(false);
         };
         self.remove_entry(name);
         if origin == PortOrigin::Api {
-            self.persist()
-                .map_err(|e| PortError::Store(e.to_string()))?;
+            self.persist().map_err(PortError::Store)?;
         }
         tracing::info!(port = %name, "port removed");
         Ok(true)
@@ -706,7 +693,7 @@ impl SwitchCtl {
     pub fn stats(&self) -> StatsReply {
         let mut ports = Vec::new();
         for p in self.ports.values() {
-            let sum = crate::switch::counters::sum_port(&self.shared.counters, p.index);
+            let sum = heddle_core::switch::counters::sum_port(&self.shared.counters, p.index);
             let (device, vhost) = match &p.device {
                 Device::Eth { eth, .. } => {
                     let dev = eth.stats().unwrap_or_default();
@@ -783,7 +770,7 @@ impl SwitchCtl {
                 }
             })
             .collect();
-        let f = crate::switch::counters::sum_fdb(&self.shared.counters);
+        let f = heddle_core::switch::counters::sum_fdb(&self.shared.counters);
         StatsReply {
             cores: self.cores.clone(),
             ports,

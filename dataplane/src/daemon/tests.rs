@@ -17,11 +17,13 @@ use vhost::vhost_user::VhostUserBackendReqHandlerMut;
 
 use super::switch::SwitchCtl;
 use super::worker::Shared;
-use crate::switch::io::Burst;
-use crate::vhost::device::VhostDevice;
-use crate::vhost::ring::PortRings;
-use crate::vhost::testing::{memfd, Driver, TxLayout, VecPacket, VecPool, GPA_BASE, UVA_BASE};
-use crate::vhost::virtq::{feature, RxPool};
+use heddle_core::switch::io::Burst;
+use heddle_core::vhost::device::VhostDevice;
+use heddle_core::vhost::ring::PortRings;
+use heddle_core::vhost::testing::{
+    memfd, Driver, TxLayout, VecPacket, VecPool, GPA_BASE, UVA_BASE,
+};
+use heddle_core::vhost::virtq::{feature, RxPool};
 
 /// A packet pool whose first allocation parks the calling worker until released.
 struct ParkingPool {
@@ -78,7 +80,7 @@ impl Captured {
     }
 }
 
-fn region(spec: crate::vhost::memory::RegionSpec) -> VhostUserMemoryRegion {
+fn region(spec: heddle_core::vhost::memory::RegionSpec) -> VhostUserMemoryRegion {
     VhostUserMemoryRegion::new(
         spec.guest_phys_addr,
         spec.size,
@@ -95,7 +97,7 @@ fn a_new_memory_table_waits_for_a_worker_parked_in_a_burst_and_reports_the_stall
     let rings = Arc::new(PortRings::new(1, 1));
     let quiesce = {
         let shared = shared.clone();
-        Arc::new(move || shared.synchronize()) as crate::vhost::device::Quiesce
+        Arc::new(move || shared.synchronize()) as heddle_core::vhost::device::Quiesce
     };
     let device = Arc::new(Mutex::new(VhostDevice::new(
         "p".into(),
@@ -170,7 +172,7 @@ fn a_new_memory_table_waits_for_a_worker_parked_in_a_burst_and_reports_the_stall
 
     // The frontend sends a new memory table: the old ring must stop and its memory go.
     let new_file = memfd(driver.end_gpa() - GPA_BASE);
-    let new_spec = crate::vhost::memory::RegionSpec {
+    let new_spec = heddle_core::vhost::memory::RegionSpec {
         guest_phys_addr: GPA_BASE,
         size: driver.end_gpa() - GPA_BASE,
         user_addr: UVA_BASE,

@@ -18,11 +18,11 @@ use arc_swap::ArcSwap;
 
 use crate::dpdk::io::{DpdkIo, PortPaths};
 use crate::dpdk::{tsc, Mbuf, Mempool};
-use crate::switch::config::Snapshot;
-use crate::switch::counters::WorkerCounters;
-use crate::switch::fdb::Fdb;
-use crate::switch::io::{Burst, PacketIo, PortIndex};
-use crate::switch::pipeline::WorkerState;
+use heddle_core::switch::config::Snapshot;
+use heddle_core::switch::counters::WorkerCounters;
+use heddle_core::switch::fdb::Fdb;
+use heddle_core::switch::io::{Burst, PacketIo, PortIndex};
+use heddle_core::switch::pipeline::WorkerState;
 
 /// What every worker sees of the configuration: the switch snapshot plus, per worker, its
 /// port paths and the RX queues it polls.

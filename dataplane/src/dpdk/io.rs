@@ -4,37 +4,12 @@
 //! worker. When a device has fewer TX queues than there are workers, the queue is shared
 //! and a small spin lock ([`TxLock`]) is taken around `rte_eth_tx_burst`, only for that port.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::rxpool::MbufPool;
 use super::{Mbuf, Mempool};
-use crate::switch::io::{Burst, PacketIo, PortIndex, MAX_PORTS};
-use crate::vhost::ring::PortRings;
-
-/// Spin lock for a TX queue shared between workers. Uncontended it is one atomic swap.
-#[derive(Debug, Default)]
-pub struct TxLock(AtomicBool);
-
-impl TxLock {
-    /// Spins until the lock is taken.
-    #[inline]
-    pub fn lock(&self) {
-        while self
-            .0
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::hint::spin_loop();
-        }
-    }
-
-    /// Releases the lock.
-    #[inline]
-    pub fn unlock(&self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
+use heddle_core::switch::io::{Burst, PacketIo, PortIndex, TxLock, MAX_PORTS};
+use heddle_core::vhost::ring::PortRings;
 
 /// How one worker reaches one port.
 #[derive(Clone)]

@@ -1,7 +1,7 @@
 use std::ptr::NonNull;
 
 use super::mempool::Mempool;
-use crate::switch::io::Packet;
+use heddle_core::switch::io::Packet;
 
 /// One owned DPDK packet buffer (single segment). Freed on drop; handed to TX by value.
 ///

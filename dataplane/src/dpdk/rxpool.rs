@@ -5,8 +5,9 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::{Mbuf, Mempool};
-use crate::switch::io::BURST;
-use crate::vhost::virtq::RxPool;
+use heddle_core::prefetch;
+use heddle_core::switch::io::BURST;
+use heddle_core::vhost::virtq::RxPool;
 
 /// Per-worker source of empty mbufs sized to a frame. Not shared: each PMD worker owns one
 /// (`Send`, not `Sync`). Mbufs left in the cache go back to the pool on drop.
@@ -61,16 +62,7 @@ impl MbufPool {
                     // this pool owns; only two header fields are read.
                     let data =
                         unsafe { (*m).buf_addr.cast::<u8>().add(usize::from((*m).data_off)) };
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: a prefetch is only a hint: it never faults or changes memory.
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch(
-                            data.cast::<i8>(),
-                            std::arch::x86_64::_MM_HINT_ET0,
-                        )
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let _ = data;
+                    prefetch::write(data);
                 }
             } else {
                 // Fewer than BURST left: take them one at a time.
@@ -126,3 +118,9 @@ impl Drop for MbufPool {
         }
     }
 }
+
+// Each PMD worker moves its pool to its own thread when it starts.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<MbufPool>();
+};

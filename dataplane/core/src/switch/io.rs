@@ -2,9 +2,10 @@
 //!
 //! The pipeline is generic over [`Packet`] and [`PacketIo`], so its logic is tested and
 //! benchmarked without the EAL (see `switch::testing`), while `heddle-switch` runs it over
-//! DPDK mbufs and ethdevs (`crate::dpdk::io`). Monomorphisation makes the indirection free.
+//! DPDK mbufs and ethdevs (`heddle_dataplane::dpdk::io`). Monomorphisation makes the indirection free.
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Packets moved per burst, as DPDK's examples and OVS use.
 pub const BURST: usize = 32;
@@ -38,6 +39,12 @@ pub trait Packet {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Asks the CPU to start loading the frame's first cache line (its Ethernet header),
+    /// which the pipeline reads soon. Only a hint.
+    #[inline(always)]
+    fn prefetch(&self) {
+        crate::prefetch::read(self.data().as_ptr());
+    }
 }
 
 /// Moves packets for one PMD worker. Each worker owns its own `PacketIo`, so an
@@ -56,6 +63,30 @@ pub trait PacketIo {
 
     /// A deep copy of `pkt` for flooding, or `None` when the buffer pool is exhausted.
     fn copy(&mut self, pkt: &Self::Pkt) -> Option<Self::Pkt>;
+}
+
+/// Spin lock for a TX queue shared between workers. Uncontended it is one atomic swap.
+#[derive(Debug, Default)]
+pub struct TxLock(AtomicBool);
+
+impl TxLock {
+    /// Spins until the lock is taken.
+    #[inline]
+    pub fn lock(&self) {
+        while self
+            .0
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Releases the lock.
+    #[inline]
+    pub fn unlock(&self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// A fixed array of up to [`BURST`] packets. No heap allocation: it lives in per-worker

@@ -2,6 +2,13 @@
 //! ([`SplitQueue::dequeue`]) and switch packets into guest RX buffers
 //! ([`SplitQueue::enqueue`]).
 //!
+//! Written by hand rather than with `virtio-queue`: that crate's queue reads rings through
+//! `vm-memory`'s `GuestMemory` (not used here, see [`super::memory`] for why) and hands out
+//! one descriptor chain at a time; here a whole burst of 32 chains is dequeued or filled
+//! with one acquire load of `avail.idx`, one release store of `used.idx` and no allocation,
+//! copying straight between guest buffers and switch packets (the per-packet cost is what
+//! the switch's throughput is made of).
+//!
 //! # The guest is hostile
 //! Rings and buffers live in memory the frontend writes concurrently. So:
 //! - no Rust reference ever points into guest memory: descriptors and ring entries are read
@@ -34,6 +41,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::memory::GuestMemory;
+use crate::prefetch;
 use crate::switch::io::{Burst, Packet};
 
 /// Where the driver put one queue's rings (`VHOST_USER_SET_VRING_NUM`/`_ADDR`), in
@@ -179,6 +187,17 @@ struct Desc {
 struct Seg {
     ptr: *mut u8,
     len: u32,
+}
+
+/// What `enqueue` made of one frame.
+enum Placed {
+    /// In the guest's buffers.
+    Delivered,
+    /// Dropped: larger than the guest's buffer (counted in `oversize`).
+    Oversize,
+    /// Not placed, and nothing after it is: the guest has no buffers left, or the burst met
+    /// its budget of bad chains.
+    Stop,
 }
 
 /// The chain broke a rule; return it with length 0.
@@ -340,32 +359,6 @@ fn ring(
     Ok(p)
 }
 
-/// Asks the CPU to start loading the cache line at `p`.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` is only a hint: it never faults and changes no memory, whatever
-    // the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Hints that `p`'s cache line is about to be written (`prefetchw` where the CPU has it).
-#[inline(always)]
-fn prefetch_write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it never faults and changes no memory, whatever
-    // the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_ET0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// Virtio's `vring_need_event`: has `new` passed `event` since `old`?
 #[inline(always)]
 fn need_event(event: u16, new: u16, old: u16) -> bool {
@@ -501,7 +494,7 @@ impl SplitQueue {
                 // The guest's core just wrote the next chain's descriptor: start pulling it
                 // over while this frame is copied.
                 let next = self.avail_entry(self.last_avail.wrapping_add(1));
-                prefetch(
+                prefetch::read(
                     self.table
                         .desc
                         .wrapping_add(usize::from(next & self.mask))
@@ -610,7 +603,7 @@ impl SplitQueue {
         let mut used = self.used_idx;
         let mut done = 0;
         let bad_limit = stats.bad_chains + BAD_CHAIN_BUDGET;
-        'pkts: for pkt in pkts {
+        for pkt in pkts {
             if stats.bad_chains >= bad_limit {
                 // Enough bad chains for one burst: the rest waits (and is counted as not
                 // delivered), so a hostile ring cannot keep the worker here.
@@ -618,117 +611,160 @@ impl SplitQueue {
                 break;
             }
             let frame = pkt.data();
-            let need = self.hdr_len + frame.len();
-            if self.mrg {
-                // Where this frame (re)starts: after the last bad chain it met.
-                let (mut start_avail, mut start_used) = (self.last_avail, used);
-                let mut written = 0usize;
-                let mut nbufs = 0u16;
-                let mut num_buffers = [ptr::null_mut(); 2];
-                while written < need {
-                    if self.last_avail == avail_idx {
-                        // Not enough buffers for this frame: give back what it took (it
-                        // wrote into them, harmlessly: they are still the device's).
-                        self.last_avail = start_avail;
-                        used = start_used;
-                        stats.no_guest_buffers += (pkts.len() - done) as u64;
-                        break 'pkts;
-                    }
-                    let head = self.avail_entry(self.last_avail);
-                    self.last_avail = self.last_avail.wrapping_add(1);
-                    let filled = if head < self.table.size {
-                        self.fill(mem, head, &hdr, frame, written, &mut num_buffers)
-                    } else {
-                        Err(BadChain)
-                    };
-                    match filled {
-                        Ok(n) if n > 0 => {
-                            self.put_used(used, head, n as u32);
-                            used = used.wrapping_add(1);
-                            nbufs += 1;
-                            written += n;
-                        }
-                        _ => {
-                            // A bad (or empty) chain inside the frame's buffers: the heads
-                            // it took so far go back empty with it, and the frame starts
-                            // again after it (in-order used entries cannot skip a head).
-                            let mut i = start_used;
-                            while i != used {
-                                self.put_used_len(i, 0);
-                                i = i.wrapping_add(1);
-                            }
-                            if head < self.table.size {
-                                self.put_used(used, head, 0);
-                                used = used.wrapping_add(1);
-                            }
-                            stats.bad_chains += 1;
-                            (start_avail, start_used) = (self.last_avail, used);
-                            written = 0;
-                            nbufs = 0;
-                            if stats.bad_chains >= bad_limit {
-                                stats.no_guest_buffers += (pkts.len() - done) as u64;
-                                break 'pkts;
-                            }
-                        }
-                    }
-                }
-                let nb = nbufs.to_le_bytes();
-                for (p, b) in num_buffers.into_iter().zip(nb) {
-                    // SAFETY: `fill` recorded these as pointers to bytes 10 and 11 of the
-                    // header inside validated, mapped buffers of this frame's heads (the
-                    // last recording wins, and the frame's final attempt wrote the whole
-                    // 12-byte header, so both are set); the memory table is borrowed for
-                    // the whole call.
-                    unsafe { ptr::write_volatile(p, b) };
-                }
+            let placed = if self.mrg {
+                self.enqueue_mergeable(mem, &hdr, frame, avail_idx, &mut used, stats, bad_limit)
             } else {
-                loop {
-                    if self.last_avail == avail_idx {
-                        stats.no_guest_buffers += (pkts.len() - done) as u64;
-                        break 'pkts;
-                    }
-                    let head = self.avail_entry(self.last_avail);
-                    let filled = if head < self.table.size {
-                        let mut unused = [ptr::null_mut(); 2];
-                        self.fill(mem, head, &hdr, frame, 0, &mut unused)
-                    } else {
-                        Err(BadChain)
-                    };
-                    match filled {
-                        Ok(n) if n < need => {
-                            // The chain is too small for this frame: drop the frame, keep
-                            // the chain for the next one.
-                            stats.oversize += 1;
-                            done += 1;
-                            continue 'pkts;
-                        }
-                        Ok(n) => {
-                            self.put_used(used, head, n as u32);
-                            used = used.wrapping_add(1);
-                            self.last_avail = self.last_avail.wrapping_add(1);
-                            break;
-                        }
-                        Err(BadChain) => {
-                            if head < self.table.size {
-                                self.put_used(used, head, 0);
-                                used = used.wrapping_add(1);
-                            }
-                            self.last_avail = self.last_avail.wrapping_add(1);
-                            stats.bad_chains += 1;
-                            if stats.bad_chains >= bad_limit {
-                                stats.no_guest_buffers += (pkts.len() - done) as u64;
-                                break 'pkts;
-                            }
-                        }
-                    }
+                self.enqueue_single(mem, &hdr, frame, avail_idx, &mut used, stats, bad_limit)
+            };
+            match placed {
+                Placed::Delivered => {
+                    stats.packets += 1;
+                    stats.bytes += frame.len() as u64;
+                    done += 1;
+                }
+                Placed::Oversize => done += 1,
+                Placed::Stop => {
+                    stats.no_guest_buffers += (pkts.len() - done) as u64;
+                    break;
                 }
             }
-            stats.packets += 1;
-            stats.bytes += frame.len() as u64;
-            done += 1;
         }
         self.publish(used);
         done
+    }
+
+    /// `enqueue` of one frame with `MRG_RXBUF`: the frame (header first) is spread over as
+    /// many heads as it needs, each returned with the length it holds, and the header's
+    /// `num_buffers` says how many. A bad chain among them sends the heads taken so far back
+    /// empty and the frame starts again after it; too few buffers give every head back to
+    /// the ring (the frame and the rest of the burst wait).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn enqueue_mergeable(
+        &mut self,
+        mem: &GuestMemory,
+        hdr: &[u8; 12],
+        frame: &[u8],
+        avail_idx: u16,
+        used: &mut u16,
+        stats: &mut QueueStats,
+        bad_limit: u64,
+    ) -> Placed {
+        let need = self.hdr_len + frame.len();
+        // Where this frame (re)starts: after the last bad chain it met.
+        let (mut start_avail, mut start_used) = (self.last_avail, *used);
+        let mut written = 0usize;
+        let mut nbufs = 0u16;
+        let mut num_buffers = [ptr::null_mut(); 2];
+        while written < need {
+            if self.last_avail == avail_idx {
+                // Not enough buffers for this frame: give back what it took (it wrote into
+                // them, harmlessly: they are still the device's).
+                self.last_avail = start_avail;
+                *used = start_used;
+                return Placed::Stop;
+            }
+            let head = self.avail_entry(self.last_avail);
+            self.last_avail = self.last_avail.wrapping_add(1);
+            let filled = if head < self.table.size {
+                self.fill(mem, head, hdr, frame, written, &mut num_buffers)
+            } else {
+                Err(BadChain)
+            };
+            match filled {
+                Ok(n) if n > 0 => {
+                    self.put_used(*used, head, n as u32);
+                    *used = used.wrapping_add(1);
+                    nbufs += 1;
+                    written += n;
+                }
+                _ => {
+                    // A bad (or empty) chain inside the frame's buffers: the heads it took
+                    // so far go back empty with it, and the frame starts again after it
+                    // (in-order used entries cannot skip a head).
+                    let mut i = start_used;
+                    while i != *used {
+                        self.put_used_len(i, 0);
+                        i = i.wrapping_add(1);
+                    }
+                    if head < self.table.size {
+                        self.put_used(*used, head, 0);
+                        *used = used.wrapping_add(1);
+                    }
+                    stats.bad_chains += 1;
+                    (start_avail, start_used) = (self.last_avail, *used);
+                    written = 0;
+                    nbufs = 0;
+                    if stats.bad_chains >= bad_limit {
+                        return Placed::Stop;
+                    }
+                }
+            }
+        }
+        let nb = nbufs.to_le_bytes();
+        for (p, b) in num_buffers.into_iter().zip(nb) {
+            // SAFETY: `fill` recorded these as pointers to bytes 10 and 11 of the header
+            // inside validated, mapped buffers of this frame's heads (the last recording
+            // wins, and the frame's final attempt wrote the whole 12-byte header, so both are
+            // set); the memory table is borrowed for the whole call.
+            unsafe { ptr::write_volatile(p, b) };
+        }
+        Placed::Delivered
+    }
+
+    /// `enqueue` of one frame without `MRG_RXBUF`: the whole frame goes into one chain. A
+    /// chain too small drops the frame and stays for the next one; a bad chain is returned
+    /// empty and the next one is tried.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn enqueue_single(
+        &mut self,
+        mem: &GuestMemory,
+        hdr: &[u8; 12],
+        frame: &[u8],
+        avail_idx: u16,
+        used: &mut u16,
+        stats: &mut QueueStats,
+        bad_limit: u64,
+    ) -> Placed {
+        let need = self.hdr_len + frame.len();
+        loop {
+            if self.last_avail == avail_idx {
+                return Placed::Stop;
+            }
+            let head = self.avail_entry(self.last_avail);
+            let filled = if head < self.table.size {
+                let mut unused = [ptr::null_mut(); 2];
+                self.fill(mem, head, hdr, frame, 0, &mut unused)
+            } else {
+                Err(BadChain)
+            };
+            match filled {
+                Ok(n) if n < need => {
+                    // The chain is too small for this frame: drop the frame, keep the chain
+                    // for the next one.
+                    stats.oversize += 1;
+                    return Placed::Oversize;
+                }
+                Ok(n) => {
+                    self.put_used(*used, head, n as u32);
+                    *used = used.wrapping_add(1);
+                    self.last_avail = self.last_avail.wrapping_add(1);
+                    return Placed::Delivered;
+                }
+                Err(BadChain) => {
+                    if head < self.table.size {
+                        self.put_used(*used, head, 0);
+                        *used = used.wrapping_add(1);
+                    }
+                    self.last_avail = self.last_avail.wrapping_add(1);
+                    stats.bad_chains += 1;
+                    if stats.bad_chains >= bad_limit {
+                        return Placed::Stop;
+                    }
+                }
+            }
+        }
     }
 
     /// After `dequeue`/`enqueue`: should the caller signal the call eventfd? False when
@@ -828,11 +864,11 @@ impl SplitQueue {
             if let Some(p) = mem.translate_gpa_hinted(u64::from_le(d.addr), len, &mut hint) {
                 let p = p.as_ptr().cast_const();
                 if write {
-                    prefetch_write(p);
-                    prefetch_write(p.wrapping_add(64));
+                    prefetch::write(p);
+                    prefetch::write(p.wrapping_add(64));
                 } else {
-                    prefetch(p);
-                    prefetch(p.wrapping_add(64));
+                    prefetch::read(p);
+                    prefetch::read(p.wrapping_add(64));
                 }
             }
         }

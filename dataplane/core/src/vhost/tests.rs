@@ -1060,5 +1060,4 @@ fn memory_is_shared_and_queues_move_between_threads() {
     fn send<T: Send>() {}
     send_sync::<GuestMemory>();
     send::<SplitQueue>();
-    send::<crate::dpdk::MbufPool>();
 }

@@ -26,6 +26,9 @@ use super::virtq::{feature, RingAddrs, SplitQueue};
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// Most queue pairs a port offers.
+pub const MAX_PAIRS: u16 = 64;
+
 /// Virtio features offered to the frontend.
 pub const VIRTIO_FEATURES: u64 = feature::VERSION_1
     | feature::MRG_RXBUF
@@ -152,7 +155,7 @@ impl VhostDevice {
     }
 
     fn vring(&mut self, index: u32) -> Result<&mut Vring> {
-        if index as usize >= self.vrings.len() && index < 2 * u32::from(super::port::MAX_PAIRS) {
+        if index as usize >= self.vrings.len() && index < 2 * u32::from(MAX_PAIRS) {
             self.pairs_wanted = self.pairs_wanted.max((index / 2 + 1) as u16);
         }
         self.vrings
@@ -271,7 +274,7 @@ impl VhostDevice {
         };
         queue.suppress_notifications();
         let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
-        let ring = Box::new(ActiveRing { queue, mem, call });
+        let ring = Box::new(ActiveRing::new(queue, mem, call));
         if let Some(slot) = self.rings.slot(i) {
             if let Some(old) = slot.install(ring) {
                 // Not expected (a running ring is stopped before it is rebuilt), but never

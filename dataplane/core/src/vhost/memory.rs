@@ -11,6 +11,14 @@
 //! [`MAX_REGIONS`], usually one to eight), so lookup is a linear scan; a caller that wants a
 //! last-hit cache keeps the hint in its own state ([`GuestMemory::translate_gpa_hinted`]),
 //! so `GuestMemory` has no interior mutability and is shared between workers as is.
+//!
+//! Written by hand rather than with `vm-memory`'s `GuestMemoryMmap`: the table must be
+//! validated as a whole against a hostile frontend before anything is mapped (overlaps in
+//! either address space, offsets past the file, the region count), translation is needed
+//! for frontend-virtual addresses as well as guest-physical ones (vring addresses arrive
+//! as the frontend's virtual addresses), and the fast path wants one whole-range check
+//! returning a raw pointer, with the last-hit hint kept by the caller, rather than the
+//! crate's per-access `Bytes` calls and its atomic-snapshot machinery.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -9,14 +9,17 @@
 //!   crate): features, memory table, when each vring starts and stops.
 //! - [`ring`]: how a running vring passes to the PMD workers without a lock on their side.
 //! - [`port`]: a port's socket in server or client role, with reconnect, one thread each.
-//! - [`testing`]: an in-process virtio driver, a heap packet pool and the ring fuzzer, for
-//!   tests, fuzzing and benches; [`fuzz`]: the protocol fuzzer's entry point.
+//! - `testing` (feature `testing`): an in-process virtio driver, a heap packet pool and the
+//!   ring fuzzer, for
+//!   tests, fuzzing and benches; `fuzz` (feature `testing`): the protocol fuzzer's entry point.
 
 pub mod device;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod memory;
 pub mod port;
 pub mod ring;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod virtq;
 

@@ -6,6 +6,7 @@ pub mod counters;
 pub mod fdb;
 pub mod io;
 pub mod pipeline;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vlan;
 

@@ -5,7 +5,7 @@
 //! an `ActiveRing` when the frontend has set the ring up and enabled it, and *installs* it;
 //! workers load the pointer once per burst (one acquire load, no lock, no reference count).
 //! To stop a ring the thread *takes* the pointer back and waits for a quiescent state of every
-//! worker (each has started a new poll iteration, see `daemon::worker`), after which no worker
+//! worker (each has started a new poll iteration, see `heddle_dataplane::daemon::worker`), after which no worker
 //! can still hold it: only then does it read the ring's last index or free it. The wait never
 //! gives up (a stalled worker is reported and counted, and waited for); it ends early only
 //! when the whole port is out of every worker's reach (removed from the configuration and
@@ -18,15 +18,16 @@
 //! the ring's [`TxLock`] (uncontended it is one atomic swap per burst).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use super::memory::GuestMemory;
 use super::virtq::{QueueStats, RxPool, SplitQueue};
-use crate::dpdk::io::TxLock;
-use crate::switch::io::{Burst, Packet};
+use crate::switch::io::{Burst, Packet, TxLock};
 
 /// A virtqueue the workers may use: the queue, the memory it was translated against, and
 /// the eventfd to signal when the frontend asks for interrupts.
@@ -36,26 +37,33 @@ pub struct ActiveRing {
     /// Kept alive while the ring runs; the queue's pointers point into it.
     pub mem: Arc<GuestMemory>,
     /// `SET_VRING_CALL`'s eventfd, if the frontend wants interrupts.
-    pub call: Option<File>,
+    pub call: Option<EventFd>,
 }
 
 impl ActiveRing {
+    /// A running ring over `queue` in `mem`, signalling `call` (the descriptor the frontend
+    /// sent in `SET_VRING_CALL`) when the guest wants an interrupt.
+    pub fn new(queue: SplitQueue, mem: Arc<GuestMemory>, call: Option<File>) -> ActiveRing {
+        let call = call.map(|f| {
+            // SAFETY: `into_raw_fd` gives up `f`'s ownership of an open descriptor, which the
+            // EventFd takes over and closes once. The frontend sends an eventfd; were it any
+            // other descriptor, writing 8 bytes to it (all `EventFd::write` does) harms only
+            // the frontend's own file.
+            unsafe { EventFd::from_raw_fd(f.into_raw_fd()) }
+        });
+        ActiveRing { queue, mem, call }
+    }
+
     /// Signals the frontend if the ring's event rules ask for it (interrupt-driven guests
     /// such as Linux virtio-net; polling DPDK frontends never need it).
     #[inline]
     fn notify(&mut self, counters: &RingCounters) {
         if let Some(call) = &self.call {
             if self.queue.needs_interrupt() {
-                let one: u64 = 1;
-                // SAFETY: `call` is an open eventfd owned by this ring; the buffer is 8
-                // readable bytes, as eventfd writes require.
-                let _ = unsafe {
-                    libc::write(
-                        call.as_raw_fd(),
-                        ptr::addr_of!(one).cast::<libc::c_void>(),
-                        8,
-                    )
-                };
+                // One write(2) syscall on the fast path, only for interrupt-driven frontends
+                // that asked for this interrupt. The only failure is a counter at its maximum
+                // (EAGAIN, non-blocking eventfd): the frontend has interrupts pending already.
+                let _ = call.write(1);
                 counters.interrupts.fetch_add(1, Ordering::Relaxed);
             }
         }

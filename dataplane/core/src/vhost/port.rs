@@ -17,9 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use vhost::vhost_user::message::{FrontendReq, VhostUserHeaderFlag};
 use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::device::MAX_PAIRS;
 use super::device::{Quiesce, VhostDevice};
 use super::ring::PortRings;
 
@@ -30,8 +32,102 @@ pub const PREFIX: &str = "vhost-user";
 /// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
-/// Most queue pairs a port offers.
-pub const MAX_PAIRS: u16 = 64;
+/// Why a native vhost-user port's devargs were refused or its socket could not be set up.
+/// Each message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostError {
+    /// A devargs field without `=`.
+    #[error("vhost-user devargs {0:?} is not key=value: keys are iface, client, queues, owner, group, perm")]
+    NotKeyValue(String),
+    /// `owner`, `group` or `queues` is not a number.
+    #[error("vhost-user devargs {key}={value:?} is not a number: write e.g. {key}=1")]
+    NotANumber {
+        /// The key.
+        key: String,
+        /// Its value as written.
+        value: String,
+    },
+    /// `client` is neither 0 nor 1.
+    #[error("vhost-user devargs client={0:?}: write client=0 or client=1")]
+    BadClient(String),
+    /// `queues` is 0 or more than [`MAX_PAIRS`].
+    #[error("vhost-user devargs queues={0} is outside 1-{MAX_PAIRS}: pick a queue-pair count in that range")]
+    QueuesOutOfRange(u32),
+    /// `perm` is not an octal mode.
+    #[error("vhost-user devargs perm={0:?} is not an octal mode: write e.g. perm=0660")]
+    BadPerm(String),
+    /// A key Heddle does not know.
+    #[error("vhost-user devargs key {0:?} is unknown: keys are iface, client, queues, owner, group, perm")]
+    UnknownKey(String),
+    /// No `iface=`.
+    #[error("vhost-user port {0:?} has no socket: add iface=/run/heddle/<pod>/<name>.sock")]
+    NoSocket(String),
+    /// The socket path does not fit in `sun_path`.
+    #[error("vhost-user socket path {path:?} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory")]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The socket path is relative.
+    #[error("vhost-user socket path {0:?} is relative: give an absolute path")]
+    RelativePath(PathBuf),
+    /// Another process listens on the socket.
+    #[error("vhost-user socket {0:?} is in use by another process: stop it or choose another iface path")]
+    SocketInUse(PathBuf),
+    /// Something other than a socket is at the path.
+    #[error("{0:?} exists and is not a socket: choose another iface path for the vhost-user port")]
+    NotASocket(PathBuf),
+    /// A stale socket could not be removed.
+    #[error("cannot remove stale socket {path:?}: {source}")]
+    RemoveStale {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `bind` failed.
+    #[error("cannot create vhost-user socket {path:?}: {source} (does the directory exist and is it writable?)")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `chown` of the server socket failed.
+    #[error("cannot set owner/group of {path:?}: {source}")]
+    Chown {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `chmod` of the server socket failed.
+    #[error("cannot set mode {perm:o} on {path:?}: {source}")]
+    Chmod {
+        /// The socket.
+        path: PathBuf,
+        /// The mode asked for.
+        perm: u32,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No eventfd for the port thread's wake-up.
+    #[error("cannot create an eventfd for the vhost-user thread: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// The port thread did not start.
+    #[error("cannot start the vhost-user thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl VhostError {
+    /// The socket path is held by something else (a listening process, or a file that is
+    /// not a socket): a conflict with what exists, not a malformed request.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, VhostError::SocketInUse(_) | VhostError::NotASocket(_))
+    }
+}
 
 /// A native vhost-user port's settings, parsed from its devargs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +156,7 @@ impl VhostConfig {
 
     /// Parses `vhost-user<id>,iface=<path>[,client=0|1][,queues=N][,owner=UID][,group=GID][,perm=OCTAL]`.
     /// `queues` in the port spec is the default for `queues`.
-    pub fn parse(devargs: &str, spec_queues: Option<u16>) -> Result<VhostConfig, String> {
+    pub fn parse(devargs: &str, spec_queues: Option<u16>) -> Result<VhostConfig, VhostError> {
         let mut parts = devargs.split(',');
         let device = parts.next().unwrap_or_default().trim().to_owned();
         let mut cfg = VhostConfig {
@@ -72,30 +168,27 @@ impl VhostConfig {
             group: None,
             perm: None,
         };
-        let num = |k: &str, v: &str| -> Result<u32, String> {
-            v.trim().parse::<u32>().map_err(|_| {
-                format!("vhost-user devargs {k}={v:?} is not a number: write e.g. {k}=1")
+        let num = |k: &str, v: &str| -> Result<u32, VhostError> {
+            v.trim().parse::<u32>().map_err(|_| VhostError::NotANumber {
+                key: k.to_owned(),
+                value: v.to_owned(),
             })
         };
         for kv in parts.filter(|s| !s.trim().is_empty()) {
             let Some((k, v)) = kv.split_once('=') else {
-                return Err(format!(
-                    "vhost-user devargs {kv:?} is not key=value: keys are iface, client, queues, owner, group, perm"
-                ));
+                return Err(VhostError::NotKeyValue(kv.to_owned()));
             };
             match k.trim() {
                 "iface" | "path" => cfg.path = PathBuf::from(v.trim()),
                 "client" => match v.trim() {
                     "0" => cfg.client = false,
                     "1" => cfg.client = true,
-                    _ => return Err(format!("vhost-user devargs client={v:?}: write client=0 or client=1")),
+                    _ => return Err(VhostError::BadClient(v.to_owned())),
                 },
                 "queues" => {
                     let q = num(k, v)?;
                     if q == 0 || q > u32::from(MAX_PAIRS) {
-                        return Err(format!(
-                            "vhost-user devargs queues={q} is outside 1-{MAX_PAIRS}: pick a queue-pair count in that range"
-                        ));
+                        return Err(VhostError::QueuesOutOfRange(q));
                     }
                     cfg.pairs = q as u16;
                 }
@@ -105,36 +198,24 @@ impl VhostConfig {
                     let p = u32::from_str_radix(v.trim().trim_start_matches("0o"), 8)
                         .ok()
                         .filter(|p| *p <= 0o777)
-                        .ok_or_else(|| {
-                            format!("vhost-user devargs perm={v:?} is not an octal mode: write e.g. perm=0660")
-                        })?;
+                        .ok_or_else(|| VhostError::BadPerm(v.to_owned()))?;
                     cfg.perm = Some(p);
                 }
-                other => {
-                    return Err(format!(
-                        "vhost-user devargs key {other:?} is unknown: keys are iface, client, queues, owner, group, perm"
-                    ))
-                }
+                other => return Err(VhostError::UnknownKey(other.to_owned())),
             }
         }
         if cfg.path.as_os_str().is_empty() {
-            return Err(format!(
-                "vhost-user port {:?} has no socket: add iface=/run/heddle/<pod>/<name>.sock",
-                cfg.device
-            ));
+            return Err(VhostError::NoSocket(cfg.device));
         }
         let len = cfg.path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
-            return Err(format!(
-                "vhost-user socket path {:?} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of a Unix socket path: use a shorter directory",
-                cfg.path
-            ));
+            return Err(VhostError::PathTooLong {
+                path: cfg.path,
+                len,
+            });
         }
         if !cfg.path.is_absolute() {
-            return Err(format!(
-                "vhost-user socket path {:?} is relative: give an absolute path",
-                cfg.path
-            ));
+            return Err(VhostError::RelativePath(cfg.path));
         }
         Ok(cfg)
     }
@@ -219,55 +300,51 @@ pub struct VhostPort {
 
 /// A server socket left behind by a switch that was killed makes `bind` fail. Removes it
 /// when nothing listens on it; refuses when something does or when it is not a socket.
-pub fn clear_stale_socket(path: &Path) -> Result<(), String> {
+pub fn clear_stale_socket(path: &Path) -> Result<(), VhostError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "vhost-user socket {} is in use by another process: stop it or choose another iface path",
-                    path.display()
-                ));
+                return Err(VhostError::SocketInUse(path.to_owned()));
             }
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+            std::fs::remove_file(path).map_err(|source| VhostError::RemoveStale {
+                path: path.to_owned(),
+                source,
+            })?;
             tracing::info!(socket = %path.display(), "removed a stale vhost-user socket");
             Ok(())
         }
-        Ok(_) => Err(format!(
-            "{} exists and is not a socket: choose another iface path for the vhost-user port",
-            path.display()
-        )),
+        Ok(_) => Err(VhostError::NotASocket(path.to_owned())),
         Err(_) => Ok(()),
     }
 }
 
-fn bind(cfg: &VhostConfig) -> Result<UnixListener, String> {
+fn bind(cfg: &VhostConfig) -> Result<UnixListener, VhostError> {
     clear_stale_socket(&cfg.path)?;
-    let listener = UnixListener::bind(&cfg.path).map_err(|e| {
-        format!(
-            "cannot create vhost-user socket {}: {e} (does the directory exist and is it writable?)",
-            cfg.path.display()
-        )
+    let path = || cfg.path.clone();
+    let listener = UnixListener::bind(&cfg.path).map_err(|source| VhostError::Bind {
+        path: path(),
+        source,
     })?;
-    let undo = |msg: String| {
+    let undo = |e: VhostError| {
         let _ = std::fs::remove_file(&cfg.path);
-        msg
+        e
     };
     if cfg.owner.is_some() || cfg.group.is_some() {
-        std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group).map_err(|e| {
-            undo(format!(
-                "cannot set owner/group of {}: {e}",
-                cfg.path.display()
-            ))
+        std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group).map_err(|source| {
+            undo(VhostError::Chown {
+                path: path(),
+                source,
+            })
         })?;
     }
     if let Some(perm) = cfg.perm {
         std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(perm)).map_err(
-            |e| {
-                undo(format!(
-                    "cannot set mode {perm:o} on {}: {e}",
-                    cfg.path.display()
-                ))
+            |source| {
+                undo(VhostError::Chmod {
+                    path: path(),
+                    perm,
+                    source,
+                })
             },
         )?;
     }
@@ -309,14 +386,16 @@ pub(crate) fn ends_connection(e: &VuError) -> bool {
     )
 }
 
-/// `VHOST_USER_SET_VRING_ENABLE`.
-const SET_VRING_ENABLE: u32 = 18;
-/// Header flags: protocol version 1, reply, need reply.
-const FLAG_VERSION: u32 = 0x1;
-const FLAG_REPLY: u32 = 0x4;
-const FLAG_NEED_REPLY: u32 = 0x8;
+/// `VHOST_USER_SET_VRING_ENABLE`'s request code.
+const SET_VRING_ENABLE: u32 = FrontendReq::SET_VRING_ENABLE as u32;
+/// Version 1 of the protocol, in the header's version bits (`VhostUserHeaderFlag::VERSION`
+/// is the mask of those bits, not a version).
+const PROTOCOL_VERSION_1: u32 = 0x1;
 
-/// A vhost-user message header.
+/// A vhost-user message header. Read here, not through the `vhost` crate, because the crate
+/// keeps its header type private and only parses whole messages: the early
+/// `SET_VRING_ENABLE` (see `Worker::early_vring_enable`) must be recognised before the
+/// crate's handler refuses it.
 struct Header {
     request: u32,
     flags: u32,
@@ -386,10 +465,13 @@ impl Worker {
             self.link.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(port = %self.name, error = %e, index, num, "SET_VRING_ENABLE refused");
         }
-        if hdr.flags & FLAG_NEED_REPLY != 0 && self.lock_device().reply_ack() {
+        if hdr.flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 && self.lock_device().reply_ack()
+        {
             let mut reply = Vec::with_capacity(20);
             reply.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-            reply.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+            reply.extend_from_slice(
+                &(PROTOCOL_VERSION_1 | VhostUserHeaderFlag::REPLY.bits()).to_le_bytes(),
+            );
             reply.extend_from_slice(&8u32.to_le_bytes());
             reply.extend_from_slice(&u64::from(res.is_err()).to_le_bytes());
             conn.write_all(&reply)?;
@@ -554,7 +636,7 @@ impl VhostPort {
         config: VhostConfig,
         workers: usize,
         quiesce: Quiesce,
-    ) -> Result<VhostPort, String> {
+    ) -> Result<VhostPort, VhostError> {
         let listener = if config.client {
             None
         } else {
@@ -563,10 +645,7 @@ impl VhostPort {
         let rings = Arc::new(PortRings::new(config.pairs, workers));
         let link = Arc::new(LinkCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let wake = Arc::new(
-            EventFd::new(libc::EFD_CLOEXEC)
-                .map_err(|e| format!("cannot create an eventfd for the vhost-user thread: {e}"))?,
-        );
+        let wake = Arc::new(EventFd::new(libc::EFD_CLOEXEC).map_err(VhostError::EventFd)?);
         let conn = Arc::new(Mutex::new(None));
         let worker = Worker {
             name: name.to_owned(),
@@ -589,7 +668,7 @@ impl VhostPort {
                 Some(l) => worker.run_server(l),
                 None => worker.run_client(),
             })
-            .map_err(|e| format!("cannot start the vhost-user thread: {e}"))?;
+            .map_err(VhostError::Thread)?;
         Ok(VhostPort {
             config,
             rings,
@@ -676,7 +755,7 @@ mod tests {
             ("vhost-user0,iface=/a,owner=root", "not a number"),
             ("vhost-user0,iface", "key=value"),
         ] {
-            let e = VhostConfig::parse(devargs, None).unwrap_err();
+            let e = VhostConfig::parse(devargs, None).unwrap_err().to_string();
             assert!(e.contains(needle), "{devargs}: {e}");
         }
     }
@@ -691,7 +770,7 @@ mod tests {
             "vhost-user0,iface=rel\n.sock",
             long.as_str(),
         ] {
-            let e = VhostConfig::parse(devargs, None).unwrap_err();
+            let e = VhostConfig::parse(devargs, None).unwrap_err().to_string();
             assert!(!e.contains('\n'), "{devargs:?}: {e}");
             assert!(
                 e.contains("\\n"),

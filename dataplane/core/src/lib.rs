@@ -1,0 +1,15 @@
+//! Heddle's switching core, in pure Rust: nothing here links DPDK, so it builds and tests on
+//! any Linux machine with a Rust toolchain alone.
+//!
+//! - [`switch`]: the VLAN-aware learning bridge (parsing, FDB, forwarding decisions,
+//!   batching) over the [`switch::io`] traits.
+//! - [`vhost`]: the native vhost-user device, its split virtqueues and the guest memory
+//!   they live in, and how running rings pass to the PMD workers.
+//! - [`prefetch`]: the cache prefetch hints the fast path uses.
+//!
+//! `heddle-dataplane` puts these over DPDK mbufs and ethdevs and runs them in the
+//! `heddle-switch` daemon; it re-exports both modules under its own name.
+
+pub mod prefetch;
+pub mod switch;
+pub mod vhost;
