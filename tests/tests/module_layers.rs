@@ -23,6 +23,26 @@ fn cni_modules_have_no_import_cycle() {
     assert_no_cycles("cni");
 }
 
+#[test]
+fn core_modules_have_no_import_cycle() {
+    assert_no_cycles("dataplane/core");
+}
+
+#[test]
+fn dataplane_modules_have_no_import_cycle() {
+    assert_no_cycles("dataplane");
+}
+
+#[test]
+fn manager_modules_have_no_import_cycle() {
+    assert_no_cycles("manager");
+}
+
+#[test]
+fn hugepages_modules_have_no_import_cycle() {
+    assert_no_cycles("hugepages");
+}
+
 /// The checker finds a cycle when there is one: two modules that use each other.
 #[test]
 fn a_cycle_is_found() {
