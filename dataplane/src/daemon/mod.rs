@@ -187,12 +187,22 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 async fn serve(cfg: DaemonConfig, ctl: api::Ctl) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
-    let listener = tokio::net::UnixListener::bind(&cfg.api.socket).with_context(|| {
+    // The socket is created under umask 0177, so it is root-only (0600) from the moment it
+    // exists: a bind-then-chmod leaves a window in which another user could connect. The
+    // umask is process-wide; nothing else creates files at this point (ports are restored,
+    // the API that adds ports is not listening yet), and a tighter mode is the only effect.
+    // SAFETY: umask(2) only swaps the process's file-creation mask; it cannot fail.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(&cfg.api.socket);
+    // SAFETY: as above; restores the mask the daemon started with.
+    unsafe { libc::umask(previous) };
+    let listener = bound.with_context(|| {
         format!(
             "cannot listen on {}: set api.socket to a writable path",
             cfg.api.socket.display()
         )
     })?;
+    // Already 0600; kept explicit for filesystems that ignore the umask for sockets.
     std::fs::set_permissions(&cfg.api.socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %cfg.api.socket.display(), "control API listening");
 
