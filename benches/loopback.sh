@@ -19,10 +19,11 @@ for a in "$@"; do
             ;;
     esac
 done
-deploy/scripts/install-deps.sh openvswitch-switch-dpdk gnuplot-nox
+deploy/scripts/install-deps.sh
 build --bin heddle-switch --bin loopback
-# Bad arguments stop here, before hugepages are touched.
+# Bad arguments stop here, before anything else is installed or reserved.
 "$bin" --plan "$@" >/dev/null
+deploy/scripts/install-deps.sh openvswitch-switch-dpdk gnuplot-nox
 # Peak at 64 pods: three generators (512 + 512 + 256 MiB) and OVS (1024 MiB), or heddle
 # (512 MiB); leave room for other DPDK processes on the machine.
 deploy/scripts/hugepages.sh 4096
