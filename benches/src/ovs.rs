@@ -243,6 +243,14 @@ fn sum_drops(text: &str) -> u64 {
         .sum()
 }
 
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -250,12 +258,4 @@ mod tests {
         let text = "statistics          : {rx_bytes=5, rx_dropped=2, rx_errors=0, tx_dropped=3, tx_packets=9}\nstatistics          : {ovs_tx_failure_drops=4, rx_packets=1}\n";
         assert_eq!(super::sum_drops(text), 9);
     }
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

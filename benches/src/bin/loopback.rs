@@ -913,6 +913,9 @@ fn run(a: &Args, cells: &[PlanCell], command: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Port churn at one pod count: (ports, native (adds/s, removes/s), net_vhost's).
+type Churn = (usize, Option<(f64, f64)>, Option<(f64, f64)>);
+
 /// Adds and removes `n` ports through the API, native vhost-user ones or `net_vhost` ones;
 /// returns (adds/s, removes/s).
 fn port_churn(n: usize, kind: Kind) -> Result<(f64, f64)> {
@@ -989,10 +992,7 @@ fn peer_label(s: Sut) -> &'static str {
 /// the median, low and high ratio against testpmd, OVS and net_vhost).
 /// The report from rounds files' texts (name, text): their slots are joined (each file's
 /// cells are paired within that file's rounds, so files should not share cells).
-fn report(
-    texts: &[(String, String)],
-    churn: &[(usize, Option<(f64, f64)>, Option<(f64, f64)>)],
-) -> Result<(String, String)> {
+fn report(texts: &[(String, String)], churn: &[Churn]) -> Result<(String, String)> {
     let mut slots = Vec::new();
     let mut rounds_per_file = Vec::new();
     for (name, text) in texts {
@@ -1232,11 +1232,7 @@ fn chart(dir: &Path, cells: usize) -> Result<()> {
     Ok(())
 }
 
-fn write_report(
-    out: &Path,
-    rounds_files: &[PathBuf],
-    churn: &[(usize, Option<(f64, f64)>, Option<(f64, f64)>)],
-) -> Result<()> {
+fn write_report(out: &Path, rounds_files: &[PathBuf], churn: &[Churn]) -> Result<()> {
     let mut texts = Vec::new();
     for f in rounds_files {
         let text =
