@@ -1063,7 +1063,7 @@ fn report(texts: &[(String, String)], churn: &[Churn]) -> Result<(String, String
     );
     let _ = writeln!(
         md,
-        "{rounds_run} rounds; in each, every switch of a cell once, order rotated round by round. Slots: {n_ok} kept, {n_drop} repeated after drops, {n_err} failed. \
+        "{rounds_run} rounds started (a run stopped before its `--rounds` keeps every finished slot; a cell counts only rounds where both switches have a kept slot); in each, every switch of a cell once, order rotated round by round. Slots: {n_ok} kept, {n_drop} repeated after drops, {n_err} failed. \
          1-minute load average over the slots: min {:.2}, median {:.2}, max {:.2}; steal time median {:.2}%, max {steal_max:.2}%.",
         loads.first().copied().unwrap_or(f64::NAN),
         paired::median(&loads),
