@@ -20,6 +20,9 @@ pub struct OvsPort {
     pub vlan: OvsVlan,
     /// A static FDB entry for this MAC on this port (`fdb/add`), as heddle's `mac:`.
     pub static_mac: Option<String>,
+    /// `mtu_request`, when the default 1500 is too small: OVS drops a frame sent to a
+    /// vhost-user port that is longer than its MTU + 18.
+    pub mtu: Option<u32>,
 }
 
 /// VLAN mode of an [`OvsPort`].
@@ -112,18 +115,22 @@ impl Ovs {
                 OvsVlan::Access(v) => format!("tag={v}"),
                 OvsVlan::Trunk(v) => format!("trunks={v}"),
             };
-            ovs.vsctl(&[
-                "--timeout=30",
-                "add-port",
-                "br0",
-                &p.name,
-                &vlan,
-                "--",
-                "set",
-                "Interface",
-                &p.name,
-                "type=dpdkvhostuser",
-            ])?;
+            let mut args = vec![
+                "--timeout=30".to_owned(),
+                "add-port".into(),
+                "br0".into(),
+                p.name.clone(),
+                vlan,
+                "--".into(),
+                "set".into(),
+                "Interface".into(),
+                p.name.clone(),
+                "type=dpdkvhostuser".into(),
+            ];
+            if let Some(mtu) = p.mtu {
+                args.push(format!("mtu_request={mtu}"));
+            }
+            ovs.vsctl(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
             ovs.wait_for(&dir.join(&p.name), "a dpdkvhostuser socket")?;
         }
         for p in ports {

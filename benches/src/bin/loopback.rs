@@ -630,6 +630,7 @@ fn heddle_ports(dir: &Path, n: usize, kind: Kind, workload: Workload) -> (String
 fn start_switch(
     sut: Sut,
     pods: usize,
+    size: u32,
     workload: Workload,
     dir: &Path,
 ) -> Result<(Running, Vec<PathBuf>)> {
@@ -684,6 +685,12 @@ fn start_switch(
                         OvsVlan::Access(vlan_of(i))
                     },
                     static_mac: (!is_trunk(workload, i)).then(|| mac(i)),
+                    // OVS sends at most MTU + 18 bytes to a vhost-user port: a trunk port
+                    // carrying `size`-byte frames plus their tag needs more than 1500.
+                    mtu: {
+                        let need = size + if is_trunk(workload, i) { 4 } else { 0 } - 18;
+                        (need > 1500).then_some(need)
+                    },
                 })
                 .collect();
             let ovs = Ovs::start(dir, 0, 1, if pods > 16 { 1024 } else { 512 }, &ports)?;
@@ -708,7 +715,7 @@ struct Measured {
 /// One slot: start the switch and the generators, seed, warm up, read over the window.
 fn measure(sut: Sut, c: &PlanCell, a: &Args) -> Result<Measured> {
     let dir = tempfile::tempdir()?;
-    let (mut switch, socks) = start_switch(sut, c.pods, c.workload, dir.path())?;
+    let (mut switch, socks) = start_switch(sut, c.pods, c.size, c.workload, dir.path())?;
     let mut gens = generators(&socks, c.transport == Transport::Memif, c.size, c.workload)?;
     let features = negotiated_features(&gens);
     for g in gens.iter_mut() {
