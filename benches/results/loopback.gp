@@ -1,4 +1,4 @@
-set terminal png size 1000,620
+set terminal png size 1280,620
 set output 'benches/results/loopback.png'
 set title "heddle's cost per packet over each peer's (median of per-round ratios, 95% interval); below 1: heddle ahead"
 set style data histograms
