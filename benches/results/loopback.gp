@@ -6,6 +6,7 @@ set style histogram errorbars gap 2 lw 1
 set style fill solid 0.7
 set key top left
 set xtics rotate by -35 scale 0
+set rmargin 12
 set yrange [0:*]
 set grid ytics
 set arrow from graph 0, first 1 to graph 1, first 1 nohead lw 2 dt 2

@@ -1221,7 +1221,7 @@ fn chart(dir: &Path, cells: usize) -> Result<()> {
     let script = format!(
         "set terminal png size {},620\nset output '{}'\nset title \"heddle's cost per packet over each peer's (median of per-round ratios, 95% interval); below 1: heddle ahead\"\n\
          set style data histograms\nset style histogram errorbars gap 2 lw 1\nset style fill solid 0.7\nset key top left\n\
-         set xtics rotate by -35 scale 0\nset yrange [0:*]\nset grid ytics\nset arrow from graph 0, first 1 to graph 1, first 1 nohead lw 2 dt 2\n\
+         set xtics rotate by -35 scale 0\nset rmargin 12\nset yrange [0:*]\nset grid ytics\nset arrow from graph 0, first 1 to graph 1, first 1 nohead lw 2 dt 2\n\
          plot '{d}' using 2:3:4:xtic(1) title 'vs testpmd io-fwd', '{d}' using 5:6:7 title 'vs OVS-DPDK', '{d}' using 8:9:10 title 'vs heddle net\\_vhost'\n",
         (300 + 70 * cells).min(2400),
         dir.join("loopback.png").display(),
