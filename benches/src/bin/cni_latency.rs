@@ -7,15 +7,24 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use clap::Parser;
 use heddle_tests::cni::{percentile_ms, require_reference_plugin, CniPlugin};
 use heddle_tests::{require_dpdk_peers, require_root, Netns, SwitchProcess};
 use serde_json::json;
 
+/// heddle-cni ADD/DEL latency against the reference `bridge` plugin (host-local IPAM),
+/// interleaved call by call; prints p50 and p99 per call. Needs root, DPDK peers and the
+/// reference plugins.
+#[derive(Parser, Debug)]
+#[command(name = "benches/cni-latency.sh", version)]
+struct Args {
+    /// ADD/DEL pairs per plugin.
+    #[arg(default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+}
+
 fn main() -> Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let runs = Args::parse().runs as usize;
     require_root()?;
     require_dpdk_peers(300)?;
     require_reference_plugin("bridge")?;
@@ -77,4 +86,21 @@ fn main() -> Result<()> {
         percentile_ms(&samples[0], 50.0) / percentile_ms(&samples[2], 50.0)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_default_to_200_and_zero_is_refused() {
+        assert_eq!(Args::try_parse_from(["cni_latency"]).unwrap().runs, 200);
+        assert_eq!(
+            Args::try_parse_from(["cni_latency", "50"]).unwrap().runs,
+            50
+        );
+        assert!(Args::try_parse_from(["cni_latency", "0"]).is_err());
+        let e = Args::try_parse_from(["cni_latency", "--help"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+    }
 }
