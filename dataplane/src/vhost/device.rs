@@ -21,8 +21,9 @@ use vhost::vhost_user::{Backend, Error, GpuBackend, VhostUserBackendReqHandlerMu
 use vhost::VhostUserMemoryRegionBase;
 
 use super::memory::{GuestMemory, RegionSpec};
+use super::queue::Virtqueue;
 use super::ring::{ActiveRing, PortRings};
-use super::virtq::{feature, RingAddrs, SplitQueue};
+use super::virtq::{feature, RingAddrs};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -32,6 +33,7 @@ pub const VIRTIO_FEATURES: u64 = feature::VERSION_1
     | feature::INDIRECT_DESC
     | feature::EVENT_IDX
     | feature::IN_ORDER
+    | feature::RING_PACKED
     | VIRTIO_NET_F_MQ
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
@@ -251,14 +253,18 @@ impl VhostDevice {
         // base 0 for split rings; the ring itself says where the device left off. Every
         // chain this switch took was returned before it could stop, so the used index is
         // the resume point. A consistent frontend's base equals it anyway.
+        let packed = self.features & feature::RING_PACKED != 0;
         let mut base = v.base;
-        if let Some(used_idx) = ring_used_idx(&mem, addrs.used_uva) {
+        if let Some(used_idx) = (!packed)
+            .then(|| ring_used_idx(&mem, addrs.used_uva))
+            .flatten()
+        {
             if used_idx != base {
                 tracing::info!(port = %self.name, vring = i, base, used_idx, "resuming the vring at the guest's used index");
                 base = used_idx;
             }
         }
-        let mut queue = match SplitQueue::new(&mem, &addrs, base, self.features) {
+        let mut queue = match Virtqueue::new(&mem, &addrs, base, self.features) {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(port = %self.name, vring = i, error = %e, "vring refused");
@@ -296,6 +302,10 @@ impl VhostDevice {
         self.rings
             .up
             .store(up, std::sync::atomic::Ordering::Relaxed);
+        self.rings.packed.store(
+            up && self.features & feature::RING_PACKED != 0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.rings
             .pairs_in_use
             .store(self.running_pairs(), std::sync::atomic::Ordering::Relaxed);

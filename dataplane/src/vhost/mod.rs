@@ -5,6 +5,8 @@
 //!   translation of guest-physical and frontend-virtual addresses.
 //! - [`virtq`]: the poll-mode split-ring fast path: dequeue (guest TX into switch packets)
 //!   and enqueue (switch packets into guest RX buffers), hardened against hostile rings.
+//! - [`packed`]: the packed-ring (virtio 1.1) fast path, same interfaces and rules;
+//!   [`queue`]: one running queue in either layout.
 //! - [`device`]: the vhost-user protocol state (messages parsed and validated by the `vhost`
 //!   crate): features, memory table, when each vring starts and stops.
 //! - [`ring`]: how a running vring passes to the PMD workers without a lock on their side.
@@ -15,10 +17,15 @@
 pub mod device;
 pub mod fuzz;
 pub mod memory;
+pub mod packed;
+pub mod packed_testing;
 pub mod port;
+pub mod queue;
 pub mod ring;
 pub mod testing;
 pub mod virtq;
 
+#[cfg(test)]
+mod packed_tests;
 #[cfg(test)]
 mod tests;

@@ -24,15 +24,16 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::memory::GuestMemory;
-use super::virtq::{QueueStats, RxPool, SplitQueue};
+use super::queue::Virtqueue;
+use super::virtq::{QueueStats, RxPool};
 use crate::dpdk::io::TxLock;
 use crate::switch::io::{Burst, Packet};
 
 /// A virtqueue the workers may use: the queue, the memory it was translated against, and
 /// the eventfd to signal when the frontend asks for interrupts.
 pub struct ActiveRing {
-    /// The split ring's device-side state.
-    pub queue: SplitQueue,
+    /// The ring's device-side state (split or packed).
+    pub queue: Virtqueue,
     /// Kept alive while the ring runs; the queue's pointers point into it.
     pub mem: Arc<GuestMemory>,
     /// `SET_VRING_CALL`'s eventfd, if the frontend wants interrupts.
@@ -142,6 +143,8 @@ pub struct PortRings {
     pub up: AtomicBool,
     /// Queue pairs whose two vrings both run.
     pub pairs_in_use: AtomicU16,
+    /// The running vrings are packed (virtio 1.1) rings.
+    pub packed: AtomicBool,
     /// Error and interrupt counters.
     pub counters: RingCounters,
 }
@@ -156,6 +159,7 @@ impl PortRings {
             shared_tx: workers > 1,
             up: AtomicBool::new(false),
             pairs_in_use: AtomicU16::new(0),
+            packed: AtomicBool::new(false),
             counters: RingCounters::default(),
         }
     }
