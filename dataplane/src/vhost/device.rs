@@ -484,7 +484,13 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
         // The ring stays stopped until it is kicked again (vhost-user: "stop ring").
         v.kicked = false;
         v.call = None;
-        Ok(VhostUserVringState::new(index, u32::from(v.base)))
+        let mut num = u32::from(v.base);
+        if self.features & feature::RING_PACKED != 0 {
+            // Packed: the used slot and wrap counter go in bits 16-31 (QEMU reads them back);
+            // a stopped ring has returned every chain it took, so they equal the avail ones.
+            num |= num << 16;
+        }
+        Ok(VhostUserVringState::new(index, num))
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {
