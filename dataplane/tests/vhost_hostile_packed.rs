@@ -431,7 +431,9 @@ fn a_hostile_packed_guest_is_contained_while_a_good_one_keeps_forwarding() {
     for (k, (what, lie)) in lies.iter().enumerate() {
         if k > 0 {
             // The frontend sets the ring up again (as after a reset): it runs again.
-            drop(std::mem::replace(&mut bad, Guest::connect(&bad_port)));
+            // The port serves one connection at a time: close the old one first.
+            drop(bad);
+            bad = Guest::connect(&bad_port);
             let b0 = bad_rx.load(Ordering::Relaxed);
             bad.send_good();
             wait("the reconnected guest's frame", || {

@@ -135,11 +135,12 @@ impl PackedDriver {
             chains: vec![Chain::default(); usize::from(size)],
             spare: Vec::with_capacity(usize::from(size)),
         };
-        // Every descriptor starts "used in the previous lap" for the starting wrap counter,
-        // so nothing is available until the driver posts it.
-        let stale = if wrap { 0 } else { DESC_F_AVAIL | DESC_F_USED };
+        // As a ring that ran up to `base`: slots before it were used in this lap, the rest
+        // in the previous one; nothing is available, or used, until the driver posts it.
+        let used_in = |w: bool| if w { DESC_F_AVAIL | DESC_F_USED } else { 0 };
         for i in 0..size {
-            d.write_u16(d.desc_gpa(i) + 14, stale);
+            let lap = if i < start { wrap } else { !wrap };
+            d.write_u16(d.desc_gpa(i) + 14, used_in(lap));
         }
         d
     }
