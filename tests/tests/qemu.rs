@@ -61,6 +61,7 @@ fn start(
     dir: &Path,
     vlans: [u16; 2],
     roles: [GuestRole; 2],
+    packed: bool,
 ) -> Result<(SwitchProcess, Vec<Guest>)> {
     let t0 = Instant::now();
     let image = GuestImage::get()?;
@@ -86,6 +87,7 @@ fn start(
             role,
             memory_mib: 192,
             log_dir: dir.to_owned(),
+            packed,
         })
         .collect();
     match mode {
@@ -154,6 +156,12 @@ fn socket_dir() -> Result<tempfile::TempDir> {
 /// sockets), lets each ping the other [`COUNT`] times, and checks the guests' verdicts and
 /// the switch's per-port counters.
 fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
+    run_ping_rings(kind, mode, false)
+}
+
+/// [`run_ping`], with the guests' NICs on packed virtqueues when `packed` (the switch must
+/// then report both ports' rings as packed).
+fn run_ping_rings(kind: VhostKind, mode: SocketMode, packed: bool) -> Result<()> {
     require_root()?;
     require_hugepages(300)?;
     require_qemu()?;
@@ -168,7 +176,14 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
         linger: Duration::from_secs(120),
     };
     let t_start = Instant::now();
-    let (switch, mut guests) = start(kind, mode, dir.path(), [VLAN, VLAN], [ping(0), ping(1)])?;
+    let (switch, mut guests) = start(
+        kind,
+        mode,
+        dir.path(),
+        [VLAN, VLAN],
+        [ping(0), ping(1)],
+        packed,
+    )?;
 
     // Each guest's verdict on its own pings, with the consoles and the switch log on failure.
     for i in 0..guests.len() {
@@ -225,6 +240,15 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
             p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.drops, p.device
         );
     }
+    if packed {
+        for (name, _, _) in GUESTS {
+            let v = stats[name]
+                .vhost
+                .context("native ports report vhost stats")?;
+            ensure!(v.packed, "{name} does not run packed rings: {v:?}");
+            ensure!(v.bad_chains == 0 && v.broken_rings == 0, "{name}: {v:?}");
+        }
+    }
     let fdb = switch.client().fdb()?;
     for (name, mac, _) in GUESTS {
         ensure!(
@@ -277,6 +301,7 @@ fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
         dir.path(),
         [VLAN, 200],
         [pinger, idle],
+        false,
     )?;
     if let Err(e) = guests[1].wait_for(MARK_UP, VERDICT_TIMEOUT) {
         bail!("{e:#}\n{}", context(&guests, Some(1), &switch));
@@ -317,4 +342,9 @@ fn guests_ping_through_native_vhost_switch_as_server() -> Result<()> {
 #[test]
 fn guests_ping_through_native_vhost_switch_as_client() -> Result<()> {
     run_ping(VhostKind::Native, SocketMode::SwitchClient)
+}
+
+#[test]
+fn guests_with_packed_rings_ping_through_native_vhost_switch_as_server() -> Result<()> {
+    run_ping_rings(VhostKind::Native, SocketMode::SwitchServer, true)
 }
