@@ -12,7 +12,8 @@
 //! - [`ring`]: how a running vring passes to the PMD workers without a lock on their side.
 //! - [`port`]: a port's socket in server or client role, with reconnect, one thread each.
 //! - [`testing`]: an in-process virtio driver, a heap packet pool and the ring fuzzer, for
-//!   tests, fuzzing and benches; [`fuzz`]: the protocol fuzzer's entry point.
+//!   tests, fuzzing and benches; [`packed_testing`]: the same for packed rings;
+//!   [`fuzz`]: the protocol fuzzer's entry point.
 
 pub mod device;
 pub mod fuzz;
