@@ -305,7 +305,7 @@ fn a_hostile_packed_guest_is_contained_while_a_good_one_keeps_forwarding() {
     let start = |name: &str| {
         let cfg = VhostConfig::parse(
             &format!(
-                "vhost-user-{name},iface={}/{name}.sock",
+                "vhost-user-{name},iface={}/{name}.sock,packed=1",
                 dir.path().display()
             ),
             None,

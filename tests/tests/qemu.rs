@@ -40,12 +40,19 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn ports_yaml(kind: VhostKind, mode: SocketMode, socks: &[PathBuf; 2], vlans: [u16; 2]) -> String {
+fn ports_yaml(
+    kind: VhostKind,
+    mode: SocketMode,
+    socks: &[PathBuf; 2],
+    vlans: [u16; 2],
+    packed: bool,
+) -> String {
     let mut y = String::new();
     for (i, ((name, mac, _), sock)) in GUESTS.iter().zip(socks).enumerate() {
         y += &format!(
-            "  - {{name: {name}, devargs: \"{}\", mode: access, vlan: {}, mac: \"{mac}\"}}\n",
+            "  - {{name: {name}, devargs: \"{}{}\", mode: access, vlan: {}, mac: \"{mac}\"}}\n",
             kind.devargs(i as u32, sock, mode),
+            if packed { ",packed=1" } else { "" },
             vlans[i]
         );
     }
@@ -73,7 +80,7 @@ fn start(
         accel()
     );
     let socks = [dir.join("a.sock"), dir.join("b.sock")];
-    let ports = ports_yaml(kind, mode, &socks, vlans);
+    let ports = ports_yaml(kind, mode, &socks, vlans, packed);
     let configs: Vec<GuestConfig> = GUESTS
         .iter()
         .zip(&socks)
@@ -159,8 +166,8 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
     run_ping_rings(kind, mode, false)
 }
 
-/// [`run_ping`], with the guests' NICs on packed virtqueues when `packed` (the switch must
-/// then report both ports' rings as packed).
+/// [`run_ping`], with the guests' NICs on packed virtqueues when `packed` (native ports
+/// then offer them, `packed=1`, and the switch must report both ports' rings as packed).
 fn run_ping_rings(kind: VhostKind, mode: SocketMode, packed: bool) -> Result<()> {
     require_root()?;
     require_hugepages(300)?;

@@ -27,13 +27,13 @@ use super::virtq::{feature, RingAddrs};
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// Virtio features offered to the frontend.
+/// Virtio features offered to the frontend (plus `RING_PACKED` on ports with `packed=1`,
+/// see [`VhostDevice::offer_packed`]).
 pub const VIRTIO_FEATURES: u64 = feature::VERSION_1
     | feature::MRG_RXBUF
     | feature::INDIRECT_DESC
     | feature::EVENT_IDX
     | feature::IN_ORDER
-    | feature::RING_PACKED
     | VIRTIO_NET_F_MQ
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
@@ -79,6 +79,8 @@ pub struct VhostDevice {
     /// The most queue pairs a vring index of this connection implied, beyond what the port
     /// offers.
     pairs_wanted: u16,
+    /// Features offered: `VIRTIO_FEATURES`, with `RING_PACKED` when the port says so.
+    offered: u64,
 }
 
 /// Why a frontend could not use the port: it wants more queue pairs than offered.
@@ -150,6 +152,16 @@ impl VhostDevice {
             queue_num_read: false,
             setup_started: false,
             pairs_wanted: 0,
+            offered: VIRTIO_FEATURES,
+        }
+    }
+
+    /// Offer packed virtqueues (`VIRTIO_F_RING_PACKED`) to frontends, or not (the default).
+    pub fn offer_packed(&mut self, on: bool) {
+        if on {
+            self.offered |= feature::RING_PACKED;
+        } else {
+            self.offered &= !feature::RING_PACKED;
         }
     }
 
@@ -375,12 +387,12 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
     }
 
     fn get_features(&mut self) -> Result<u64> {
-        Ok(VIRTIO_FEATURES)
+        Ok(self.offered)
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
         tracing::debug!(port = %self.name, features = format_args!("{features:#x}"), "SET_FEATURES");
-        if features & !VIRTIO_FEATURES != 0 {
+        if features & !self.offered != 0 {
             return Err(invalid("frontend acked features the switch did not offer"));
         }
         if features != self.features {
