@@ -355,3 +355,8 @@ fn guests_ping_through_native_vhost_switch_as_client() -> Result<()> {
 fn guests_with_packed_rings_ping_through_native_vhost_switch_as_server() -> Result<()> {
     run_ping_rings(VhostKind::Native, SocketMode::SwitchServer, true)
 }
+
+#[test]
+fn guests_with_packed_rings_ping_through_native_vhost_switch_as_client() -> Result<()> {
+    run_ping_rings(VhostKind::Native, SocketMode::SwitchClient, true)
+}
