@@ -16,6 +16,10 @@ const TARGETS: &[(&str, Target)] = &[
         heddle_dataplane::vhost::fuzz::fuzz_protocol,
     ),
     ("virtq", heddle_dataplane::vhost::testing::fuzz_rings),
+    (
+        "virtq_packed",
+        heddle_dataplane::vhost::packed_testing::fuzz_packed,
+    ),
     ("api_body", heddle_dataplane::daemon::fuzz::fuzz_api_body),
     ("config", heddle_dataplane::daemon::fuzz::fuzz_config),
 ];

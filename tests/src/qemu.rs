@@ -707,6 +707,8 @@ pub struct GuestConfig {
     pub memory_mib: u32,
     /// Directory for the console file.
     pub log_dir: PathBuf,
+    /// The NIC asks for packed virtqueues (virtio 1.1, `packed=on`).
+    pub packed: bool,
 }
 
 /// A running QEMU guest, killed on drop.
@@ -768,8 +770,9 @@ impl Guest {
             .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
             .arg("-device")
             .arg(format!(
-                "virtio-net-pci,netdev=n0,mac={},romfile={nic_extra}",
-                cfg.mac
+                "virtio-net-pci,netdev=n0,mac={},romfile={nic_extra}{}",
+                cfg.mac,
+                if cfg.packed { ",packed=on" } else { "" }
             ))
             .args(["-serial", "stdio"])
             .stdin(Stdio::null())

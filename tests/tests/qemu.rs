@@ -40,12 +40,19 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn ports_yaml(kind: VhostKind, mode: SocketMode, socks: &[PathBuf; 2], vlans: [u16; 2]) -> String {
+fn ports_yaml(
+    kind: VhostKind,
+    mode: SocketMode,
+    socks: &[PathBuf; 2],
+    vlans: [u16; 2],
+    packed: bool,
+) -> String {
     let mut y = String::new();
     for (i, ((name, mac, _), sock)) in GUESTS.iter().zip(socks).enumerate() {
         y += &format!(
-            "  - {{name: {name}, devargs: \"{}\", mode: access, vlan: {}, mac: \"{mac}\"}}\n",
+            "  - {{name: {name}, devargs: \"{}{}\", mode: access, vlan: {}, mac: \"{mac}\"}}\n",
             kind.devargs(i as u32, sock, mode),
+            if packed { ",packed=1" } else { "" },
             vlans[i]
         );
     }
@@ -61,6 +68,7 @@ fn start(
     dir: &Path,
     vlans: [u16; 2],
     roles: [GuestRole; 2],
+    packed: bool,
 ) -> Result<(SwitchProcess, Vec<Guest>)> {
     let t0 = Instant::now();
     let image = GuestImage::get()?;
@@ -72,7 +80,7 @@ fn start(
         accel()
     );
     let socks = [dir.join("a.sock"), dir.join("b.sock")];
-    let ports = ports_yaml(kind, mode, &socks, vlans);
+    let ports = ports_yaml(kind, mode, &socks, vlans, packed);
     let configs: Vec<GuestConfig> = GUESTS
         .iter()
         .zip(&socks)
@@ -86,6 +94,7 @@ fn start(
             role,
             memory_mib: 192,
             log_dir: dir.to_owned(),
+            packed,
         })
         .collect();
     match mode {
@@ -154,6 +163,12 @@ fn socket_dir() -> Result<tempfile::TempDir> {
 /// sockets), lets each ping the other [`COUNT`] times, and checks the guests' verdicts and
 /// the switch's per-port counters.
 fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
+    run_ping_rings(kind, mode, false)
+}
+
+/// [`run_ping`], with the guests' NICs on packed virtqueues when `packed` (native ports
+/// then offer them, `packed=1`, and the switch must report both ports' rings as packed).
+fn run_ping_rings(kind: VhostKind, mode: SocketMode, packed: bool) -> Result<()> {
     require_root()?;
     require_hugepages(300)?;
     require_qemu()?;
@@ -168,7 +183,14 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
         linger: Duration::from_secs(120),
     };
     let t_start = Instant::now();
-    let (switch, mut guests) = start(kind, mode, dir.path(), [VLAN, VLAN], [ping(0), ping(1)])?;
+    let (switch, mut guests) = start(
+        kind,
+        mode,
+        dir.path(),
+        [VLAN, VLAN],
+        [ping(0), ping(1)],
+        packed,
+    )?;
 
     // Each guest's verdict on its own pings, with the consoles and the switch log on failure.
     for i in 0..guests.len() {
@@ -225,6 +247,15 @@ fn run_ping(kind: VhostKind, mode: SocketMode) -> Result<()> {
             p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.drops, p.device
         );
     }
+    if packed {
+        for (name, _, _) in GUESTS {
+            let v = stats[name]
+                .vhost
+                .context("native ports report vhost stats")?;
+            ensure!(v.packed, "{name} does not run packed rings: {v:?}");
+            ensure!(v.bad_chains == 0 && v.broken_rings == 0, "{name}: {v:?}");
+        }
+    }
     let fdb = switch.client().fdb()?;
     for (name, mac, _) in GUESTS {
         ensure!(
@@ -277,6 +308,7 @@ fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
         dir.path(),
         [VLAN, 200],
         [pinger, idle],
+        false,
     )?;
     if let Err(e) = guests[1].wait_for(MARK_UP, VERDICT_TIMEOUT) {
         bail!("{e:#}\n{}", context(&guests, Some(1), &switch));
@@ -317,4 +349,14 @@ fn guests_ping_through_native_vhost_switch_as_server() -> Result<()> {
 #[test]
 fn guests_ping_through_native_vhost_switch_as_client() -> Result<()> {
     run_ping(VhostKind::Native, SocketMode::SwitchClient)
+}
+
+#[test]
+fn guests_with_packed_rings_ping_through_native_vhost_switch_as_server() -> Result<()> {
+    run_ping_rings(VhostKind::Native, SocketMode::SwitchServer, true)
+}
+
+#[test]
+fn guests_with_packed_rings_ping_through_native_vhost_switch_as_client() -> Result<()> {
+    run_ping_rings(VhostKind::Native, SocketMode::SwitchClient, true)
 }

@@ -266,6 +266,10 @@ pub struct VhostStats {
     /// wants (it left right after reading the count, or set up a vring beyond it).
     #[serde(default)]
     pub queue_pair_mismatches: u64,
+    /// The frontend negotiated packed virtqueues (virtio 1.1 `VIRTIO_F_RING_PACKED`) and
+    /// its vrings run in that layout; false for split rings or when nothing runs.
+    #[serde(default)]
+    pub packed: bool,
 }
 
 /// `rte_eth_stats` of a port.

@@ -210,6 +210,7 @@ fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
         interrupts: get(&r.interrupts),
         broken_rings: get(&r.broken_rings),
         queue_pair_mismatches: get(&l.queue_pair_mismatches),
+        packed: v.rings().packed.load(Ordering::Relaxed),
     }
 }
 

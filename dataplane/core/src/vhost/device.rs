@@ -21,15 +21,17 @@ use vhost::vhost_user::{Backend, Error, GpuBackend, VhostUserBackendReqHandlerMu
 use vhost::VhostUserMemoryRegionBase;
 
 use super::memory::{GuestMemory, RegionSpec};
+use super::queue::Virtqueue;
 use super::ring::{ActiveRing, PortRings};
-use super::virtq::{feature, RingAddrs, SplitQueue};
+use super::virtq::{feature, RingAddrs};
 
 type Result<T> = std::result::Result<T, Error>;
 
 /// Most queue pairs a port offers.
 pub const MAX_PAIRS: u16 = 64;
 
-/// Virtio features offered to the frontend.
+/// Virtio features offered to the frontend (plus `RING_PACKED` on ports with `packed=1`,
+/// see [`VhostDevice::offer_packed`]).
 pub const VIRTIO_FEATURES: u64 = feature::VERSION_1
     | feature::MRG_RXBUF
     | feature::INDIRECT_DESC
@@ -80,6 +82,8 @@ pub struct VhostDevice {
     /// The most queue pairs a vring index of this connection implied, beyond what the port
     /// offers.
     pairs_wanted: u16,
+    /// Features offered: `VIRTIO_FEATURES`, with `RING_PACKED` when the port says so.
+    offered: u64,
 }
 
 /// Why a frontend could not use the port: it wants more queue pairs than offered.
@@ -151,6 +155,16 @@ impl VhostDevice {
             queue_num_read: false,
             setup_started: false,
             pairs_wanted: 0,
+            offered: VIRTIO_FEATURES,
+        }
+    }
+
+    /// Offer packed virtqueues (`VIRTIO_F_RING_PACKED`) to frontends, or not (the default).
+    pub fn offer_packed(&mut self, on: bool) {
+        if on {
+            self.offered |= feature::RING_PACKED;
+        } else {
+            self.offered &= !feature::RING_PACKED;
         }
     }
 
@@ -254,14 +268,18 @@ impl VhostDevice {
         // base 0 for split rings; the ring itself says where the device left off. Every
         // chain this switch took was returned before it could stop, so the used index is
         // the resume point. A consistent frontend's base equals it anyway.
+        let packed = self.features & feature::RING_PACKED != 0;
         let mut base = v.base;
-        if let Some(used_idx) = ring_used_idx(&mem, addrs.used_uva) {
+        if let Some(used_idx) = (!packed)
+            .then(|| ring_used_idx(&mem, addrs.used_uva))
+            .flatten()
+        {
             if used_idx != base {
                 tracing::info!(port = %self.name, vring = i, base, used_idx, "resuming the vring at the guest's used index");
                 base = used_idx;
             }
         }
-        let mut queue = match SplitQueue::new(&mem, &addrs, base, self.features) {
+        let mut queue = match Virtqueue::new(&mem, &addrs, base, self.features) {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(port = %self.name, vring = i, error = %e, "vring refused");
@@ -299,6 +317,10 @@ impl VhostDevice {
         self.rings
             .up
             .store(up, std::sync::atomic::Ordering::Relaxed);
+        self.rings.packed.store(
+            up && self.features & feature::RING_PACKED != 0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.rings
             .pairs_in_use
             .store(self.running_pairs(), std::sync::atomic::Ordering::Relaxed);
@@ -368,12 +390,12 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
     }
 
     fn get_features(&mut self) -> Result<u64> {
-        Ok(VIRTIO_FEATURES)
+        Ok(self.offered)
     }
 
     fn set_features(&mut self, features: u64) -> Result<()> {
         tracing::debug!(port = %self.name, features = format_args!("{features:#x}"), "SET_FEATURES");
-        if features & !VIRTIO_FEATURES != 0 {
+        if features & !self.offered != 0 {
             return Err(invalid("frontend acked features the switch did not offer"));
         }
         if features != self.features {
@@ -477,7 +499,13 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
         // The ring stays stopped until it is kicked again (vhost-user: "stop ring").
         v.kicked = false;
         v.call = None;
-        Ok(VhostUserVringState::new(index, u32::from(v.base)))
+        let mut num = u32::from(v.base);
+        if self.features & feature::RING_PACKED != 0 {
+            // Packed: the used slot and wrap counter go in bits 16-31 (QEMU reads them back);
+            // a stopped ring has returned every chain it took, so they equal the avail ones.
+            num |= num << 16;
+        }
+        Ok(VhostUserVringState::new(index, num))
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<()> {

@@ -56,8 +56,11 @@ pub enum VhostError {
     /// `perm` is not an octal mode.
     #[error("vhost-user devargs perm={0:?} is not an octal mode: write e.g. perm=0660")]
     BadPerm(String),
+    /// `packed=` other than 0 or 1.
+    #[error("vhost-user devargs packed={0:?}: write packed=0 or packed=1")]
+    BadPacked(String),
     /// A key Heddle does not know.
-    #[error("vhost-user devargs key {0:?} is unknown: keys are iface, client, queues, owner, group, perm")]
+    #[error("vhost-user devargs key {0:?} is unknown: keys are iface, client, queues, owner, group, perm, packed")]
     UnknownKey(String),
     /// No `iface=`.
     #[error("vhost-user port {0:?} has no socket: add iface=/run/heddle/<pod>/<name>.sock")]
@@ -146,6 +149,9 @@ pub struct VhostConfig {
     pub group: Option<u32>,
     /// Server socket permission bits, e.g. `0o660`.
     pub perm: Option<u32>,
+    /// Offer packed virtqueues (`VIRTIO_F_RING_PACKED`) to the frontend (`packed=1`). Off by
+    /// default until packed rings are measured as fast as split ones (docs/vhost-user.md).
+    pub packed: bool,
 }
 
 impl VhostConfig {
@@ -167,6 +173,7 @@ impl VhostConfig {
             owner: None,
             group: None,
             perm: None,
+            packed: false,
         };
         let num = |k: &str, v: &str| -> Result<u32, VhostError> {
             v.trim().parse::<u32>().map_err(|_| VhostError::NotANumber {
@@ -201,6 +208,11 @@ impl VhostConfig {
                         .ok_or_else(|| VhostError::BadPerm(v.to_owned()))?;
                     cfg.perm = Some(p);
                 }
+                "packed" => match v.trim() {
+                    "0" => cfg.packed = false,
+                    "1" => cfg.packed = true,
+                    _ => return Err(VhostError::BadPacked(v.to_owned())),
+                },
                 other => return Err(VhostError::UnknownKey(other.to_owned())),
             }
         }
@@ -652,11 +664,11 @@ impl VhostPort {
             log: Mutex::new(LogLimit::new()),
             explained: Mutex::new(None),
             config: config.clone(),
-            device: Arc::new(Mutex::new(VhostDevice::new(
-                name.to_owned(),
-                rings.clone(),
-                quiesce,
-            ))),
+            device: Arc::new(Mutex::new({
+                let mut d = VhostDevice::new(name.to_owned(), rings.clone(), quiesce);
+                d.offer_packed(config.packed);
+                d
+            })),
             link: link.clone(),
             stop: stop.clone(),
             wake: wake.clone(),
@@ -737,7 +749,12 @@ mod tests {
             (Some(107), Some(108), Some(0o660))
         );
         let d = VhostConfig::parse("vhost-user0,iface=/run/y.sock", Some(3)).unwrap();
-        assert_eq!((d.client, d.pairs, d.perm), (false, 3, None));
+        assert_eq!(
+            (d.client, d.pairs, d.perm, d.packed),
+            (false, 3, None, false)
+        );
+        let p = VhostConfig::parse("vhost-user0,iface=/run/y.sock,packed=1", None).unwrap();
+        assert!(p.packed);
     }
 
     #[test]
@@ -750,6 +767,7 @@ mod tests {
             ("vhost-user0,iface=/a,queues=0", "1-64"),
             ("vhost-user0,iface=/a,queues=65", "1-64"),
             ("vhost-user0,iface=/a,client=yes", "client=0"),
+            ("vhost-user0,iface=/a,packed=on", "packed=1"),
             ("vhost-user0,iface=/a,perm=999", "octal"),
             ("vhost-user0,iface=/a,colour=red", "unknown"),
             ("vhost-user0,iface=/a,owner=root", "not a number"),

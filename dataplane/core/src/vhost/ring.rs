@@ -26,14 +26,15 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::GuestMemory;
-use super::virtq::{QueueStats, RxPool, SplitQueue};
+use super::queue::Virtqueue;
+use super::virtq::{QueueStats, RxPool};
 use crate::switch::io::{Burst, Packet, TxLock};
 
 /// A virtqueue the workers may use: the queue, the memory it was translated against, and
 /// the eventfd to signal when the frontend asks for interrupts.
 pub struct ActiveRing {
-    /// The split ring's device-side state.
-    pub queue: SplitQueue,
+    /// The ring's device-side state (split or packed).
+    pub queue: Virtqueue,
     /// Kept alive while the ring runs; the queue's pointers point into it.
     pub mem: Arc<GuestMemory>,
     /// `SET_VRING_CALL`'s eventfd, if the frontend wants interrupts.
@@ -43,7 +44,7 @@ pub struct ActiveRing {
 impl ActiveRing {
     /// A running ring over `queue` in `mem`, signalling `call` (the descriptor the frontend
     /// sent in `SET_VRING_CALL`) when the guest wants an interrupt.
-    pub fn new(queue: SplitQueue, mem: Arc<GuestMemory>, call: Option<File>) -> ActiveRing {
+    pub fn new(queue: Virtqueue, mem: Arc<GuestMemory>, call: Option<File>) -> ActiveRing {
         let call = call.map(|f| {
             // SAFETY: `into_raw_fd` gives up `f`'s ownership of an open descriptor, which the
             // EventFd takes over and closes once. The frontend sends an eventfd; were it any
@@ -150,6 +151,8 @@ pub struct PortRings {
     pub up: AtomicBool,
     /// Queue pairs whose two vrings both run.
     pub pairs_in_use: AtomicU16,
+    /// The running vrings are packed (virtio 1.1) rings.
+    pub packed: AtomicBool,
     /// Error and interrupt counters.
     pub counters: RingCounters,
 }
@@ -164,6 +167,7 @@ impl PortRings {
             shared_tx: workers > 1,
             up: AtomicBool::new(false),
             pairs_in_use: AtomicU16::new(0),
+            packed: AtomicBool::new(false),
             counters: RingCounters::default(),
         }
     }

@@ -136,9 +136,22 @@ pub enum RingError {
         /// The alignment it needs.
         align: u64,
     },
-    /// The frontend negotiated the packed ring layout.
-    #[error("the packed ring layout was negotiated but Heddle implements split rings only")]
+    /// The frontend negotiated the packed ring layout (a split queue was asked for).
+    #[error("the packed ring layout was negotiated: this ring must be built as a packed queue")]
     PackedRing,
+    /// A packed ring's `SET_VRING_BASE` names a slot past the ring (bits 0-14 are the slot,
+    /// bit 15 the wrap counter).
+    #[error(
+        "vring base {base:#x} names slot {} of a {size}-descriptor packed ring: the slot \
+         (bits 0-14) must be below the ring size",
+        base & 0x7fff
+    )]
+    BadBase {
+        /// The base sent.
+        base: u16,
+        /// The queue size.
+        size: u16,
+    },
 }
 
 /// Per-queue counters, kept by the worker that owns the queue.
