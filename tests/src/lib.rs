@@ -15,6 +15,7 @@
 //! - [`kubelet`] has [`TestKubelet`]: the kubelet's side of the device plugin API
 //!   (Registration server, ListAndWatch recorder, allocator) and a PodResources server.
 //! - [`node_pod`] turns the chart's node DaemonSet into a pod podman runs from Heddle's image.
+//! - [`soak`] has the churn soak (`benches/churn.sh`, `tests/tests/soak.rs`).
 //! - [`mod@env`] has `require_*` preconditions that fail with a fix-it sentence, polling helpers,
 //!   unique names and file prefixes, [`exclusive_cpus`].
 //!
@@ -106,6 +107,7 @@ pub mod podman;
 pub mod process;
 pub mod qemu;
 pub mod raw;
+pub mod soak;
 pub mod stats;
 pub mod switch;
 pub mod testpmd;
