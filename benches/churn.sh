@@ -8,7 +8,11 @@
 # IPAM leases) and the switch's totals, and exits 1 unless all are back to baseline and
 # every frame received was sent or dropped with a reason.
 #
-#   benches/churn.sh [SECONDS]        # default 600 (ten minutes)
+#   benches/churn.sh [SECONDS] [--crash-memif]    # default 600 (ten minutes)
+#
+# --crash-memif also kills connected memif pods under traffic: DPDK 22.11's net_memif then
+# crashes the switch (SIGSEGV in librte_net_memif, the ring unmapped under the PMD worker)
+# after about a hundred such kills; without it, connected pods are vhost-user pods.
 #
 # HEDDLE_PROFILE=debug uses debug builds (faster to build, slower switch). The test suite
 # runs the same soak for 60 s: tests/tests/soak.rs.
