@@ -11,8 +11,9 @@
 //!   namespaces, VLAN 102, host-local IPAM) with a flood ping between them. (testpmd's
 //!   `flowgen` would not do: it sends from and to fixed MACs, so everything floods.)
 //! - **Churn**: every 100 ms one CNI call: ADD of a new pod (kinds in turn vhost-user, memif,
-//!   kernel) or DEL of the oldest, so about six churn pods live at any time, each for about
-//!   1.2 s. A kernel churn pod pings a steady kernel pod (flooded ARP, learned MACs, traffic
+//!   kernel) or DEL of the oldest, so about eight churn pods live at any time, each for about
+//!   1.6 s. The calls come from four threads in turn, one every 400 ms each, so a call may
+//!   take up to 400 ms (they do on a loaded machine) without slowing the churn. A kernel churn pod pings a steady kernel pod (flooded ARP, learned MACs, traffic
 //!   on a port that is then removed).
 //! - **Connected churn**, in its own thread: two vhost-user pods (a vhost-user and a memif
 //!   pod with [`SoakConfig::crash_memif`]) are added, a dpdk-testpmd connects to both and
@@ -64,12 +65,12 @@ pub struct SoakConfig {
 }
 
 impl SoakConfig {
-    /// The soak: 100 ms churn, six churn pods, connected pods for 1 s each.
+    /// The soak: 100 ms churn, eight churn pods, connected pods for 1 s each.
     pub fn for_duration(duration: Duration) -> SoakConfig {
         SoakConfig {
             duration,
             churn_every: Duration::from_millis(100),
-            population: 6,
+            population: 8,
             connected_for: Duration::from_secs(1),
             crash_memif: false,
         }
@@ -97,6 +98,9 @@ pub struct Reading {
     /// no longer exist: DPDK 22.11's `net_memif` never closes a server socket's listener
     /// when its port is removed (it unlinks the file and forgets the fd).
     pub unlinked_listeners: u64,
+    /// Hugepage memory the switch maps from the files of DPDK processes other than itself
+    /// and the steady pods' generator: guest memory of pods that are gone.
+    pub departed_guest_memory: u64,
 }
 
 /// What a soak saw.
@@ -165,10 +169,12 @@ impl SoakReport {
             l.resources.open_fds.saturating_sub(memif_leak),
         );
         same("threads", b.resources.threads, l.resources.threads);
+        // The steady generator's memory may grow (DPDK allocates more and sends a new memory
+        // table), so the total may change; memory of pods that left must not stay mapped.
         same(
-            "hugepage bytes mapped",
-            b.resources.hugepage_bytes,
-            l.resources.hugepage_bytes,
+            "hugepage bytes of departed pods still mapped",
+            b.departed_guest_memory,
+            l.departed_guest_memory,
         );
         same("FDB entries", b.fdb_entries, l.fdb_entries);
         same("ports", b.ports, l.ports);
@@ -251,6 +257,11 @@ impl SoakReport {
                 "hugepages mapped",
                 mib(b.resources.hugepage_bytes),
                 mib(l.resources.hugepage_bytes),
+            ),
+            (
+                "  of departed pods",
+                mib(b.departed_guest_memory),
+                mib(l.departed_guest_memory),
             ),
             (
                 "FDB entries",
@@ -351,6 +362,56 @@ fn sockets_and_dirs(dir: &Path) -> (u64, u64) {
     (s, d)
 }
 
+/// Hugepage bytes process `pid` maps from files whose name starts with none of `alive`
+/// (DPDK names its hugepage files `<file prefix>map_<n>`), from `/proc/<pid>/smaps`.
+fn departed_guest_memory(pid: u32, alive: &[String]) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut total, mut name, mut size_kb) = (0u64, String::new(), 0u64);
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's header: range perms offset dev inode [path].
+            name = f
+                .nth(4)
+                .and_then(|p| p.rsplit('/').next())
+                .unwrap_or_default()
+                .to_owned();
+            continue;
+        }
+        let value = f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match first {
+            "Size:" => size_kb = value,
+            "KernelPageSize:"
+                if value >= 2048
+                    && !alive.iter().any(|p| {
+                        name.strip_prefix(p.as_str())
+                            .is_some_and(|r| r.starts_with("map_"))
+                    }) =>
+            {
+                total += size_kb * 1024;
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// The switch's DPDK `--file-prefix`, from the test config `dir/switch.yaml`.
+fn switch_file_prefix(dir: &Path) -> Result<String> {
+    let yaml = std::fs::read_to_string(dir.join("switch.yaml"))?;
+    let rest = yaml
+        .split("file_prefix: ")
+        .nth(1)
+        .context("no file_prefix in the switch's config")?;
+    Ok(rest
+        .split(['}', ',', '\n'])
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned())
+}
+
 /// Listening Unix sockets of process `pid` bound to a path under `dir` that no longer
 /// exists (`/proc/net/unix` keeps the path a socket was bound to).
 fn unlinked_listeners(pid: u32, dir: &Path) -> u64 {
@@ -418,7 +479,8 @@ impl Rig {
         c
     }
 
-    fn read(&self) -> Result<(Reading, StatsReply)> {
+    /// `alive`: DPDK file prefixes of the processes whose memory the switch may map.
+    fn read(&self, alive: &[String]) -> Result<(Reading, StatsReply)> {
         let client = self.switch.client();
         let stats = client.stats()?;
         let (sockets, dirs) = sockets_and_dirs(&self.dir.join("pods"));
@@ -437,20 +499,24 @@ impl Rig {
                     .switch
                     .pid()
                     .map_or(0, |pid| unlinked_listeners(pid, &self.dir.join("pods"))),
+                departed_guest_memory: self
+                    .switch
+                    .pid()
+                    .map_or(0, |pid| departed_guest_memory(pid, alive)),
             },
             stats,
         ))
     }
 
     /// Reads once nothing moves any more: two stats 300 ms apart with the same totals.
-    fn read_settled(&self) -> Result<(Reading, StatsReply)> {
-        let mut prev = self.read()?;
+    fn read_settled(&self, alive: &[String]) -> Result<(Reading, StatsReply)> {
+        let mut prev = self.read(alive)?;
         wait_until(
             "the switch's counters to settle",
             Duration::from_secs(20),
             Duration::from_millis(300),
             || {
-                let now = self.read()?;
+                let now = self.read(alive)?;
                 let settled = now.1.totals == prev.1.totals;
                 prev = now.clone();
                 Ok(settled.then_some(()))
@@ -588,7 +654,15 @@ fn run_on(rig: &Arc<Rig>, cfg: &SoakConfig) -> Result<SoakReport> {
     seed_loop(&mut gen)?;
     std::thread::sleep(Duration::from_secs(2));
     gen.stop()?;
-    let (baseline, _) = rig.read_settled()?;
+    // The switch maps its own hugepages and the steady generator's (guest memory); any
+    // other hugepage file it maps belongs to a pod that is gone.
+    let alive = [
+        switch_file_prefix(&rig.dir)?,
+        gen.file_prefix()
+            .context("the generator runs with a file prefix")?
+            .to_owned(),
+    ];
+    let (baseline, _) = rig.read_settled(&alive)?;
 
     // Steady traffic during the churn.
     gen.clear_stats()?;
@@ -599,77 +673,45 @@ fn run_on(rig: &Arc<Rig>, cfg: &SoakConfig) -> Result<SoakReport> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let connected = {
-        let (rig, stop, cfg) = (rig.clone(), stop.clone(), cfg.clone());
-        std::thread::spawn(move || connected_churn(&rig, &stop, &cfg))
+        let (rig, stop, cfg, alive) = (rig.clone(), stop.clone(), cfg.clone(), alive.clone());
+        std::thread::spawn(move || connected_churn(&rig, &stop, &cfg, &alive))
     };
 
     let started = Instant::now();
-    let mut live: VecDeque<ChurnPod> = VecDeque::new();
-    let (mut adds, mut dels, mut n, mut memif_removed) = (0u64, 0u64, 0u64, 0u64);
-    let mut veths = Vec::new();
-    let mut netns_names = Vec::new();
-    let kinds: [(&str, u16); 3] = [("vhost-user", 100), ("memif", 101), ("kernel", 102)];
-    let churn = (|| -> Result<()> {
-        let mut next = Instant::now();
-        while started.elapsed() < cfg.duration {
-            if live.len() >= cfg.population && (adds + dels) % 2 == 1 {
-                let pod = live.pop_front().expect("population > 0");
-                memif_removed += u64::from(pod.kind == "memif");
-                del_churn_pod(cni, rig, pod)?;
-                dels += 1;
-            } else {
-                let (kind, vlan) = kinds[(n % 3) as usize];
-                n += 1;
-                let id = format!("churn-{n}");
-                let (netns, path) = if kind == "kernel" {
-                    let ns = Netns::unique("soak-c")?;
-                    netns_names.push(ns.name().to_owned());
-                    let p = ns.path().display().to_string();
-                    (Some(ns), p)
-                } else {
-                    (None, "/run/netns/none".to_owned())
-                };
-                let ifname = if kind == "kernel" { "eth0" } else { "net1" };
-                let r = cni.ok("ADD", &id, ifname, &path, &rig.conf(kind, vlan))?;
-                adds += 1;
-                let mut pod = ChurnPod {
-                    id,
-                    kind,
-                    vlan,
-                    netns,
-                    ping: None,
-                };
-                if let Some(ns) = &pod.netns {
-                    veths.push(first(&r, "name")?.to_owned());
-                    pod.ping = Some(spawn_ping(
-                        ns.name(),
-                        &["-q", "-i", "0.01", "-W", "1", &kb_ip],
-                    )?);
-                }
-                live.push_back(pod);
-            }
-            next += cfg.churn_every;
-            if let Some(d) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(d);
-            }
-        }
-        Ok(())
-    })();
+    let lanes: Vec<_> = (0..LANES)
+        .map(|lane| {
+            let (rig, cfg, kb_ip) = (rig.clone(), cfg.clone(), kb_ip.clone());
+            std::thread::spawn(move || churn_lane(&rig, &cfg, &kb_ip, lane, started))
+        })
+        .collect();
+    let mut lane_results = Vec::new();
+    for l in lanes {
+        lane_results.push(
+            l.join()
+                .map_err(|_| anyhow::anyhow!("a churn thread panicked"))?,
+        );
+    }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let mut cleanup = Ok(());
-    while let Some(pod) = live.pop_front() {
-        memif_removed += u64::from(pod.kind == "memif");
-        match del_churn_pod(cni, rig, pod) {
-            Ok(()) => dels += 1,
-            Err(e) => cleanup = Err(e),
-        }
-    }
     let conn = connected
         .join()
         .map_err(|_| anyhow::anyhow!("the connected churn thread panicked"))?;
-    churn?;
-    cleanup?;
+    let mut churned = Churned::default();
+    for r in lane_results {
+        let r = r?;
+        churned.adds += r.adds;
+        churned.dels += r.dels;
+        churned.memif_removed += r.memif_removed;
+        churned.veths.extend(r.veths);
+        churned.netns.extend(r.netns);
+    }
+    let Churned {
+        adds,
+        dels,
+        memif_removed,
+        veths,
+        netns: netns_names,
+    } = churned;
     let (connected_cycles, connected_rx) = conn?;
 
     gen.stop()?;
@@ -681,7 +723,7 @@ fn run_on(rig: &Arc<Rig>, cfg: &SoakConfig) -> Result<SoakReport> {
         .find(|l| l.contains("transmitted"))
         .unwrap_or("(no summary)")
         .to_owned();
-    let (last, stats) = rig.read_settled()?;
+    let (last, stats) = rig.read_settled(&alive)?;
     let kernel_rx = ["cni/steady-ka/eth0", "cni/steady-kb/eth0"]
         .iter()
         .map(|p| rx_of(&stats, p).saturating_sub(rx_of(&sk_before, p)))
@@ -738,6 +780,95 @@ fn seed_loop(gen: &mut Testpmd) -> Result<()> {
     .map(|_| ())
 }
 
+/// Churn threads: each makes one CNI call every `LANES * churn_every`, the lanes offset by
+/// `churn_every`, so together they make one every `churn_every` while a call takes up to
+/// `LANES` periods (a call takes 100-400 ms on a loaded 2-CPU machine).
+const LANES: u64 = 4;
+
+/// What a churn lane did.
+#[derive(Debug, Default)]
+struct Churned {
+    adds: u64,
+    dels: u64,
+    memif_removed: u64,
+    veths: Vec<String>,
+    netns: Vec<String>,
+}
+
+/// One churn lane until `cfg.duration` after `started`, then every pod it holds deleted.
+fn churn_lane(
+    rig: &Rig,
+    cfg: &SoakConfig,
+    kb_ip: &str,
+    lane: u64,
+    started: Instant,
+) -> Result<Churned> {
+    let cni = &rig.cni;
+    let kinds: [(&str, u16); 3] = [("vhost-user", 100), ("memif", 101), ("kernel", 102)];
+    let population = cfg.population.div_ceil(LANES as usize).max(1);
+    let mut live: VecDeque<ChurnPod> = VecDeque::new();
+    let mut out = Churned::default();
+    let mut n = 0u64;
+    let churn = (|| -> Result<()> {
+        let mut next = started + cfg.churn_every * lane as u32;
+        while started.elapsed() < cfg.duration {
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            next += cfg.churn_every * LANES as u32;
+            if live.len() >= population && (out.adds + out.dels) % 2 == 1 {
+                let pod = live.pop_front().expect("population > 0");
+                out.memif_removed += u64::from(pod.kind == "memif");
+                del_churn_pod(cni, rig, pod)?;
+                out.dels += 1;
+            } else {
+                // Kinds in turn across all lanes.
+                let (kind, vlan) = kinds[((n * LANES + lane) % 3) as usize];
+                n += 1;
+                let id = format!("churn-{lane}-{n}");
+                let (netns, path) = if kind == "kernel" {
+                    let ns = Netns::unique("soak-c")?;
+                    out.netns.push(ns.name().to_owned());
+                    let p = ns.path().display().to_string();
+                    (Some(ns), p)
+                } else {
+                    (None, "/run/netns/none".to_owned())
+                };
+                let ifname = if kind == "kernel" { "eth0" } else { "net1" };
+                let r = cni.ok("ADD", &id, ifname, &path, &rig.conf(kind, vlan))?;
+                out.adds += 1;
+                let mut pod = ChurnPod {
+                    id,
+                    kind,
+                    vlan,
+                    netns,
+                    ping: None,
+                };
+                if let Some(ns) = &pod.netns {
+                    out.veths.push(first(&r, "name")?.to_owned());
+                    pod.ping = Some(spawn_ping(
+                        ns.name(),
+                        &["-q", "-i", "0.01", "-W", "1", kb_ip],
+                    )?);
+                }
+                live.push_back(pod);
+            }
+        }
+        Ok(())
+    })();
+    let mut cleanup = Ok(());
+    while let Some(pod) = live.pop_front() {
+        out.memif_removed += u64::from(pod.kind == "memif");
+        match del_churn_pod(cni, rig, pod) {
+            Ok(()) => out.dels += 1,
+            Err(e) => cleanup = Err(e),
+        }
+    }
+    churn?;
+    cleanup?;
+    Ok(out)
+}
+
 fn del_churn_pod(cni: &CniPlugin, rig: &Rig, mut pod: ChurnPod) -> Result<()> {
     let ifname = if pod.kind == "kernel" { "eth0" } else { "net1" };
     // DEL as containerd sends it: no netns. The ping is still running.
@@ -752,7 +883,12 @@ fn del_churn_pod(cni: &CniPlugin, rig: &Rig, mut pod: ChurnPod) -> Result<()> {
 
 /// Connected churn until `stop`: returns the cycles completed and the frames the switch
 /// received from those pods.
-fn connected_churn(rig: &Rig, stop: &AtomicBool, cfg: &SoakConfig) -> Result<(u64, u64)> {
+fn connected_churn(
+    rig: &Rig,
+    stop: &AtomicBool,
+    cfg: &SoakConfig,
+    alive: &[String],
+) -> Result<(u64, u64)> {
     let cni = &rig.cni;
     // Two pods on VLAN 103 in one testpmd, each sending to the other and never reading
     // (txonly): a vhost-user pod and a second vhost-user pod, or a memif pod with
@@ -792,6 +928,13 @@ fn connected_churn(rig: &Rig, stop: &AtomicBool, cfg: &SoakConfig) -> Result<(u6
             let stats = rig.switch.client().stats()?;
             let got = rx_of(&stats, &format!("cni/{idv}/net1"))
                 + rx_of(&stats, &format!("cni/{id2}/net1"));
+            // The measure of departed pods' memory sees this pod's while it is connected,
+            // so the final reading's zero means the switch unmapped it.
+            let pid = rig.switch.pid().context("the switch runs")?;
+            ensure!(
+                departed_guest_memory(pid, alive) > 0,
+                "the switch maps no hugepage memory of a connected pod"
+            );
             // A crashing pod: SIGKILL, no goodbye on either socket.
             // SAFETY: kill(2) on our own child, not reaped yet (the Testpmd owns it), so the
             // PID cannot have been reused.

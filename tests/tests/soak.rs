@@ -17,9 +17,11 @@ fn sixty_seconds_of_churn_under_traffic_leak_nothing_and_counters_add_up() -> Re
     eprint!("{}", report.table());
     let problems = report.problems();
     ensure!(problems.is_empty(), "{problems:#?}\n{}", report.table());
-    // The churn really happened, under traffic of every kind.
+    // The churn really happened, under traffic of every kind. One call every 100 ms is the
+    // aim; on a loaded 2-CPU machine a heddle-cni call takes up to a second, so at least
+    // one ADD a second is required.
     ensure!(
-        report.adds >= 100 && report.dels == report.adds,
+        report.adds >= 60 && report.dels == report.adds,
         "{} ADD / {} DEL",
         report.adds,
         report.dels
