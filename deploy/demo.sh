@@ -4,19 +4,22 @@
 # with a virtio-user NIC) attached by heddle-cni as kubelet would, on vhost-user ports, with
 # their addresses from heddle-ipam (heddle-manager as a CNI IPAM plugin, embedded mode);
 # traffic between the two pods of network red and none into the pod of network blue, live
-# stats, then a clean teardown (CNI DEL releases the addresses, checked; switch stop).
+# stats, then a few seconds of full-rate traffic between the red pods (Mpps and Gbit/s),
+# then a clean teardown (CNI DEL releases the addresses, checked; switch stop).
 #
 # Usage (root, fresh Debian 12): ./deploy/demo.sh [seconds of traffic, default 10]
+# [seconds of full-rate traffic, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
+FULL_SECS=${2:-5}
 
 deploy/scripts/install-deps.sh
 deploy/scripts/hugepages.sh 2048
 echo "== building heddle (release)"
 cargo build --release --bins -q
 
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 RUN=/run/heddle-demo
 SOCK=$RUN/switch.sock
 LOG=$RUN/logs
@@ -25,6 +28,7 @@ if [ "$(nproc)" -lt 2 ]; then PMD_CPU=0; fi
 mkdir -p "$RUN" "$LOG"
 
 pids=()
+declare -A POD_PID
 PODS=()
 ADDED=()
 status=0
@@ -115,8 +119,9 @@ pod() { # name mac prefix args...
     ip netns exec "heddle-$name" dpdk-testpmd --lcores "0@$POD_CPU,1@$POD_CPU" --main-lcore 0 -m 128 \
         --no-pci --single-file-segments --file-prefix "demo-$name" \
         --vdev "net_virtio_user0,path=${SOCKS[$name]},mac=$mac" -- \
-        --nb-cores 1 --total-num-mbufs 8192 --stats-period 5 "$@" >"$LOG/$name.log" 2>&1 &
+        --nb-cores 1 --total-num-mbufs 8192 --stats-period 5 "$@" >>"$LOG/$name.log" 2>&1 &
     pids+=($!)
+    POD_PID[$name]=$!
 }
 echo "== starting pods: pod-a and pod-b (red, VLAN $RED) bounce frames to each other, pod-c (blue, VLAN $BLUE) listens"
 pod pod-b 02:00:00:00:01:0b --forward-mode=mac --eth-peer=0,02:00:00:00:01:0a
@@ -140,5 +145,42 @@ if [ "$b" -gt 0 ] && [ "$a" -gt 0 ] && [ "$c" -eq 0 ]; then
     echo "== OK: traffic flows inside VLAN $RED and nothing crosses into VLAN $BLUE"
 else
     echo "== FAILED: expected frames to pod-a and pod-b, none to pod-c; logs in $LOG"
+    status=1
+fi
+
+# Full rate: the bouncing burst above is one burst of frames going back and forth (a few
+# thousand frames a second). Now pod-a sends 64-byte frames to pod-b as fast as its share of
+# CPU $POD_CPU lets it (testpmd's txonly engine), pod-b receives them (rxonly), and the
+# switch forwards them on its PMD core; pod-c keeps listening on the other VLAN.
+echo "== full rate for ${FULL_SECS}s: pod-a sends 64-byte frames to pod-b as fast as it can"
+for p in pod-a pod-b; do
+    kill -INT "${POD_PID[$p]}" 2>/dev/null
+    wait "${POD_PID[$p]}" 2>/dev/null || true
+    keep=()
+    for q in "${pids[@]}"; do [ "$q" = "${POD_PID[$p]}" ] || keep+=("$q"); done
+    pids=("${keep[@]}")
+done
+pod pod-b 02:00:00:00:01:0b --forward-mode=rxonly
+for _ in $(seq 100); do link_up pod-b && break; sleep 0.1; done
+pod pod-a 02:00:00:00:01:0a --forward-mode=txonly --eth-peer=0,02:00:00:00:01:0b
+for _ in $(seq 100); do link_up pod-a && link_up pod-b && break; sleep 0.1; done
+sleep 1
+before=$(ctl --json stats); t0=$(date +%s.%N)
+ctl stats --watch 1 --count "$FULL_SECS" | grep -E '^(--- |switch:|cni/)'
+after=$(ctl --json stats); t1=$(date +%s.%N)
+# Received (and switched) by the switch, and delivered to pod-b: pod-b shares its CPU with
+# pod-a, so on a busy machine it reads fewer than pod-a sends; the rest is counted as
+# tx_full drops.
+read -r mpps gbps out_mpps c_full < <(jq -nr --argjson a "$before" --argjson b "$after" --arg t0 "$t0" --arg t1 "$t1" \
+    --arg c "cni/pod-c/net1" '
+    (($t1 | tonumber) - ($t0 | tonumber)) as $s
+    | [ (($b.totals.rx_packets - $a.totals.rx_packets) / $s / 1e6),
+        (($b.totals.rx_bytes - $a.totals.rx_bytes) * 8 / $s / 1e9),
+        (($b.totals.tx_packets - $a.totals.tx_packets) / $s / 1e6),
+        ($b.ports[] | select(.name == $c) | .tx_packets) ]
+    | "\(.[0] * 100 | round / 100) \(.[1] * 100 | round / 100) \(.[2] * 100 | round / 100) \(.[3])"')
+echo "== full rate: the switch took $mpps Mpps ($gbps Gbit/s of 64-byte frames) from pod-a and delivered $out_mpps Mpps to pod-b (the rest: tx_full, pod-b reads no faster on its shared CPU); pod-c (blue) received $c_full frames"
+if [ "$c_full" -ne 0 ] || ! awk -v m="$mpps" 'BEGIN { exit !(m > 0.1) }'; then
+    echo "== FAILED: expected full-rate traffic on VLAN $RED and still nothing into VLAN $BLUE; logs in $LOG"
     status=1
 fi

@@ -16,6 +16,7 @@
 //!   (Registration server, ListAndWatch recorder, allocator) and a PodResources server.
 //! - [`modules`] finds module import cycles in a crate's source ([`modules::cycles`]).
 //! - [`node_pod`] turns the chart's node DaemonSet into a pod podman runs from Heddle's image.
+//! - [`soak`] has the churn soak (`benches/churn.sh`, `tests/tests/soak.rs`).
 //! - [`mod@env`] has `require_*` preconditions that fail with a fix-it sentence, polling helpers,
 //!   unique names and file prefixes, [`exclusive_cpus`].
 //!
@@ -108,6 +109,7 @@ pub mod podman;
 pub mod process;
 pub mod qemu;
 pub mod raw;
+pub mod soak;
 pub mod stats;
 pub mod switch;
 pub mod testpmd;

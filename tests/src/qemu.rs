@@ -709,6 +709,10 @@ pub struct GuestConfig {
     pub log_dir: PathBuf,
     /// The NIC asks for packed virtqueues (virtio 1.1, `packed=on`).
     pub packed: bool,
+    /// [`SocketMode::SwitchServer`] only: QEMU reconnects every this many seconds when the
+    /// switch goes away (`reconnect=` on the chardev), as a server-mode pod must; `None`: a
+    /// lost switch leaves the NIC dead until QEMU restarts.
+    pub reconnect_secs: Option<u32>,
 }
 
 /// A running QEMU guest, killed on drop.
@@ -732,9 +736,10 @@ impl Guest {
             Accel::Kvm => (&["-accel", "kvm", "-cpu", "host"], ""),
             Accel::Tcg => (&["-accel", "tcg", "-cpu", "max"], ",vectors=0"),
         };
-        let listen = match cfg.mode {
-            SocketMode::SwitchServer => "",
-            SocketMode::SwitchClient => ",server=on,wait=off",
+        let listen = match (cfg.mode, cfg.reconnect_secs) {
+            (SocketMode::SwitchServer, None) => String::new(),
+            (SocketMode::SwitchServer, Some(s)) => format!(",reconnect={s}"),
+            (SocketMode::SwitchClient, _) => ",server=on,wait=off".to_owned(),
         };
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(accel_args)

@@ -95,6 +95,7 @@ fn start(
             memory_mib: 192,
             log_dir: dir.to_owned(),
             packed,
+            reconnect_secs: None,
         })
         .collect();
     match mode {
@@ -359,4 +360,125 @@ fn guests_with_packed_rings_ping_through_native_vhost_switch_as_server() -> Resu
 #[test]
 fn guests_with_packed_rings_ping_through_native_vhost_switch_as_client() -> Result<()> {
     run_ping_rings(VhostKind::Native, SocketMode::SwitchClient, true)
+}
+
+/// The switch is the server (sockets in the pods' directories) and QEMU connects with
+/// `reconnect=1`, as a server-mode pod must. Ports are added over the API, so the switch
+/// keeps them on disk. Under ping traffic the switch is killed with SIGKILL and started
+/// again on the same config: the ports come back from disk, QEMU reconnects by itself, and
+/// the new switch process (counters from zero) carries the guests' echo requests and
+/// replies. (Without `reconnect=` QEMU never comes back and this test times out.)
+#[test]
+fn native_vhost_server_ports_come_back_after_kill9_and_qemu_reconnects() -> Result<()> {
+    require_root()?;
+    require_hugepages(300)?;
+    require_qemu()?;
+    let _cpus = exclusive_cpus();
+    let t0 = Instant::now();
+    let dir = socket_dir()?;
+    let image = GuestImage::get()?;
+    let prefix = heddle_tests::free_file_prefix("heddle-qr");
+    let yaml = heddle_tests::config_yaml(dir.path(), &prefix, "  []");
+    let mut switch = SwitchProcess::start(dir.path(), &yaml)?;
+    let socks = [dir.path().join("a.sock"), dir.path().join("b.sock")];
+    for (i, ((name, mac, _), sock)) in GUESTS.iter().zip(&socks).enumerate() {
+        switch.client().add_port(&heddle_api::PortSpec {
+            name: (*name).to_owned(),
+            devargs: VhostKind::Native.devargs(i as u32, sock, SocketMode::SwitchServer),
+            mode: heddle_api::PortMode::Access { vlan: VLAN },
+            mac: Some((*mac).to_owned()),
+            queues: None,
+        })?;
+    }
+    // vm-a pings vm-b ten times a second for long enough to cover the restart.
+    let roles = [
+        GuestRole::Ping {
+            peer: GUESTS[1].2.to_owned(),
+            count: 1200,
+            interval_ms: 100,
+            probes: 60,
+            linger: Duration::from_secs(5),
+        },
+        GuestRole::Idle {
+            time: Duration::from_secs(240),
+        },
+    ];
+    let mut guests = GUESTS
+        .iter()
+        .zip(&socks)
+        .zip(roles)
+        .map(|(((name, mac, ip), sock), role)| {
+            Guest::spawn(
+                image,
+                &GuestConfig {
+                    name: (*name).to_owned(),
+                    socket: sock.clone(),
+                    mode: SocketMode::SwitchServer,
+                    mac: (*mac).to_owned(),
+                    ip: format!("{ip}/24"),
+                    role,
+                    memory_mib: 192,
+                    log_dir: dir.path().to_owned(),
+                    reconnect_secs: Some(1),
+                    packed: false,
+                },
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for i in 0..2 {
+        if let Err(e) = guests[i].wait_for(MARK_UP, VERDICT_TIMEOUT) {
+            bail!("{e:#}\n{}", context(&guests, Some(i), &switch));
+        }
+    }
+    // Echo requests and replies flowing: both ports received some.
+    let answered = |switch: &SwitchProcess, n: u64| -> Result<Option<()>> {
+        let s = port_stats(switch)?;
+        Ok((s.get("vm-a").is_some_and(|p| p.rx_packets >= n)
+            && s.get("vm-b").is_some_and(|p| p.rx_packets >= n))
+        .then_some(()))
+    };
+    if let Err(e) = wait_until(
+        "pings between the guests before the crash",
+        VERDICT_TIMEOUT,
+        Duration::from_millis(200),
+        || answered(&switch, 10),
+    ) {
+        bail!("{e:#}\n{}", context(&guests, None, &switch));
+    }
+
+    switch.kill9()?;
+    let restarted = Instant::now();
+    let switch = SwitchProcess::start(dir.path(), &yaml)?;
+    let ports = switch.client().ports()?;
+    ensure!(
+        ports.len() == 2
+            && ports
+                .iter()
+                .all(|p| p.origin == heddle_api::PortOrigin::Api),
+        "the ports did not come back from disk: {ports:?}"
+    );
+    // Counters of the new process start at zero: 20 frames each way are new round trips.
+    if let Err(e) = wait_until(
+        "QEMU to reconnect and the pings to flow through the restarted switch",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || answered(&switch, 20),
+    ) {
+        bail!(
+            "{e:#}: {:?}\n{}",
+            port_stats(&switch),
+            context(&guests, None, &switch)
+        );
+    }
+    let resumed = restarted.elapsed();
+    for p in switch.client().stats()?.ports {
+        let v = p.vhost.context("vhost stats")?;
+        ensure!(v.connected && v.connects >= 1, "{}: {v:?}", p.name);
+    }
+    eprintln!(
+        "pings flow again {resumed:.1?} after the kill (QEMU reconnect=1); whole test {:.1?}",
+        t0.elapsed()
+    );
+    drop(guests);
+    Ok(())
 }

@@ -368,6 +368,66 @@ pub struct StatsReply {
     /// Ports removed from forwarding whose device and memory wait for a stalled PMD worker.
     #[serde(default)]
     pub removing: Vec<String>,
+    /// Frames over the switch's life, removed ports included (absent from older switches).
+    #[serde(default)]
+    pub totals: TrafficTotals,
+    /// What the switch process holds: what a leak would grow (absent from older switches).
+    #[serde(default)]
+    pub resources: ResourceStats,
+}
+
+/// Frame counters over the switch's whole life, ports removed since included. Every frame
+/// received is sent or dropped with a reason, and so is every flood copy made of one: when
+/// the switch is idle, `rx_packets + flood_copies == tx_packets + dropped`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficTotals {
+    /// Frames received, all ports.
+    pub rx_packets: u64,
+    /// Frames sent, all ports.
+    pub tx_packets: u64,
+    /// Bytes received, all ports.
+    #[serde(default)]
+    pub rx_bytes: u64,
+    /// Bytes sent, all ports.
+    #[serde(default)]
+    pub tx_bytes: u64,
+    /// Extra copies made to flood a frame to more than one port.
+    pub flood_copies: u64,
+    /// Frames dropped, all ports, by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl TrafficTotals {
+    /// All drops.
+    pub fn dropped(&self) -> u64 {
+        self.drops.values().sum()
+    }
+
+    /// Frames (and flood copies) neither sent nor counted as dropped: 0 when the counters add
+    /// up (read while no frame is in flight). Negative when more left than came in.
+    pub fn unaccounted(&self) -> i128 {
+        i128::from(self.rx_packets) + i128::from(self.flood_copies)
+            - i128::from(self.tx_packets)
+            - i128::from(self.dropped())
+    }
+}
+
+/// The switch process's resources, read from DPDK and `/proc/self`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStats {
+    /// Mbufs in the switch's pool.
+    pub mbufs_total: u64,
+    /// Mbufs taken from the pool (in rings, in flight or held; per-core caches count as free).
+    pub mbufs_in_use: u64,
+    /// Open file descriptors (`/proc/self/fd`).
+    pub open_fds: u64,
+    /// Threads (`/proc/self/task`).
+    pub threads: u64,
+    /// Resident memory, bytes (`VmRSS`).
+    pub rss_bytes: u64,
+    /// Hugepage memory mapped, bytes: the switch's own pool and the guest memory of connected
+    /// vhost-user frontends (`Shared_Hugetlb + Private_Hugetlb` of `/proc/self/smaps_rollup`).
+    pub hugepage_bytes: u64,
 }
 
 /// One FDB entry, `GET /v1/fdb`.

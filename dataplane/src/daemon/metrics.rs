@@ -175,6 +175,37 @@ pub fn render(stats: &StatsReply) -> String {
         "counter",
         vec![(String::new(), stats.fdb.learned as f64)],
     );
+    let r = &stats.resources;
+    for (name, help, v) in [
+        (
+            "heddle_mbufs_in_use",
+            "Mbufs taken from the switch's pool.",
+            r.mbufs_in_use,
+        ),
+        ("heddle_mbufs", "Mbufs in the switch's pool.", r.mbufs_total),
+        (
+            "heddle_process_open_fds",
+            "Open file descriptors of the switch.",
+            r.open_fds,
+        ),
+        (
+            "heddle_process_threads",
+            "Threads of the switch.",
+            r.threads,
+        ),
+        (
+            "heddle_process_resident_memory_bytes",
+            "Resident memory of the switch.",
+            r.rss_bytes,
+        ),
+        (
+            "heddle_process_hugepage_bytes",
+            "Hugepage memory the switch maps (its pool and vhost-user guest memory).",
+            r.hugepage_bytes,
+        ),
+    ] {
+        family(name, help, "gauge", vec![(String::new(), v as f64)]);
+    }
     out
 }
 

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod fuzz;
 pub mod metrics;
+pub mod resources;
 pub mod state;
 pub mod switch;
 pub mod worker;

@@ -16,6 +16,7 @@ use super::worker::{Dataplane, Shared};
 use crate::dpdk::io::{empty_paths, PortPath};
 use crate::dpdk::{DpdkError, Eal, EthPort, Mempool, PortInfo, QueueConfig};
 use heddle_core::switch::config::{PortMode, Snapshot, SwitchPort};
+use heddle_core::switch::counters::PortTotals;
 use heddle_core::switch::io::{PortIndex, TxLock, MAX_PORTS};
 use heddle_core::switch::vlan::{Vlan, VlanSet};
 use heddle_core::vhost::port::{
@@ -129,6 +130,8 @@ pub struct SwitchCtl {
     ageing: u32,
     started: Instant,
     cores: heddle_api::CorePlacement,
+    /// Counters of ports removed since start, folded in before their slots were zeroed.
+    removed_totals: PortTotals,
 }
 
 fn to_vlan(v: u16) -> Result<Vlan, PortError> {
@@ -239,6 +242,7 @@ impl SwitchCtl {
             ageing,
             started: Instant::now(),
             cores: heddle_api::CorePlacement::default(),
+            removed_totals: PortTotals::default(),
         }
     }
 
@@ -559,11 +563,16 @@ impl SwitchCtl {
     }
 
     /// Every worker has passed `r.generation`: none can reach the retired port any more.
-    fn finish(&self, r: Retired) {
+    fn finish(&mut self, r: Retired) {
         self.shared.fdb.flush_port(r.index);
         let Some(entry) = r.entry else {
             return;
         };
+        // Kept in the switch's life totals (`StatsReply::totals`) before the slot is zeroed.
+        self.removed_totals.add(&crate::switch::counters::sum_port(
+            &self.shared.counters,
+            entry.index,
+        ));
         for c in &self.shared.counters {
             c.reset_port(entry.index);
         }
@@ -786,7 +795,38 @@ impl SwitchCtl {
             },
             tsc_hz: self.eal.tsc_hz(),
             removing: self.removing(),
+            totals: self.totals(),
+            resources: self.resources(),
         }
+    }
+
+    /// Frames over the switch's life: removed ports plus every port slot now (slots of
+    /// removed ports are zero once their counters were folded into `removed_totals`).
+    fn totals(&self) -> heddle_api::TrafficTotals {
+        let mut t = self.removed_totals;
+        for i in 0..MAX_PORTS {
+            t.add(&crate::switch::counters::sum_port(
+                &self.shared.counters,
+                i as PortIndex,
+            ));
+        }
+        heddle_api::TrafficTotals {
+            rx_packets: t.rx_packets,
+            tx_packets: t.tx_packets,
+            rx_bytes: t.rx_bytes,
+            tx_bytes: t.tx_bytes,
+            flood_copies: t.copies,
+            drops: t.drops_by_name().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    /// The process's resources (mbufs, fds, threads, memory).
+    fn resources(&self) -> heddle_api::ResourceStats {
+        let total = u64::from(self.pool.size());
+        let mut r = super::resources::read_self();
+        r.mbufs_total = total;
+        r.mbufs_in_use = total.saturating_sub(u64::from(self.pool.available()));
+        r
     }
 
     /// The FDB with port names.

@@ -9,6 +9,7 @@ pub struct Mempool {
     raw: NonNull<dpdk_sys::rte_mempool>,
     name: String,
     data_room: u16,
+    count: u32,
 }
 
 // SAFETY: a DPDK mempool is designed for concurrent get/put from many lcores (per-lcore
@@ -39,6 +40,7 @@ impl Mempool {
                 raw,
                 name: name.to_owned(),
                 data_room,
+                count,
             }),
             None => Err(DpdkError::Mempool {
                 name: name.to_owned(),
@@ -61,6 +63,11 @@ impl Mempool {
     /// Raw pointer for DPDK calls that take the pool.
     pub fn as_ptr(&self) -> *mut dpdk_sys::rte_mempool {
         self.raw.as_ptr()
+    }
+
+    /// Mbufs the pool was created with.
+    pub fn size(&self) -> u32 {
+        self.count
     }
 
     /// Mbufs currently free in the pool (approximate under concurrency).

@@ -399,6 +399,37 @@ fn print_stats(s: &StatsReply, prev: Option<(&StatsReply, f64)>) {
             }
         );
     }
+    let t = &s.totals;
+    let rate = match prev {
+        Some((ps, dt)) if dt > 0.0 => {
+            let pkts = t.tx_packets.saturating_sub(ps.totals.tx_packets) as f64 / dt;
+            let bytes = t.tx_bytes.saturating_sub(ps.totals.tx_bytes) as f64 / dt;
+            format!(
+                ", now {:.2} Mpps / {:.2} Gbit/s of frames",
+                pkts / 1e6,
+                bytes * 8.0 / 1e9
+            )
+        }
+        _ => String::new(),
+    };
+    println!(
+        "switch: sent {} frames ({} bytes){rate}; received {}, flood copies {}, dropped {}",
+        t.tx_packets,
+        t.tx_bytes,
+        t.rx_packets,
+        t.flood_copies,
+        t.dropped()
+    );
+    let r = &s.resources;
+    println!(
+        "process: mbufs {} of {} in use, {} fds, {} threads, RSS {} MiB, hugepages mapped {} MiB",
+        r.mbufs_in_use,
+        r.mbufs_total,
+        r.open_fds,
+        r.threads,
+        r.rss_bytes >> 20,
+        r.hugepage_bytes >> 20
+    );
     println!(
         "fdb: {} entries of {}, learned {}, moves {}, full {}, aged {}",
         s.fdb.entries, s.fdb.capacity, s.fdb.learned, s.fdb.moves, s.fdb.full, s.fdb.aged

@@ -74,6 +74,7 @@ pub struct PortCounters {
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    copies: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -92,6 +93,13 @@ impl PortCounters {
         bump(&self.tx_bytes, bytes);
     }
 
+    /// Counts `n` flood copies made (or attempted) of frames received on this port: each
+    /// ends as one more `tx` or drop somewhere, so `rx + copies = tx + drops` over all ports.
+    #[inline(always)]
+    pub fn copies(&self, n: u64) {
+        bump(&self.copies, n);
+    }
+
     /// Counts `n` drops for `reason`.
     #[inline(always)]
     pub fn drop(&self, reason: DropReason, n: u64) {
@@ -105,6 +113,7 @@ impl PortCounters {
             rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
             tx_packets: self.tx_packets.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            copies: self.copies.load(Ordering::Relaxed),
             drops: [0; DropReason::COUNT],
         };
         for (out, d) in t.drops.iter_mut().zip(self.drops.iter()) {
@@ -119,6 +128,7 @@ impl PortCounters {
             &self.rx_bytes,
             &self.tx_packets,
             &self.tx_bytes,
+            &self.copies,
         ]
         .into_iter()
         .chain(self.drops.iter())
@@ -139,6 +149,8 @@ pub struct PortTotals {
     pub tx_packets: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Flood copies of frames received on the port (see [`PortCounters::copies`]).
+    pub copies: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -157,6 +169,7 @@ impl PortTotals {
         self.rx_bytes = self.rx_bytes.wrapping_add(other.rx_bytes);
         self.tx_packets = self.tx_packets.wrapping_add(other.tx_packets);
         self.tx_bytes = self.tx_bytes.wrapping_add(other.tx_bytes);
+        self.copies = self.copies.wrapping_add(other.copies);
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
             *a = a.wrapping_add(*b);
         }

@@ -247,6 +247,7 @@ impl<P: Packet> Batches<P> {
             if m == in_port {
                 continue;
             }
+            counters.port(in_port).copies(1);
             // Copies come from the untouched original: it is modified only when it is
             // enqueued itself, last.
             match io.copy(&pkt) {

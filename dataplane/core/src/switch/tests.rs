@@ -582,6 +582,10 @@ proptest! {
         }
         let rx: u64 = (0..ports.len()).map(|i| r.totals(i as u16).rx_packets).sum();
         prop_assert_eq!(rx, received);
+        // The counters alone account for every copy: what the switch exposes to check a
+        // live switch with (the soak test does).
+        let copies: u64 = (0..ports.len()).map(|i| r.totals(i as u16).copies).sum();
+        prop_assert_eq!(rx + copies, r.outcomes(), "rx + copies = tx + drops");
         drop(r);
         prop_assert_eq!(live_packets(), live_before, "packets leaked or freed twice");
     }
