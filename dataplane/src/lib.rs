@@ -4,4 +4,5 @@
 pub mod daemon;
 pub mod dpdk;
 pub mod switch;
+pub mod sync;
 pub mod vhost;

@@ -271,7 +271,12 @@ impl VhostDevice {
         };
         queue.suppress_notifications();
         let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
-        let ring = Box::new(ActiveRing { queue, mem, call });
+        let ring = Box::new(ActiveRing {
+            queue,
+            mem,
+            call,
+            access: crate::sync::Access::new(),
+        });
         if let Some(slot) = self.rings.slot(i) {
             if let Some(old) = slot.install(ring) {
                 // Not expected (a running ring is stopped before it is rebuilt), but never

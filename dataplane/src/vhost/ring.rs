@@ -20,13 +20,15 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64};
 use std::sync::Arc;
 
 use super::memory::GuestMemory;
 use super::virtq::{QueueStats, RxPool, SplitQueue};
 use crate::dpdk::io::TxLock;
 use crate::switch::io::{Burst, Packet};
+use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::sync::Access;
 
 /// A virtqueue the workers may use: the queue, the memory it was translated against, and
 /// the eventfd to signal when the frontend asks for interrupts.
@@ -37,6 +39,8 @@ pub struct ActiveRing {
     pub mem: Arc<GuestMemory>,
     /// `SET_VRING_CALL`'s eventfd, if the frontend wants interrupts.
     pub call: Option<File>,
+    /// Who touches the ring, checked by the loom model of the hand-over (free otherwise).
+    pub access: Access,
 }
 
 impl ActiveRing {
@@ -190,6 +194,7 @@ impl PortRings {
         // here); this worker is inside one poll iteration. Guest TX rings are dequeued only by
         // the one worker that owns the queue pair, so this `&mut` is unique.
         let ring = unsafe { &mut *p };
+        ring.access.exclusive();
         if ring.queue.is_broken() {
             return;
         }
@@ -227,6 +232,7 @@ impl PortRings {
             // but then `shared_tx` is set and the ring lock taken above serialises them, so
             // this `&mut` is unique for the duration of the call.
             let ring = unsafe { &mut *p };
+            ring.access.exclusive();
             if ring.queue.is_broken() {
                 0
             } else {
