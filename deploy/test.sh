@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Unit tests run in parallel; they need no hugepages or peers.
 cargo test --workspace --exclude heddle-tests
+# loom models of the FDB slot protocol and the vring hand-over (docs/contributing.md, "Model
+# checking"): the real code under loom's atomics, in their own target dir (other cfg).
+RUSTFLAGS="--cfg heddle_loom" CARGO_TARGET_DIR=target/loom cargo test -p heddle-dataplane --release --lib loom
 # Integration tests start real DPDK processes on the two CPUs: one at a time.
 cargo build --workspace --bins
 # The Helm chart, rendered by Helm's own engine; heddle-switch --check on its switch configs.
