@@ -107,9 +107,8 @@ fn guest_memory_hands_out_only_ranges_inside_a_region() {
         },
     ];
     // SAFETY: `a` and `b` outlive `mem` and are only touched through it meanwhile.
-    let mem = unsafe {
-        GuestMemory::from_raw(&[(specs[0], a.as_mut_ptr()), (specs[1], b.as_mut_ptr())])
-    };
+    let mem =
+        unsafe { GuestMemory::from_raw(&[(specs[0], a.as_mut_ptr()), (specs[1], b.as_mut_ptr())]) };
     let edges = [0u64, 1, 2, 63, 64, 65, 255, 256, 257, 319, 320, 321];
     let mut inside = 0;
     for &off in &edges {
