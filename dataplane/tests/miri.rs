@@ -15,6 +15,7 @@ use heddle_dataplane::vhost::memory::{GuestMemory, RegionSpec};
 use heddle_dataplane::vhost::testing::fuzz_rings;
 
 /// Counts its drops, to prove each packet is dropped exactly once.
+#[derive(Debug)]
 struct Tracked<'a>(u32, &'a Cell<u32>);
 
 impl Drop for Tracked<'_> {
