@@ -20,6 +20,9 @@ fi
 PKG_CONFIG_LIBDIR=/nonexistent PKG_CONFIG_PATH= cargo test -p heddle-core
 # Unit tests run in parallel; they need no hugepages or peers.
 cargo test --workspace --exclude heddle-tests --exclude heddle-core
+# loom models of the FDB slot protocol and the vring hand-over (docs/contributing.md, "Model
+# checking"): the real code under loom's atomics, in their own target dir (other cfg).
+RUSTFLAGS="--cfg heddle_loom" CARGO_TARGET_DIR=target/loom cargo test -p heddle-core -p heddle-dataplane --release --lib loom
 # Integration tests start real DPDK processes on the two CPUs: one at a time.
 cargo build --workspace --bins
 # The Helm chart, rendered by Helm's own engine; heddle-switch --check on its switch configs.

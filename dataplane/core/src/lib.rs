@@ -6,10 +6,12 @@
 //! - [`vhost`]: the native vhost-user device, its split virtqueues and the guest memory
 //!   they live in, and how running rings pass to the PMD workers.
 //! - [`prefetch`]: the cache prefetch hints the fast path uses.
+//! - [`sync`]: the atomics under the lock-free protocols (loom's in the model-checking build).
 //!
 //! `heddle-dataplane` puts these over DPDK mbufs and ethdevs and runs them in the
 //! `heddle-switch` daemon; it re-exports both modules under its own name.
 
 pub mod prefetch;
 pub mod switch;
+pub mod sync;
 pub mod vhost;

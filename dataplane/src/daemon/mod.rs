@@ -11,6 +11,8 @@ pub mod state;
 pub mod switch;
 pub mod worker;
 
+#[cfg(all(heddle_loom, test))]
+mod loom_models;
 #[cfg(test)]
 mod tests;
 

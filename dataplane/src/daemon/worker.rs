@@ -10,7 +10,7 @@
 //! timeout (a stall is logged and counted in `stalls`), and port removal hands a port that
 //! a stalled worker holds up to the control plane's retire list instead of blocking the API.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ use heddle_core::switch::counters::WorkerCounters;
 use heddle_core::switch::fdb::Fdb;
 use heddle_core::switch::io::{Burst, PacketIo, PortIndex};
 use heddle_core::switch::pipeline::WorkerState;
+use heddle_core::sync::atomic::{AtomicU64, Ordering};
+use heddle_core::sync::back_off;
 
 /// What every worker sees of the configuration: the switch snapshot plus, per worker, its
 /// port paths and the RX queues it polls.
@@ -91,6 +93,21 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// Worker side, at the top of each poll iteration: the generation to pick up when it moved
+    /// since `seen`. The worker then reloads what it holds and [`Shared::acknowledge`]s it.
+    #[inline]
+    pub fn moved(&self, seen: u64) -> Option<u64> {
+        let generation = self.generation.load(Ordering::Acquire);
+        (generation != seen).then_some(generation)
+    }
+
+    /// Worker side: worker `worker` holds nothing it loaded before `generation` (`u64::MAX`:
+    /// it stopped and holds nothing at all).
+    #[inline]
+    pub fn acknowledge(&self, worker: usize, generation: u64) {
+        self.seen[worker].0.store(generation, Ordering::Release);
+    }
+
     /// True when every worker has picked up `generation` (or has stopped: its `seen` is then
     /// `u64::MAX`).
     pub fn passed(&self, generation: u64) -> bool {
@@ -117,12 +134,7 @@ impl Shared {
             if start.elapsed() >= timeout {
                 return false;
             }
-            if spins < 1000 {
-                spins += 1;
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            back_off(&mut spins);
         }
     }
 
@@ -175,12 +187,7 @@ impl Shared {
             }
             // A worker finishes a burst in microseconds: spin briefly, then sleep so that a
             // stalled one does not cost the waiting thread a CPU.
-            if spins < 1000 {
-                spins += 1;
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            back_off(&mut spins);
         }
     }
 }
@@ -195,12 +202,11 @@ pub fn run(worker: usize, shared: Arc<Shared>, pool: Arc<Mempool>) -> i32 {
     let mut burst: Burst<Mbuf> = Burst::new();
     let pmd = &counters.pmd;
     loop {
-        let generation = shared.generation.load(Ordering::Acquire);
-        if generation != seen {
+        if let Some(generation) = shared.moved(seen) {
             dp = shared.current.load_full();
             io.set_paths(dp.paths[worker].clone());
             seen = generation;
-            shared.seen[worker].0.store(generation, Ordering::Release);
+            shared.acknowledge(worker, generation);
         }
         if shared.stop.load(Ordering::Relaxed) {
             break;
@@ -223,6 +229,6 @@ pub fn run(worker: usize, shared: Arc<Shared>, pool: Arc<Mempool>) -> i32 {
     // Drop the snapshot before acknowledging the stop, so the control plane can close ports.
     drop(io);
     drop(dp);
-    shared.seen[worker].0.store(u64::MAX, Ordering::Release);
+    shared.acknowledge(worker, u64::MAX);
     0
 }

@@ -41,7 +41,7 @@
 //! Learning rewrites `meta` only when the port changed or the clock second ticked over, so
 //! a steady flow does not bounce the slot's cache line between workers.
 
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use crate::sync::atomic::{fence, AtomicU64, Ordering};
 
 use super::io::PortIndex;
 use super::vlan::Vlan;
@@ -756,3 +756,6 @@ mod tests {
         assert!(f.len() <= 2000);
     }
 }
+
+#[cfg(all(heddle_loom, test))]
+mod loom_models;

@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -29,6 +29,8 @@ use super::memory::GuestMemory;
 use super::queue::Virtqueue;
 use super::virtq::{QueueStats, RxPool};
 use crate::switch::io::{Burst, Packet, TxLock};
+use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::sync::Access;
 
 /// A virtqueue the workers may use: the queue, the memory it was translated against, and
 /// the eventfd to signal when the frontend asks for interrupts.
@@ -39,6 +41,8 @@ pub struct ActiveRing {
     pub mem: Arc<GuestMemory>,
     /// `SET_VRING_CALL`'s eventfd, if the frontend wants interrupts.
     pub call: Option<EventFd>,
+    /// Who touches the ring, checked by the loom model of the hand-over (free otherwise).
+    pub access: Access,
 }
 
 impl ActiveRing {
@@ -52,7 +56,12 @@ impl ActiveRing {
             // the frontend's own file.
             unsafe { EventFd::from_raw_fd(f.into_raw_fd()) }
         });
-        ActiveRing { queue, mem, call }
+        ActiveRing {
+            queue,
+            mem,
+            call,
+            access: Access::new(),
+        }
     }
 
     /// Signals the frontend if the ring's event rules ask for it (interrupt-driven guests
@@ -202,6 +211,7 @@ impl PortRings {
         // here); this worker is inside one poll iteration. Guest TX rings are dequeued only by
         // the one worker that owns the queue pair, so this `&mut` is unique.
         let ring = unsafe { &mut *p };
+        ring.access.exclusive();
         if ring.queue.is_broken() {
             return;
         }
@@ -239,6 +249,7 @@ impl PortRings {
             // but then `shared_tx` is set and the ring lock taken above serialises them, so
             // this `&mut` is unique for the duration of the call.
             let ring = unsafe { &mut *p };
+            ring.access.exclusive();
             if ring.queue.is_broken() {
                 0
             } else {
