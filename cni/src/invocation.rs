@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::error::CniError;
+use crate::key::AttachmentKey;
 
 /// `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +239,14 @@ impl Invocation {
             .filter(|(k, _)| k.starts_with("PCIDEVICE_"))
             .collect();
         self
+    }
+
+    /// The attachment this call is about: `(CNI_CONTAINERID, CNI_IFNAME)`.
+    pub fn key(&self) -> AttachmentKey {
+        AttachmentKey {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
     }
 }
 

@@ -78,10 +78,7 @@ impl Basis {
     /// The key and MAC of `inv` under `conf` (code 4 for a bad `CNI_ARGS` MAC, 7 for a bad
     /// `runtimeConfig.mac`).
     pub fn new(conf: &NetConf, inv: &Invocation) -> Result<Basis, CniError> {
-        let key = AttachmentKey {
-            container_id: inv.container_id.clone(),
-            ifname: inv.ifname.clone(),
-        };
+        let key = inv.key();
         let args_mac = inv
             .args
             .mac

@@ -11,7 +11,6 @@ use crate::error::{code, CniError};
 use crate::handoff::{self, Kubelet};
 use crate::invocation::{Command, Invocation};
 use crate::ipam::{self, IpamCall};
-use crate::key::AttachmentKey;
 use crate::record::{Record, Store};
 use crate::result::CniResult;
 use crate::sriov::{self, pf::NetlinkPf};
@@ -104,13 +103,7 @@ pub fn add(
         plan = attach::plan(conf, inv, device.as_deref())?;
     }
     let switch = connect(&conf.switch_socket);
-    let cx = Context {
-        switch: &*switch,
-        host,
-        state_dir: &conf.state_dir,
-        sysfs_root: &inv.sysfs_root,
-        netns: inv.netns.as_deref(),
-    };
+    let cx = context(&*switch, host, conf, inv, inv.netns.as_deref());
     if let Some(existing) = existing {
         if let Some(result) = &existing.result {
             // Repeated ADD: make sure the port is still there and answer the same.
@@ -188,6 +181,24 @@ pub fn add(
     }
 }
 
+/// What a command's kind effects act on: the port behind `switch`, this network's state
+/// directory, the invocation's sysfs and `netns` (the pod's; `None` in GC).
+fn context<'a>(
+    switch: &'a dyn Switch,
+    host: Host<'a>,
+    conf: &'a NetConf,
+    inv: &'a Invocation,
+    netns: Option<&'a Path>,
+) -> Context<'a> {
+    Context {
+        switch,
+        host,
+        state_dir: &conf.state_dir,
+        sysfs_root: &inv.sysfs_root,
+        netns,
+    }
+}
+
 /// Undoes what a record says was (or may have been) created: the kind's own effects (the
 /// port, socket, veth or VF; every kind's when the record names no known kind), then the IPAM
 /// lease and the device-info file. Every step tolerates the thing being gone already.
@@ -228,23 +239,14 @@ pub fn del(
     host: Host<'_>,
 ) -> Result<(), CniError> {
     let store = Store::new(&conf.state_dir);
-    let key = AttachmentKey {
-        container_id: inv.container_id.clone(),
-        ifname: inv.ifname.clone(),
-    };
+    let key = inv.key();
     let _lock = store.lock()?;
     let Some(record) = store.read(&key)? else {
         // ADD records before its first effect: no record, nothing to remove.
         return Ok(());
     };
     let switch = connect(&record.switch_socket);
-    let cx = Context {
-        switch: &*switch,
-        host,
-        state_dir: &conf.state_dir,
-        sysfs_root: &inv.sysfs_root,
-        netns: inv.netns.as_deref(),
-    };
+    let cx = context(&*switch, host, conf, inv, inv.netns.as_deref());
     teardown(&record, &cx, true)?;
     store.remove(&key)
 }
@@ -257,10 +259,7 @@ pub fn check(
     host: Host<'_>,
 ) -> Result<(), CniError> {
     let store = Store::new(&conf.state_dir);
-    let key = AttachmentKey {
-        container_id: inv.container_id.clone(),
-        ifname: inv.ifname.clone(),
-    };
+    let key = inv.key();
     let _lock = store.lock()?;
     let Some(record) = store.read(&key)?.filter(|r| r.result.is_some()) else {
         return Err(CniError::new(
@@ -273,13 +272,7 @@ pub fn check(
         ));
     };
     let switch = connect(&record.switch_socket);
-    let cx = Context {
-        switch: &*switch,
-        host,
-        state_dir: &conf.state_dir,
-        sysfs_root: &inv.sysfs_root,
-        netns: inv.netns.as_deref(),
-    };
+    let cx = context(&*switch, host, conf, inv, inv.netns.as_deref());
     let kinds = match attach::named(&record.kind) {
         Some(kind) => vec![kind],
         None => attach::ALL.to_vec(),
@@ -333,13 +326,7 @@ pub fn gc(
             continue;
         }
         let switch = connect(&r.switch_socket);
-        let cx = Context {
-            switch: &*switch,
-            host,
-            state_dir: &conf.state_dir,
-            sysfs_root: &inv.sysfs_root,
-            netns: None,
-        };
+        let cx = context(&*switch, host, conf, inv, None);
         match teardown(&r, &cx, true).and_then(|()| store.remove(&r.key())) {
             Ok(()) => eprintln!("heddle-cni: GC removed {}/{}", r.container_id, r.ifname),
             Err(e) => {
