@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use heddle_api::PortSpec;
+use heddle_api::{MacText, PortMode, PortSpec};
 use serde_json::Value;
 
 use crate::config::{parse_unicast_mac, NetConf, MAX_SOCKET_PATH};
@@ -75,6 +75,18 @@ pub struct Basis {
 }
 
 impl Basis {
+    /// The switch port of a kind that has one: named after the key, an access port on the
+    /// config's VLAN with the attachment's MAC.
+    pub fn access_port(&self, conf: &NetConf, devargs: String, queues: Option<u16>) -> PortSpec {
+        PortSpec {
+            name: self.key.port_name(),
+            devargs,
+            mode: PortMode::Access { vlan: conf.vlan },
+            mac: Some(MacText(self.mac).to_string()),
+            queues,
+        }
+    }
+
     /// The key and MAC of `inv` under `conf` (code 4 for a bad `CNI_ARGS` MAC, 7 for a bad
     /// `runtimeConfig.mac`).
     pub fn new(conf: &NetConf, inv: &Invocation) -> Result<Basis, CniError> {

@@ -1,7 +1,7 @@
 //! `kind: kernel`: a veth pair, the pod end renamed to `CNI_IFNAME` in the pod's netns (MAC,
 //! MTU, addresses, routes), the host end an AF_PACKET switch port.
 
-use heddle_api::{MacText, PortMode, PortSpec};
+use heddle_api::MacText;
 
 use super::addresses;
 use super::kind::{self, Add, Attachment, Context};
@@ -27,13 +27,7 @@ impl Attachment for Kernel {
         let id = basis.key.id();
         let host = format!("hd{}", &id[..12]);
         Ok(Plan {
-            port: Some(PortSpec {
-                name: basis.key.port_name(),
-                devargs: format!("net_af_packet_{id},iface={host}"),
-                mode: PortMode::Access { vlan: conf.vlan },
-                mac: Some(MacText(basis.mac).to_string()),
-                queues: None,
-            }),
+            port: Some(basis.access_port(conf, format!("net_af_packet_{id},iface={host}"), None)),
             host_veth: Some(host),
             peer_tmp: Some(format!("hp{}", &id[..12])),
             ..Plan::bare(&basis)
@@ -47,12 +41,7 @@ impl Attachment for Kernel {
         result: &mut CniResult,
     ) -> Result<(), CniError> {
         let (conf, inv, plan) = (add.conf, add.inv, add.plan);
-        let netns = inv.netns.clone().ok_or_else(|| {
-            CniError::env(
-                "CNI_NETNS is required for a kernel attachment",
-                "it is empty",
-            )
-        })?;
+        let netns = add.netns("a kernel")?;
         let host = plan
             .host_veth
             .clone()

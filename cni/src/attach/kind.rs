@@ -1,7 +1,7 @@
 //! The one interface every attachment kind implements ([`Attachment`]: plan, apply, undo,
 //! check), what they act on ([`Context`]), and the small effects several kinds share.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::NetConf;
 use crate::error::{code, CniError};
@@ -49,6 +49,18 @@ pub struct Add<'a> {
     pub plan: &'a Plan,
     /// The VF picked for an sriov attachment (under the node lock, before the record).
     pub vf_pci: Option<&'a str>,
+}
+
+impl Add<'_> {
+    /// The pod's netns, which `what` ("a kernel", "an sriov") attachment cannot do without.
+    pub fn netns(&self, what: &str) -> Result<PathBuf, CniError> {
+        self.inv.netns.clone().ok_or_else(|| {
+            CniError::env(
+                format!("CNI_NETNS is required for {what} attachment"),
+                "it is empty",
+            )
+        })
+    }
 }
 
 /// An attachment kind (vhost-user, memif, kernel, sriov).

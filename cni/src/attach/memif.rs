@@ -1,28 +1,16 @@
 //! `kind: memif`: a memif socket in the pod's socket directory (or its device's), served by a
 //! DPDK `net_memif` switch port.
 
-use heddle_api::{MacText, PortMode, PortSpec};
-
-use super::kind::{Add, Attachment, Context};
-use super::socket;
+use super::socket::SocketKind;
 use crate::config::{Kind, NetConf};
 use crate::error::CniError;
-use crate::invocation::Invocation;
 use crate::plan::{Basis, Plan, SocketPlan};
-use crate::record::Record;
-use crate::result::CniResult;
 
 /// The memif kind.
 pub struct Memif;
 
-impl Attachment for Memif {
-    fn plan(
-        &self,
-        conf: &NetConf,
-        _inv: &Invocation,
-        basis: Basis,
-        device: Option<&str>,
-    ) -> Result<Plan, CniError> {
+impl SocketKind for Memif {
+    fn plan(&self, conf: &NetConf, basis: Basis, device: Option<&str>) -> Result<Plan, CniError> {
         let Kind::Memif {
             switch_is_server,
             ring_size,
@@ -54,39 +42,14 @@ impl Attachment for Memif {
             ring_size.trailing_zeros()
         );
         Ok(Plan {
-            port: Some(PortSpec {
-                name: basis.key.port_name(),
-                devargs,
-                mode: PortMode::Access { vlan: conf.vlan },
-                mac: Some(MacText(basis.mac).to_string()),
-                queues: None,
-            }),
+            port: Some(basis.access_port(conf, devargs, None)),
             socket: Some(s),
             ..Plan::bare(&basis)
         })
     }
 
-    fn apply(
-        &self,
-        cx: &Context<'_>,
-        add: &Add<'_>,
-        result: &mut CniResult,
-    ) -> Result<(), CniError> {
+    fn switch_sets_owner(&self, _conf: &NetConf) -> bool {
         // DPDK's net_memif creates the socket as root: heddle-cni sets its owner and mode.
-        socket::apply(cx, add, false, result)
-    }
-
-    fn undo(&self, cx: &Context<'_>, r: &Record, daemon_required: bool) -> Result<(), CniError> {
-        socket::undo(cx, r, daemon_required)
-    }
-
-    fn check(
-        &self,
-        cx: &Context<'_>,
-        conf: &NetConf,
-        _inv: &Invocation,
-        r: &Record,
-    ) -> Result<Option<String>, CniError> {
-        socket::check(cx, conf, r)
+        false
     }
 }

@@ -1,15 +1,62 @@
 //! What vhost-user and memif attachments share: the pod's socket directory, the switch port
-//! behind the socket, the socket's owner and mode, and the device-info file.
+//! behind the socket, the socket's owner and mode, and the device-info file. A
+//! [`SocketKind`] gives its plan; ADD, undo and CHECK are this module's.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 
 use super::addresses;
-use super::kind::{self, Add, Context};
+use super::kind::{self, Add, Attachment, Context};
 use crate::config::{Kind, NetConf};
 use crate::error::CniError;
+use crate::invocation::Invocation;
 use crate::owner;
+use crate::plan::{Basis, Plan};
 use crate::record::Record;
 use crate::result::{CniResult, Interface};
+
+/// A kind whose pod side is a socket (vhost-user, memif): what differs between them.
+pub trait SocketKind: Sync {
+    /// The plan (see [`Attachment::plan`]).
+    fn plan(&self, conf: &NetConf, basis: Basis, device: Option<&str>) -> Result<Plan, CniError>;
+
+    /// The switch creates the socket with the owner and mode from its devargs (see [`apply`]).
+    fn switch_sets_owner(&self, conf: &NetConf) -> bool;
+}
+
+impl<K: SocketKind> Attachment for K {
+    fn plan(
+        &self,
+        conf: &NetConf,
+        _inv: &Invocation,
+        basis: Basis,
+        device: Option<&str>,
+    ) -> Result<Plan, CniError> {
+        SocketKind::plan(self, conf, basis, device)
+    }
+
+    fn apply(
+        &self,
+        cx: &Context<'_>,
+        add: &Add<'_>,
+        result: &mut CniResult,
+    ) -> Result<(), CniError> {
+        apply(cx, add, self.switch_sets_owner(add.conf), result)
+    }
+
+    fn undo(&self, cx: &Context<'_>, r: &Record, daemon_required: bool) -> Result<(), CniError> {
+        undo(cx, r, daemon_required)
+    }
+
+    fn check(
+        &self,
+        cx: &Context<'_>,
+        conf: &NetConf,
+        _inv: &Invocation,
+        r: &Record,
+    ) -> Result<Option<String>, CniError> {
+        check(cx, conf, r)
+    }
+}
 
 /// ADD of a socket attachment. `switch_sets_owner`: the switch creates the socket with the
 /// owner and mode from its devargs (the native vhost-user backend); otherwise (DPDK's

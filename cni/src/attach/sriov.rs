@@ -50,12 +50,7 @@ impl Attachment for Sriov {
         let Kind::Sriov(sriov_conf) = &conf.kind else {
             unreachable!("attach::of gives Sriov only sriov configs")
         };
-        let netns = inv.netns.clone().ok_or_else(|| {
-            CniError::env(
-                "CNI_NETNS is required for an sriov attachment",
-                "it is empty",
-            )
-        })?;
+        let netns = add.netns("an sriov")?;
         let pci = add
             .vf_pci
             .expect("sriov ADDs pick a VF before their effects");

@@ -1,16 +1,10 @@
 //! `kind: vhost-user`: a vhost-user socket in the pod's socket directory (or its device's),
 //! served by a switch port (the native backend, or DPDK's `net_vhost`).
 
-use heddle_api::{MacText, PortMode, PortSpec};
-
-use super::kind::{Add, Attachment, Context};
-use super::socket;
+use super::socket::SocketKind;
 use crate::config::{Kind, NetConf, VhostBackend};
 use crate::error::CniError;
-use crate::invocation::Invocation;
 use crate::plan::{Basis, Plan, SocketPlan};
-use crate::record::Record;
-use crate::result::CniResult;
 
 /// The vhost-user kind.
 pub struct VhostUser;
@@ -27,14 +21,8 @@ fn params(conf: &NetConf) -> (bool, u16, VhostBackend) {
     }
 }
 
-impl Attachment for VhostUser {
-    fn plan(
-        &self,
-        conf: &NetConf,
-        _inv: &Invocation,
-        basis: Basis,
-        device: Option<&str>,
-    ) -> Result<Plan, CniError> {
+impl SocketKind for VhostUser {
+    fn plan(&self, conf: &NetConf, basis: Basis, device: Option<&str>) -> Result<Plan, CniError> {
         let (switch_is_server, queues, backend) = params(conf);
         let s = SocketPlan::new(
             conf,
@@ -51,40 +39,15 @@ impl Attachment for VhostUser {
         )?;
         let devargs = devargs(backend, &basis.key.id(), &s, queues, conf);
         Ok(Plan {
-            port: Some(PortSpec {
-                name: basis.key.port_name(),
-                devargs,
-                mode: PortMode::Access { vlan: conf.vlan },
-                mac: Some(MacText(basis.mac).to_string()),
-                queues: (queues > 1).then_some(queues),
-            }),
+            port: Some(basis.access_port(conf, devargs, (queues > 1).then_some(queues))),
             socket: Some(s),
             ..Plan::bare(&basis)
         })
     }
 
-    fn apply(
-        &self,
-        cx: &Context<'_>,
-        add: &Add<'_>,
-        result: &mut CniResult,
-    ) -> Result<(), CniError> {
-        let (_, _, backend) = params(add.conf);
-        socket::apply(cx, add, backend == VhostBackend::Native, result)
-    }
-
-    fn undo(&self, cx: &Context<'_>, r: &Record, daemon_required: bool) -> Result<(), CniError> {
-        socket::undo(cx, r, daemon_required)
-    }
-
-    fn check(
-        &self,
-        cx: &Context<'_>,
-        conf: &NetConf,
-        _inv: &Invocation,
-        r: &Record,
-    ) -> Result<Option<String>, CniError> {
-        socket::check(cx, conf, r)
+    fn switch_sets_owner(&self, conf: &NetConf) -> bool {
+        let (_, _, backend) = params(conf);
+        backend == VhostBackend::Native
     }
 }
 
