@@ -1,8 +1,11 @@
 //! What vhost-user and memif attachments share: the pod's socket directory, the switch port
 //! behind the socket, the socket's owner and mode, and the device-info file. A
-//! [`SocketKind`] gives its plan; ADD, undo and CHECK are this module's.
+//! [`SocketKind`] gives its socket's side and device info, and its port; the plan, ADD, undo and CHECK are this module's.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+
+use heddle_api::PortSpec;
+use serde_json::Value;
 
 use super::addresses;
 use super::kind::{self, Add, Attachment, Context};
@@ -10,14 +13,17 @@ use crate::config::{Kind, NetConf};
 use crate::error::CniError;
 use crate::invocation::Invocation;
 use crate::owner;
-use crate::plan::{Basis, Plan};
+use crate::plan::{Basis, Plan, SocketPlan};
 use crate::record::Record;
 use crate::result::{CniResult, Interface};
 
 /// A kind whose pod side is a socket (vhost-user, memif): what differs between them.
 pub trait SocketKind: Sync {
-    /// The plan (see [`Attachment::plan`]).
-    fn plan(&self, conf: &NetConf, basis: Basis, device: Option<&str>) -> Result<Plan, CniError>;
+    /// Whether the switch is the socket's server, and the NPWG device-info the pod is given.
+    fn socket(&self, conf: &NetConf) -> (bool, Value);
+
+    /// The switch port serving the socket `s`.
+    fn port(&self, conf: &NetConf, basis: &Basis, s: &SocketPlan) -> PortSpec;
 
     /// The switch creates the socket with the owner and mode from its devargs (see [`apply`]).
     fn switch_sets_owner(&self, conf: &NetConf) -> bool;
@@ -31,7 +37,13 @@ impl<K: SocketKind> Attachment for K {
         basis: Basis,
         device: Option<&str>,
     ) -> Result<Plan, CniError> {
-        SocketKind::plan(self, conf, basis, device)
+        let (switch_is_server, info) = self.socket(conf);
+        let s = SocketPlan::new(conf, &basis.key, device, switch_is_server, info)?;
+        Ok(Plan {
+            port: Some(self.port(conf, &basis, &s)),
+            socket: Some(s),
+            ..Plan::bare(&basis)
+        })
     }
 
     fn apply(

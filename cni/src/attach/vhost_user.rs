@@ -1,10 +1,12 @@
 //! `kind: vhost-user`: a vhost-user socket in the pod's socket directory (or its device's),
 //! served by a switch port (the native backend, or DPDK's `net_vhost`).
 
+use heddle_api::PortSpec;
+use serde_json::Value;
+
 use super::socket::SocketKind;
 use crate::config::{Kind, NetConf, VhostBackend};
-use crate::error::CniError;
-use crate::plan::{Basis, Plan, SocketPlan};
+use crate::plan::{Basis, SocketPlan};
 
 /// The vhost-user kind.
 pub struct VhostUser;
@@ -22,27 +24,22 @@ fn params(conf: &NetConf) -> (bool, u16, VhostBackend) {
 }
 
 impl SocketKind for VhostUser {
-    fn plan(&self, conf: &NetConf, basis: Basis, device: Option<&str>) -> Result<Plan, CniError> {
-        let (switch_is_server, queues, backend) = params(conf);
-        let s = SocketPlan::new(
-            conf,
-            &basis.key,
-            device,
-            switch_is_server,
-            serde_json::json!({
-                "type": "vhost-user",
-                "version": "1.1.0",
-                "vhost-user": {
-                    "mode": if switch_is_server { "client" } else { "server" },
-                }
-            }),
-        )?;
-        let devargs = devargs(backend, &basis.key.id(), &s, queues, conf);
-        Ok(Plan {
-            port: Some(basis.access_port(conf, devargs, (queues > 1).then_some(queues))),
-            socket: Some(s),
-            ..Plan::bare(&basis)
-        })
+    fn socket(&self, conf: &NetConf) -> (bool, Value) {
+        let (switch_is_server, _, _) = params(conf);
+        let info = serde_json::json!({
+            "type": "vhost-user",
+            "version": "1.1.0",
+            "vhost-user": {
+                "mode": if switch_is_server { "client" } else { "server" },
+            }
+        });
+        (switch_is_server, info)
+    }
+
+    fn port(&self, conf: &NetConf, basis: &Basis, s: &SocketPlan) -> PortSpec {
+        let (_, queues, backend) = params(conf);
+        let devargs = devargs(backend, &basis.key.id(), s, queues, conf);
+        basis.access_port(conf, devargs, (queues > 1).then_some(queues))
     }
 
     fn switch_sets_owner(&self, conf: &NetConf) -> bool {
