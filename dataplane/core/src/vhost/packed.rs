@@ -46,8 +46,10 @@ use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::memory::GuestMemory;
 use super::virtq::{
-    feature, QueueStats, RingAddrs, RingError, RxPool, BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
+    feature, fill_seg, gather, gather_one, QueueStats, RingAddrs, RingError, RxPool, Seg,
+    BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
 };
+use crate::prefetch;
 use crate::switch::io::{Burst, Packet};
 
 const DESC_F_NEXT: u16 = 1;
@@ -81,13 +83,6 @@ struct Desc {
     len: u32,
     id: u16,
     flags: u16,
-}
-
-/// A validated buffer: `len` bytes of mapped guest memory at `ptr`.
-#[derive(Clone, Copy)]
-struct Seg {
-    ptr: *mut u8,
-    len: u32,
 }
 
 /// What walking the chain at the device's avail position found.
@@ -191,19 +186,6 @@ fn area(
         });
     }
     Ok(p)
-}
-
-/// Asks the CPU to start loading the cache line at `p`.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` is only a hint: it never faults and changes no memory, whatever
-    // the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// True when `flags` mark a descriptor available under wrap counter `wrap`.
@@ -583,7 +565,7 @@ impl PackedQueue {
             let walked = self.walk(mem, false, |s| {
                 if nsegs < MAX_SEGS {
                     segs[nsegs] = s;
-                    prefetch(s.ptr);
+                    prefetch::read(s.ptr);
                 }
                 nsegs += 1;
                 total += u64::from(s.len);
@@ -836,75 +818,10 @@ impl PackedQueue {
         num_buffers: &mut [*mut u8; 2],
     ) -> (Walk, usize) {
         let hdr_len = self.hdr_len;
-        let need = hdr_len + frame.len();
         let mut pos = from;
         let walk = self.walk(mem, true, |s| {
-            let cap = s.len as usize;
-            let mut off = 0usize;
-            while off < cap && pos < need {
-                let n;
-                if pos < hdr_len {
-                    n = (cap - off).min(hdr_len - pos);
-                    for k in 0..n {
-                        if pos + k >= 10 {
-                            // SAFETY: `off + k < cap`: inside this validated buffer.
-                            num_buffers[pos + k - 10] = unsafe { s.ptr.add(off + k) };
-                        }
-                    }
-                    // SAFETY: `n` bytes fit in the buffer from `off` (`n <= cap - off`) and in
-                    // `hdr` from `pos` (`n <= hdr_len - pos`); guest memory is not ours, so
-                    // nothing overlaps.
-                    unsafe { ptr::copy_nonoverlapping(hdr.as_ptr().add(pos), s.ptr.add(off), n) };
-                } else {
-                    n = (cap - off).min(need - pos);
-                    // SAFETY: as above, with `frame` from `pos - hdr_len` (`n <= need - pos`).
-                    unsafe {
-                        ptr::copy_nonoverlapping(
-                            frame.as_ptr().add(pos - hdr_len),
-                            s.ptr.add(off),
-                            n,
-                        )
-                    };
-                }
-                pos += n;
-                off += n;
-            }
-            pos < need
+            fill_seg(s, hdr, hdr_len, frame, &mut pos, num_buffers)
         });
         (walk, pos - from)
     }
-}
-
-/// Copies the chain `segs`, minus its first `skip` bytes, into `dst`; true when the lengths
-/// matched exactly.
-#[inline(always)]
-fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
-    let mut at = 0;
-    for &s in segs {
-        if !gather_one(s, &mut skip, dst, &mut at) {
-            return false;
-        }
-    }
-    at == dst.len()
-}
-
-/// Copies one buffer into `dst` at `*at`, after skipping `*skip` bytes (header). False when
-/// it would overflow `dst`.
-#[inline(always)]
-fn gather_one(s: Seg, skip: &mut usize, dst: &mut [u8], at: &mut usize) -> bool {
-    let len = s.len as usize;
-    if *skip >= len {
-        *skip -= len;
-        return true;
-    }
-    let n = len - *skip;
-    if n > dst.len() - *at {
-        return false;
-    }
-    // SAFETY: `s` is a validated buffer of `len` mapped bytes, so `skip..len` is readable;
-    // `dst[at..at+n]` is in bounds (checked above); a packet buffer is not guest memory.
-    unsafe { ptr::copy_nonoverlapping(s.ptr.add(*skip), dst.as_mut_ptr().add(*at), n) };
-    *skip = 0;
-    *at += n;
-    true
 }

@@ -197,9 +197,9 @@ struct Desc {
 
 /// A validated buffer of a chain: `len` bytes of mapped guest memory at `ptr`.
 #[derive(Clone, Copy)]
-struct Seg {
-    ptr: *mut u8,
-    len: u32,
+pub(super) struct Seg {
+    pub(super) ptr: *mut u8,
+    pub(super) len: u32,
 }
 
 /// What `enqueue` made of one frame.
@@ -942,49 +942,62 @@ impl SplitQueue {
         num_buffers: &mut [*mut u8; 2],
     ) -> Result<usize, BadChain> {
         let hdr_len = self.hdr_len;
-        let need = hdr_len + frame.len();
         let mut pos = from;
         self.table.walk(mem, &mut self.hint, head, true, |s| {
-            let cap = s.len as usize;
-            let mut off = 0usize;
-            while off < cap && pos < need {
-                let n;
-                if pos < hdr_len {
-                    n = (cap - off).min(hdr_len - pos);
-                    for k in 0..n {
-                        if pos + k >= 10 {
-                            // SAFETY: `off + k < cap`: inside this validated buffer.
-                            num_buffers[pos + k - 10] = unsafe { s.ptr.add(off + k) };
-                        }
-                    }
-                    // SAFETY: `n` bytes fit in the buffer from `off` (`n <= cap - off`) and in
-                    // `hdr` from `pos` (`n <= hdr_len - pos`); guest memory is not ours, so
-                    // nothing overlaps.
-                    unsafe { ptr::copy_nonoverlapping(hdr.as_ptr().add(pos), s.ptr.add(off), n) };
-                } else {
-                    n = (cap - off).min(need - pos);
-                    // SAFETY: as above, with `frame` from `pos - hdr_len` (`n <= need - pos`).
-                    unsafe {
-                        ptr::copy_nonoverlapping(
-                            frame.as_ptr().add(pos - hdr_len),
-                            s.ptr.add(off),
-                            n,
-                        )
-                    };
-                }
-                pos += n;
-                off += n;
-            }
-            pos < need
+            fill_seg(s, hdr, hdr_len, frame, &mut pos, num_buffers)
         })?;
         Ok(pos - from)
     }
 }
 
+/// Writes bytes `*at..` of (`hdr[..hdr_len]` then `frame`) into the buffer `s`, as far as
+/// it holds, advancing `*at`; records where header bytes 10 and 11 (`num_buffers`) land.
+/// True while bytes are left to write. The buffer step of both ring layouts' `fill`.
+#[inline(always)]
+pub(super) fn fill_seg(
+    s: Seg,
+    hdr: &[u8; 12],
+    hdr_len: usize,
+    frame: &[u8],
+    at: &mut usize,
+    num_buffers: &mut [*mut u8; 2],
+) -> bool {
+    let need = hdr_len + frame.len();
+    let mut pos = *at;
+    let cap = s.len as usize;
+    let mut off = 0usize;
+    while off < cap && pos < need {
+        let n;
+        if pos < hdr_len {
+            n = (cap - off).min(hdr_len - pos);
+            for k in 0..n {
+                if pos + k >= 10 {
+                    // SAFETY: `off + k < cap`: inside this validated buffer.
+                    num_buffers[pos + k - 10] = unsafe { s.ptr.add(off + k) };
+                }
+            }
+            // SAFETY: `n` bytes fit in the buffer from `off` (`n <= cap - off`) and in
+            // `hdr` from `pos` (`n <= hdr_len - pos`); guest memory is not ours, so
+            // nothing overlaps.
+            unsafe { ptr::copy_nonoverlapping(hdr.as_ptr().add(pos), s.ptr.add(off), n) };
+        } else {
+            n = (cap - off).min(need - pos);
+            // SAFETY: as above, with `frame` from `pos - hdr_len` (`n <= need - pos`).
+            unsafe {
+                ptr::copy_nonoverlapping(frame.as_ptr().add(pos - hdr_len), s.ptr.add(off), n)
+            };
+        }
+        pos += n;
+        off += n;
+    }
+    *at = pos;
+    pos < need
+}
+
 /// Copies the chain `segs`, minus its first `skip` bytes, into `dst`; true when the lengths
 /// matched exactly.
 #[inline(always)]
-fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
+pub(super) fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
     let mut at = 0;
     for &s in segs {
         if !gather_one(s, &mut skip, dst, &mut at) {
@@ -997,7 +1010,7 @@ fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
 /// Copies one buffer into `dst` at `*at`, after skipping `*skip` bytes (header). False when
 /// it would overflow `dst`.
 #[inline(always)]
-fn gather_one(s: Seg, skip: &mut usize, dst: &mut [u8], at: &mut usize) -> bool {
+pub(super) fn gather_one(s: Seg, skip: &mut usize, dst: &mut [u8], at: &mut usize) -> bool {
     let len = s.len as usize;
     if *skip >= len {
         *skip -= len;
