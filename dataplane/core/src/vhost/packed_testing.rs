@@ -9,24 +9,17 @@
 //! descriptor of a chain is published last (release store of its flags), as the spec asks.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
 
 use super::memory::{GuestMemory, RegionSpec};
 use super::packed::{PackedQueue, DESC_F_AVAIL, DESC_F_USED};
 use super::testing::{
-    memfd, RxFrame, TxLayout, UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE,
+    header_len, round_up, RxFrame, TxLayout, UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT,
+    F_WRITE,
 };
+pub use super::testing::{DriverMemory, GPA_BASE, INDIRECT_MAX, UVA_BASE};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool};
 use crate::switch::io::{Burst, Packet};
-
-/// Guest-physical address of the driver's memory.
-pub const GPA_BASE: u64 = 0x4000_0000;
-/// Frontend-virtual address of the same memory.
-pub const UVA_BASE: u64 = 0x7f12_3400_0000;
-/// Entries of each per-id indirect table.
-pub const INDIRECT_MAX: usize = 16;
 
 /// A packed descriptor as a (hostile) test writes it; the driver adds the wrap flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,19 +44,14 @@ struct Chain {
 
 /// An in-process packed-ring virtio driver for one queue.
 pub struct PackedDriver {
-    /// The memory, as the device sees it.
-    pub mem: Arc<GuestMemory>,
-    file: File,
+    /// The memory (`mem`, its file, the slots), reached through `Deref`.
+    space: DriverMemory,
     size: u16,
     features: u64,
     hdr_len: usize,
-    slot: u64,
     base: u16,
     drv_off: u64,
     dev_off: u64,
-    ind_off: u64,
-    data_off: u64,
-    end: u64,
     /// Next slot the driver fills, and its wrap counter.
     next: u16,
     wrap: bool,
@@ -77,8 +65,12 @@ pub struct PackedDriver {
     spare: Vec<u16>,
 }
 
-fn round_up(x: u64, a: u64) -> u64 {
-    x.div_ceil(a) * a
+impl std::ops::Deref for PackedDriver {
+    type Target = DriverMemory;
+
+    fn deref(&self) -> &DriverMemory {
+        &self.space
+    }
 }
 
 impl PackedDriver {
@@ -92,40 +84,19 @@ impl PackedDriver {
     /// `SET_VRING_BASE` sends it), with `slot`-byte data slots per buffer id.
     pub fn with(size: u16, features: u64, base: u16, slot: u32) -> PackedDriver {
         let n = u64::from(size);
-        let slot = round_up(u64::from(slot), 64);
         let drv_off = round_up(16 * n, 64);
         let dev_off = drv_off + 64;
-        let ind_off = round_up(dev_off + 64, 4096);
-        let data_off = round_up(ind_off + n * 16 * INDIRECT_MAX as u64, 4096);
-        let end = data_off + n * slot;
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        let file = memfd(end);
-        let dup = file.try_clone().expect("dup the test memfd");
-        let mem = Arc::new(GuestMemory::map(vec![(spec, dup)]).expect("map test memory"));
+        let space = DriverMemory::new(size, dev_off + 64, slot);
         let wrap = base & 0x8000 != 0;
         let start = base & 0x7fff;
         let d = PackedDriver {
-            mem,
-            file,
+            space,
             size,
             features: features | feature::RING_PACKED,
-            hdr_len: if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
-                12
-            } else {
-                10
-            },
-            slot,
+            hdr_len: header_len(features),
             base,
             drv_off,
             dev_off,
-            ind_off,
-            data_off,
-            end,
             next: start,
             wrap,
             used: start,
@@ -143,17 +114,6 @@ impl PackedDriver {
             d.write_u16(d.desc_gpa(i) + 14, used_in(lap));
         }
         d
-    }
-
-    /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
-    pub fn region(&self) -> (RegionSpec, File) {
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: self.end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        (spec, self.file.try_clone().expect("dup the test memfd"))
     }
 
     /// The ring addresses (driver area as "avail", device area as "used").
@@ -186,21 +146,6 @@ impl PackedDriver {
         self.hdr_len
     }
 
-    /// First guest-physical address past the memory.
-    pub fn end_gpa(&self) -> u64 {
-        GPA_BASE + self.end
-    }
-
-    /// Guest-physical address of buffer id `i`'s data slot.
-    pub fn slot_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.data_off + u64::from(i) * self.slot
-    }
-
-    /// Guest-physical address of buffer id `i`'s indirect table.
-    pub fn indirect_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.ind_off + u64::from(i) * 16 * INDIRECT_MAX as u64
-    }
-
     /// Guest-physical address of ring descriptor `i`.
     pub fn desc_gpa(&self, i: u16) -> u64 {
         GPA_BASE + 16 * u64::from(i)
@@ -219,38 +164,6 @@ impl PackedDriver {
     /// Free buffer ids.
     pub fn free_ids(&self) -> usize {
         self.free_ids.len()
-    }
-
-    fn ptr(&self, gpa: u64, len: usize) -> *mut u8 {
-        self.mem
-            .translate_gpa(gpa, len as u64)
-            .expect("driver address inside its memory")
-            .as_ptr()
-    }
-
-    /// Writes `bytes` at `gpa`.
-    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) {
-        let p = self.ptr(gpa, bytes.len());
-        // SAFETY: `p` covers `bytes.len()` mapped bytes (translate_gpa checked the range).
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
-    }
-
-    /// Reads `len` bytes at `gpa`.
-    pub fn read_bytes(&self, gpa: u64, len: usize) -> Vec<u8> {
-        let p = self.ptr(gpa, len);
-        let mut v = vec![0u8; len];
-        // SAFETY: `p` covers `len` mapped bytes; `v` is a separate heap buffer.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-        v
-    }
-
-    fn write_u16(&self, gpa: u64, v: u16) {
-        self.write_bytes(gpa, &v.to_le_bytes());
-    }
-
-    fn read_u16(&self, gpa: u64) -> u16 {
-        let b = self.read_bytes(gpa, 2);
-        u16::from_le_bytes([b[0], b[1]])
     }
 
     /// Stores a descriptor's flags with release (publishing it).

@@ -88,21 +88,14 @@ struct Chain {
 
 /// An in-process virtio driver for one queue.
 pub struct Driver {
-    /// The memory, as the device (the switch) sees it; shared so a device thread can run
-    /// against the driver concurrently.
-    pub mem: Arc<GuestMemory>,
-    /// The memfd behind `mem` (what a frontend sends in `SET_MEM_TABLE`).
-    file: File,
+    /// The memory (`mem`, its file, the slots), reached through `Deref`.
+    space: DriverMemory,
     size: u16,
     features: u64,
     hdr_len: usize,
-    slot: u64,
     base: u16,
     avail_off: u64,
     used_off: u64,
-    ind_off: u64,
-    data_off: u64,
-    end: u64,
     free: VecDeque<u16>,
     chains: Vec<Chain>,
     avail_idx: u16,
@@ -111,8 +104,128 @@ pub struct Driver {
     spare: Vec<u16>,
 }
 
-fn round_up(x: u64, a: u64) -> u64 {
+/// The part of a test driver's memory both ring layouts share: one memfd region at
+/// [`GPA_BASE`] (frontend address [`UVA_BASE`]) mapped through [`GuestMemory::map`]; the
+/// rings at its start, then one indirect table and one data slot per descriptor (split) or
+/// buffer id (packed). [`Driver`] and the packed driver reach it through `Deref`.
+pub struct DriverMemory {
+    /// The memory, as the device (the switch) sees it; shared so a device thread can run
+    /// against the driver concurrently.
+    pub mem: Arc<GuestMemory>,
+    /// The memfd behind `mem` (what a frontend sends in `SET_MEM_TABLE`).
+    file: File,
+    pub(super) slot: u64,
+    ind_off: u64,
+    data_off: u64,
+    end: u64,
+}
+
+pub(super) fn round_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
+}
+
+/// Virtio-net header length for `features`.
+pub(super) fn header_len(features: u64) -> usize {
+    if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
+        12
+    } else {
+        10
+    }
+}
+
+impl DriverMemory {
+    /// Maps a region whose rings take its first `rings` bytes, with an indirect table and a
+    /// `slot`-byte data slot (rounded up to 64) for each of `size` descriptors or ids.
+    pub(super) fn new(size: u16, rings: u64, slot: u32) -> DriverMemory {
+        let n = u64::from(size);
+        let slot = round_up(u64::from(slot), 64);
+        let ind_off = round_up(rings, 4096);
+        let data_off = round_up(ind_off + n * 16 * INDIRECT_MAX as u64, 4096);
+        let end = data_off + n * slot;
+        let spec = RegionSpec {
+            guest_phys_addr: GPA_BASE,
+            size: end,
+            user_addr: UVA_BASE,
+            mmap_offset: 0,
+        };
+        let file = memfd(end);
+        let dup = file.try_clone().expect("dup the test memfd");
+        let mem = Arc::new(GuestMemory::map(vec![(spec, dup)]).expect("map test memory"));
+        DriverMemory {
+            mem,
+            file,
+            slot,
+            ind_off,
+            data_off,
+            end,
+        }
+    }
+
+    /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
+    pub fn region(&self) -> (RegionSpec, File) {
+        let spec = RegionSpec {
+            guest_phys_addr: GPA_BASE,
+            size: self.end,
+            user_addr: UVA_BASE,
+            mmap_offset: 0,
+        };
+        (spec, self.file.try_clone().expect("dup the test memfd"))
+    }
+
+    /// First guest-physical address past the memory.
+    pub fn end_gpa(&self) -> u64 {
+        GPA_BASE + self.end
+    }
+
+    /// Guest-physical address of descriptor (split) or buffer id (packed) `i`'s data slot.
+    pub fn slot_gpa(&self, i: u16) -> u64 {
+        GPA_BASE + self.data_off + u64::from(i) * self.slot
+    }
+
+    /// Guest-physical address of descriptor or buffer id `i`'s indirect table.
+    pub fn indirect_gpa(&self, i: u16) -> u64 {
+        GPA_BASE + self.ind_off + u64::from(i) * 16 * INDIRECT_MAX as u64
+    }
+
+    pub(super) fn ptr(&self, gpa: u64, len: usize) -> *mut u8 {
+        self.mem
+            .translate_gpa(gpa, len as u64)
+            .expect("driver address inside its memory")
+            .as_ptr()
+    }
+
+    /// Writes `bytes` at `gpa`.
+    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) {
+        let p = self.ptr(gpa, bytes.len());
+        // SAFETY: `p` covers `bytes.len()` mapped bytes (translate_gpa checked the range).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+    }
+
+    /// Reads `len` bytes at `gpa`.
+    pub fn read_bytes(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let p = self.ptr(gpa, len);
+        let mut v = vec![0u8; len];
+        // SAFETY: `p` covers `len` mapped bytes; `v` is a separate heap buffer.
+        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+        v
+    }
+
+    pub(super) fn write_u16(&self, gpa: u64, v: u16) {
+        self.write_bytes(gpa, &v.to_le_bytes());
+    }
+
+    pub(super) fn read_u16(&self, gpa: u64) -> u16 {
+        let b = self.read_bytes(gpa, 2);
+        u16::from_le_bytes([b[0], b[1]])
+    }
+}
+
+impl std::ops::Deref for Driver {
+    type Target = DriverMemory;
+
+    fn deref(&self) -> &DriverMemory {
+        &self.space
+    }
 }
 
 /// A memfd of `len` bytes.
@@ -137,38 +250,17 @@ impl Driver {
     /// `slot`-byte data slots per descriptor.
     pub fn with(size: u16, features: u64, base: u16, slot: u32) -> Driver {
         let n = u64::from(size);
-        let slot = round_up(u64::from(slot), 64);
         let avail_off = 16 * n;
         let used_off = round_up(avail_off + 6 + 2 * n, 4096);
-        let ind_off = round_up(used_off + 6 + 8 * n, 4096);
-        let data_off = round_up(ind_off + n * 16 * INDIRECT_MAX as u64, 4096);
-        let end = data_off + n * slot;
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        let file = memfd(end);
-        let dup = file.try_clone().expect("dup the test memfd");
-        let mem = Arc::new(GuestMemory::map(vec![(spec, dup)]).expect("map test memory"));
+        let space = DriverMemory::new(size, used_off + 6 + 8 * n, slot);
         let mut d = Driver {
-            mem,
-            file,
+            space,
             size,
             features,
-            hdr_len: if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
-                12
-            } else {
-                10
-            },
-            slot,
+            hdr_len: header_len(features),
             base,
             avail_off,
             used_off,
-            ind_off,
-            data_off,
-            end,
             free: (0..size).collect(),
             chains: vec![Chain::default(); usize::from(size)],
             avail_idx: base,
@@ -178,17 +270,6 @@ impl Driver {
         d.set_avail_idx(base);
         d.write_u16(GPA_BASE + d.used_off + 2, base);
         d
-    }
-
-    /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
-    pub fn region(&self) -> (RegionSpec, File) {
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: self.end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        (spec, self.file.try_clone().expect("dup the test memfd"))
     }
 
     /// The ring addresses for `SplitQueue::new`.
@@ -216,56 +297,9 @@ impl Driver {
         self.hdr_len
     }
 
-    /// First guest-physical address past the memory.
-    pub fn end_gpa(&self) -> u64 {
-        GPA_BASE + self.end
-    }
-
-    /// Guest-physical address of descriptor `i`'s data slot.
-    pub fn slot_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.data_off + u64::from(i) * self.slot
-    }
-
-    /// Guest-physical address of descriptor `i`'s indirect table.
-    pub fn indirect_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.ind_off + u64::from(i) * 16 * INDIRECT_MAX as u64
-    }
-
     /// Guest-physical address of the descriptor table.
     pub fn desc_gpa(&self) -> u64 {
         GPA_BASE
-    }
-
-    fn ptr(&self, gpa: u64, len: usize) -> *mut u8 {
-        self.mem
-            .translate_gpa(gpa, len as u64)
-            .expect("driver address inside its memory")
-            .as_ptr()
-    }
-
-    /// Writes `bytes` at `gpa`.
-    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) {
-        let p = self.ptr(gpa, bytes.len());
-        // SAFETY: `p` covers `bytes.len()` mapped bytes (translate_gpa checked the range).
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
-    }
-
-    /// Reads `len` bytes at `gpa`.
-    pub fn read_bytes(&self, gpa: u64, len: usize) -> Vec<u8> {
-        let p = self.ptr(gpa, len);
-        let mut v = vec![0u8; len];
-        // SAFETY: `p` covers `len` mapped bytes; `v` is a separate heap buffer.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-        v
-    }
-
-    fn write_u16(&self, gpa: u64, v: u16) {
-        self.write_bytes(gpa, &v.to_le_bytes());
-    }
-
-    fn read_u16(&self, gpa: u64) -> u16 {
-        let b = self.read_bytes(gpa, 2);
-        u16::from_le_bytes([b[0], b[1]])
     }
 
     /// Writes a descriptor at any guest address (a table entry or anywhere).
