@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use super::memory::{GuestMemory, RegionSpec};
 use super::packed::{PackedQueue, DESC_F_AVAIL, DESC_F_USED};
 use super::testing::{
-    header_len, round_up, RxFrame, TxLayout, UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT,
-    F_WRITE,
+    cut, header_len, next_frame, round_up, tx_chain, RxFrame, TxLayout, UsedElem, VecPacket,
+    VecPool, F_INDIRECT, F_NEXT, F_WRITE,
 };
 pub use super::testing::{DriverMemory, GPA_BASE, INDIRECT_MAX, UVA_BASE};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool};
@@ -329,49 +329,43 @@ impl PackedDriver {
         self.write_chain(&descs, None);
     }
 
-    fn cut(total: usize, pieces: usize) -> Vec<u32> {
-        let pieces = pieces.clamp(1, total.max(1));
-        let each = total / pieces;
-        (0..pieces)
-            .map(|i| {
-                if i + 1 == pieces {
-                    (total - each * (pieces - 1)) as u32
-                } else {
-                    each as u32
-                }
-            })
-            .collect()
-    }
-
     /// Posts `frame` for the device to take (guest TX), behind a zeroed header.
     pub fn post_tx(&mut self, frame: &[u8], layout: TxLayout) -> Option<u16> {
-        let h = self.hdr_len as u32;
-        let mut bytes = vec![0u8; self.hdr_len];
-        bytes.extend_from_slice(frame);
-        let f = frame.len();
-        let (lens, indirect) = match layout {
-            TxLayout::Joined => (vec![h + f as u32], false),
-            TxLayout::SplitHeader => (vec![h, f as u32], false),
-            TxLayout::Pieces(n) => ([vec![h], PackedDriver::cut(f, n)].concat(), false),
-            TxLayout::Indirect(n) => ([vec![h], PackedDriver::cut(f, n)].concat(), true),
-        };
+        let (bytes, lens, indirect) = tx_chain(self.hdr_len, frame, layout);
         self.post(&lens, false, indirect, Some(&bytes))
     }
 
     /// Posts a device-writable buffer of `len` bytes cut into `pieces` descriptors (guest RX).
     pub fn post_rx(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&PackedDriver::cut(len as usize, pieces), true, false, None)
+        self.post(&cut(len as usize, pieces), true, false, None)
     }
 
     /// As `post_rx`, through an indirect table.
     pub fn post_rx_indirect(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&PackedDriver::cut(len as usize, pieces), true, true, None)
+        self.post(&cut(len as usize, pieces), true, true, None)
     }
 
     /// True when the descriptor at the driver's used cursor is used.
     fn used_ready(&self) -> bool {
         let f = self.load_flags(self.used);
         (f & DESC_F_AVAIL != 0) == self.used_wrap && (f & DESC_F_USED != 0) == self.used_wrap
+    }
+
+    /// Moves the used cursor past the chain of `id` (as many descriptors as the driver
+    /// recorded for it) and counts those descriptors free again.
+    fn pass_used(&mut self, id: u16) {
+        let ndesc = self
+            .chains
+            .get(usize::from(id))
+            .map_or(1, |c| c.ndesc.max(1));
+        for _ in 0..ndesc {
+            self.used += 1;
+            if self.used == self.size {
+                self.used = 0;
+                self.used_wrap = !self.used_wrap;
+            }
+        }
+        self.free_descs += usize::from(ndesc);
     }
 
     /// Takes every new used descriptor (moving the cursor by the chain length the driver
@@ -383,18 +377,7 @@ impl PackedDriver {
             let b = self.read_bytes(self.desc_gpa(self.used), 16);
             let len = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
             let id = u16::from_le_bytes([b[12], b[13]]);
-            let ndesc = self
-                .chains
-                .get(usize::from(id))
-                .map_or(1, |c| c.ndesc.max(1));
-            for _ in 0..ndesc {
-                self.used += 1;
-                if self.used == self.size {
-                    self.used = 0;
-                    self.used_wrap = !self.used_wrap;
-                }
-            }
-            self.free_descs += usize::from(ndesc);
+            self.pass_used(id);
             if id < self.size && !self.free_ids.contains(&id) {
                 self.free_ids.push_back(id);
             }
@@ -408,16 +391,11 @@ impl PackedDriver {
 
     /// The bytes the device wrote into the chain of `e`.
     pub fn chain_bytes(&self, e: UsedElem) -> Vec<u8> {
-        let mut left = e.len as usize;
-        let mut v = Vec::with_capacity(left);
-        if let Some(c) = self.chains.get(e.id as usize) {
-            for &(gpa, len) in &c.bufs {
-                let n = left.min(len as usize);
-                v.extend(self.read_bytes(gpa, n));
-                left -= n;
-            }
-        }
-        v
+        let bufs = self
+            .chains
+            .get(e.id as usize)
+            .map_or(&[][..], |c| &c.bufs[..]);
+        self.read_bufs(bufs, e.len as usize)
     }
 
     /// Reaps used descriptors and reassembles the frames the device delivered (following
@@ -428,31 +406,9 @@ impl PackedDriver {
         let mut frames = Vec::new();
         let mut i = 0;
         while i < elems.len() {
-            let mut bytes = self.chain_bytes(elems[i]);
-            let mut take = 1;
-            let mut nb = 1u16;
-            if mrg {
-                while bytes.len() < 12 && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-                if bytes.len() >= 12 {
-                    nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-                }
-                while take < usize::from(nb) && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-            } else if self.hdr_len == 12 && bytes.len() >= 12 {
-                nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-            }
+            let (frame, take) = next_frame(&elems[i..], mrg, self.hdr_len, |e| self.chain_bytes(e));
             i += take;
-            let h = self.hdr_len.min(bytes.len());
-            frames.push(RxFrame {
-                header: bytes[..h].to_vec(),
-                num_buffers: nb,
-                frame: bytes[h..].to_vec(),
-            });
+            frames.push(frame);
         }
         frames
     }
@@ -463,18 +419,7 @@ impl PackedDriver {
         while self.used_ready() {
             let b = self.read_bytes(self.desc_gpa(self.used) + 12, 2);
             let id = u16::from_le_bytes([b[0], b[1]]);
-            let ndesc = self
-                .chains
-                .get(usize::from(id))
-                .map_or(1, |c| c.ndesc.max(1));
-            for _ in 0..ndesc {
-                self.used += 1;
-                if self.used == self.size {
-                    self.used = 0;
-                    self.used_wrap = !self.used_wrap;
-                }
-            }
-            self.free_descs += usize::from(ndesc);
+            self.pass_used(id);
             self.spare.push(id);
         }
         let spare = std::mem::take(&mut self.spare);

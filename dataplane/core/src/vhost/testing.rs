@@ -210,6 +210,18 @@ impl DriverMemory {
         v
     }
 
+    /// The first `len` bytes of the buffers `bufs` (guest address, length), in order.
+    pub(super) fn read_bufs(&self, bufs: &[(u64, u32)], len: usize) -> Vec<u8> {
+        let mut left = len;
+        let mut v = Vec::with_capacity(left);
+        for &(gpa, blen) in bufs {
+            let n = left.min(blen as usize);
+            v.extend(self.read_bytes(gpa, n));
+            left -= n;
+        }
+        v
+    }
+
     pub(super) fn write_u16(&self, gpa: u64, v: u16) {
         self.write_bytes(gpa, &v.to_le_bytes());
     }
@@ -226,6 +238,79 @@ impl std::ops::Deref for Driver {
     fn deref(&self) -> &DriverMemory {
         &self.space
     }
+}
+
+/// Lengths of `pieces` near-equal buffers (at least one, none empty unless `total` is 0)
+/// adding up to `total`.
+pub(super) fn cut(total: usize, pieces: usize) -> Vec<u32> {
+    let pieces = pieces.clamp(1, total.max(1));
+    let each = total / pieces;
+    (0..pieces)
+        .map(|i| {
+            if i + 1 == pieces {
+                (total - each * (pieces - 1)) as u32
+            } else {
+                each as u32
+            }
+        })
+        .collect()
+}
+
+/// A guest TX chain for `frame` in `layout`: the bytes (a zeroed `hdr_len`-byte header,
+/// then the frame), the buffer lengths, and whether they go through an indirect table.
+pub(super) fn tx_chain(
+    hdr_len: usize,
+    frame: &[u8],
+    layout: TxLayout,
+) -> (Vec<u8>, Vec<u32>, bool) {
+    let h = hdr_len as u32;
+    let mut bytes = vec![0u8; hdr_len];
+    bytes.extend_from_slice(frame);
+    let f = frame.len();
+    let (lens, indirect) = match layout {
+        TxLayout::Joined => (vec![h + f as u32], false),
+        TxLayout::SplitHeader => (vec![h, f as u32], false),
+        TxLayout::Pieces(n) => ([vec![h], cut(f, n)].concat(), false),
+        TxLayout::Indirect(n) => ([vec![h], cut(f, n)].concat(), true),
+    };
+    (bytes, lens, indirect)
+}
+
+/// Reassembles the first frame the device delivered in the used `elems` (following
+/// `num_buffers` with `mrg`), reading each chain with `chain_bytes`; returns it and how many
+/// elements it took.
+pub(super) fn next_frame(
+    elems: &[UsedElem],
+    mrg: bool,
+    hdr_len: usize,
+    chain_bytes: impl Fn(UsedElem) -> Vec<u8>,
+) -> (RxFrame, usize) {
+    let mut bytes = chain_bytes(elems[0]);
+    let mut take = 1;
+    let mut nb = 1u16;
+    if mrg {
+        // The header (with num_buffers) may itself span buffers.
+        while bytes.len() < 12 && take < elems.len() {
+            bytes.extend(chain_bytes(elems[take]));
+            take += 1;
+        }
+        if bytes.len() >= 12 {
+            nb = u16::from_le_bytes([bytes[10], bytes[11]]);
+        }
+        while take < usize::from(nb) && take < elems.len() {
+            bytes.extend(chain_bytes(elems[take]));
+            take += 1;
+        }
+    } else if hdr_len == 12 && bytes.len() >= 12 {
+        nb = u16::from_le_bytes([bytes[10], bytes[11]]);
+    }
+    let h = hdr_len.min(bytes.len());
+    let frame = RxFrame {
+        header: bytes[..h].to_vec(),
+        num_buffers: nb,
+        frame: bytes[h..].to_vec(),
+    };
+    (frame, take)
 }
 
 /// A memfd of `len` bytes.
@@ -465,43 +550,20 @@ impl Driver {
         Some(head)
     }
 
-    fn cut(total: usize, pieces: usize) -> Vec<u32> {
-        let pieces = pieces.clamp(1, total.max(1));
-        let each = total / pieces;
-        (0..pieces)
-            .map(|i| {
-                if i + 1 == pieces {
-                    (total - each * (pieces - 1)) as u32
-                } else {
-                    each as u32
-                }
-            })
-            .collect()
-    }
-
     /// Posts `frame` for the device to take (guest TX), behind a zeroed header.
     pub fn post_tx(&mut self, frame: &[u8], layout: TxLayout) -> Option<u16> {
-        let h = self.hdr_len as u32;
-        let mut bytes = vec![0u8; self.hdr_len];
-        bytes.extend_from_slice(frame);
-        let f = frame.len();
-        let (lens, indirect) = match layout {
-            TxLayout::Joined => (vec![h + f as u32], false),
-            TxLayout::SplitHeader => (vec![h, f as u32], false),
-            TxLayout::Pieces(n) => ([vec![h], Driver::cut(f, n)].concat(), false),
-            TxLayout::Indirect(n) => ([vec![h], Driver::cut(f, n)].concat(), true),
-        };
+        let (bytes, lens, indirect) = tx_chain(self.hdr_len, frame, layout);
         self.post(&lens, false, indirect, Some(&bytes))
     }
 
     /// Posts a device-writable buffer of `len` bytes cut into `pieces` descriptors (guest RX).
     pub fn post_rx(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&Driver::cut(len as usize, pieces), true, false, None)
+        self.post(&cut(len as usize, pieces), true, false, None)
     }
 
     /// As `post_rx`, through an indirect table.
     pub fn post_rx_indirect(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&Driver::cut(len as usize, pieces), true, true, None)
+        self.post(&cut(len as usize, pieces), true, true, None)
     }
 
     /// Takes every new used element and frees its chain's descriptors (its buffers can
@@ -523,16 +585,11 @@ impl Driver {
 
     /// The bytes the device wrote into the chain of `e`.
     pub fn chain_bytes(&self, e: UsedElem) -> Vec<u8> {
-        let mut left = e.len as usize;
-        let mut v = Vec::with_capacity(left);
-        if let Some(c) = self.chains.get(e.id as usize) {
-            for &(gpa, len) in &c.bufs {
-                let n = left.min(len as usize);
-                v.extend(self.read_bytes(gpa, n));
-                left -= n;
-            }
-        }
-        v
+        let bufs = self
+            .chains
+            .get(e.id as usize)
+            .map_or(&[][..], |c| &c.bufs[..]);
+        self.read_bufs(bufs, e.len as usize)
     }
 
     /// Reaps used elements and reassembles the frames the device delivered (following
@@ -548,25 +605,7 @@ impl Driver {
         let mut frames = Vec::new();
         let mut i = 0;
         while i < elems.len() {
-            let mut bytes = self.chain_bytes(elems[i]);
-            let mut take = 1;
-            let mut nb = 1u16;
-            if mrg {
-                // The header (with num_buffers) may itself span buffers.
-                while bytes.len() < 12 && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-                if bytes.len() >= 12 {
-                    nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-                }
-                while take < usize::from(nb) && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-            } else if self.hdr_len == 12 && bytes.len() >= 12 {
-                nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-            }
+            let (frame, take) = next_frame(&elems[i..], mrg, self.hdr_len, |e| self.chain_bytes(e));
             for e in &elems[i..(i + take).min(elems.len())] {
                 if let Some(c) = self.chains.get_mut(e.id as usize) {
                     let c = std::mem::take(c);
@@ -574,12 +613,7 @@ impl Driver {
                 }
             }
             i += take;
-            let h = self.hdr_len.min(bytes.len());
-            frames.push(RxFrame {
-                header: bytes[..h].to_vec(),
-                num_buffers: nb,
-                frame: bytes[h..].to_vec(),
-            });
+            frames.push(frame);
         }
         frames
     }
