@@ -46,8 +46,8 @@ use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::memory::GuestMemory;
 use super::virtq::{
-    feature, fill_seg, gather, gather_one, QueueStats, RingAddrs, RingError, RxPool, Seg,
-    BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
+    feature, fill_seg, gather, gather_one, take_frame, QueueStats, RingAddrs, RingError, RxPool,
+    Seg, BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
 };
 use crate::prefetch;
 use crate::switch::io::{Burst, Packet};
@@ -591,40 +591,31 @@ impl PackedQueue {
             match outcome {
                 Err(counter) => *counter += 1,
                 Ok(len) => {
-                    let Some(mut pkt) = pool.alloc(len) else {
-                        stats.no_mbufs += 1;
+                    let copy = |dst: &mut [u8]| {
+                        if nsegs <= MAX_SEGS {
+                            gather(&segs[..nsegs], self.hdr_len, dst)
+                        } else {
+                            // Long chain: walk it again, copying; the guest may have changed it
+                            // in between, so the copy checks the shape and lengths again.
+                            let mut skip = self.hdr_len;
+                            let mut at = 0usize;
+                            let mut fits = true;
+                            let again = self.walk(mem, false, |s| {
+                                fits = gather_one(s, &mut skip, dst, &mut at);
+                                fits
+                            });
+                            again
+                                == (Walk::Chain {
+                                    id,
+                                    ndesc,
+                                    bad: false,
+                                })
+                                && fits
+                                && at == dst.len()
+                        }
+                    };
+                    if !take_frame(pool, len, out, stats, &mut got, copy) {
                         break;
-                    };
-                    let dst = pkt.data_mut();
-                    let copied = if nsegs <= MAX_SEGS {
-                        gather(&segs[..nsegs], self.hdr_len, dst)
-                    } else {
-                        // Long chain: walk it again, copying; the guest may have changed it
-                        // in between, so the copy checks the shape and lengths again.
-                        let mut skip = self.hdr_len;
-                        let mut at = 0usize;
-                        let mut fits = true;
-                        let again = self.walk(mem, false, |s| {
-                            fits = gather_one(s, &mut skip, dst, &mut at);
-                            fits
-                        });
-                        again
-                            == (Walk::Chain {
-                                id,
-                                ndesc,
-                                bad: false,
-                            })
-                            && fits
-                            && at == dst.len()
-                    };
-                    if copied {
-                        stats.packets += 1;
-                        stats.bytes += len as u64;
-                        got += 1;
-                        // Cannot fail: the loop runs while `out` has room.
-                        let _ = out.push(pkt);
-                    } else {
-                        stats.bad_chains += 1;
                     }
                 }
             }

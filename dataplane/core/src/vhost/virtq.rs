@@ -539,33 +539,24 @@ impl SplitQueue {
             match outcome {
                 Err(counter) => *counter += 1,
                 Ok(len) => {
-                    let Some(mut pkt) = pool.alloc(len) else {
-                        stats.no_mbufs += 1;
+                    let copy = |dst: &mut [u8]| {
+                        if nsegs <= MAX_SEGS {
+                            gather(&segs[..nsegs], self.hdr_len, dst)
+                        } else {
+                            // Long chain: walk it again, copying; the guest may have changed
+                            // it in between, so the copy checks the lengths add up again.
+                            let mut skip = self.hdr_len;
+                            let mut at = 0usize;
+                            let mut fits = true;
+                            let again = self.table.walk(mem, &mut self.hint, head, false, |s| {
+                                fits = gather_one(s, &mut skip, dst, &mut at);
+                                fits
+                            });
+                            again.is_ok() && fits && at == dst.len()
+                        }
+                    };
+                    if !take_frame(pool, len, out, stats, &mut got, copy) {
                         break;
-                    };
-                    let dst = pkt.data_mut();
-                    let copied = if nsegs <= MAX_SEGS {
-                        gather(&segs[..nsegs], self.hdr_len, dst)
-                    } else {
-                        // Long chain: walk it again, copying; the guest may have changed
-                        // it in between, so the copy checks the lengths add up again.
-                        let mut skip = self.hdr_len;
-                        let mut at = 0usize;
-                        let mut fits = true;
-                        let again = self.table.walk(mem, &mut self.hint, head, false, |s| {
-                            fits = gather_one(s, &mut skip, dst, &mut at);
-                            fits
-                        });
-                        again.is_ok() && fits && at == dst.len()
-                    };
-                    if copied {
-                        stats.packets += 1;
-                        stats.bytes += len as u64;
-                        got += 1;
-                        // Cannot fail: at most out.room() chains are taken.
-                        let _ = out.push(pkt);
-                    } else {
-                        stats.bad_chains += 1;
                     }
                 }
             }
@@ -948,6 +939,35 @@ impl SplitQueue {
         })?;
         Ok(pos - from)
     }
+}
+
+/// Takes one guest TX frame of `len` bytes: a packet from `pool` that `copy` fills from the
+/// chain, appended to `out` (counted in `stats` and `*got`) when the copy holds, else counted
+/// in `bad_chains`. False when the pool is empty (`no_mbufs`): the caller stops. The
+/// frame step of both ring layouts' `dequeue`; `out` must have room.
+#[inline(always)]
+pub(super) fn take_frame<P: RxPool>(
+    pool: &mut P,
+    len: usize,
+    out: &mut Burst<P::Pkt>,
+    stats: &mut QueueStats,
+    got: &mut usize,
+    copy: impl FnOnce(&mut [u8]) -> bool,
+) -> bool {
+    let Some(mut pkt) = pool.alloc(len) else {
+        stats.no_mbufs += 1;
+        return false;
+    };
+    if copy(pkt.data_mut()) {
+        stats.packets += 1;
+        stats.bytes += len as u64;
+        *got += 1;
+        // Cannot fail: the callers take at most `out.room()` chains.
+        let _ = out.push(pkt);
+    } else {
+        stats.bad_chains += 1;
+    }
+    true
 }
 
 /// Writes bytes `*at..` of (`hdr[..hdr_len]` then `frame`) into the buffer `s`, as far as
