@@ -1,7 +1,8 @@
 //! Test doubles for the packed ring: an in-process virtio 1.1 *driver* ([`PackedDriver`])
-//! over a memfd mapped through [`GuestMemory::map`], and the packed-ring fuzz entry point
-//! [`fuzz_packed`]. Used by unit tests, the fuzz target and the criterion benches; never by
-//! the switch itself. The packet pool and frame types are [`super::testing`]'s.
+//! over a memfd mapped through [`GuestMemory::map`](super::memory::GuestMemory::map), and
+//! the packed-ring fuzz entry point [`fuzz_packed`]. Used by unit tests, the fuzz target
+//! and the criterion benches; never by the switch itself. The packet pool and frame types
+//! are [`super::testing`]'s.
 //!
 //! The driver lays out one region: descriptor ring, driver and device event areas, one
 //! indirect table per buffer id and one data slot per buffer id. Buffer ids come from a free
@@ -11,11 +12,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use super::memory::{GuestMemory, RegionSpec};
 use super::packed::{PackedQueue, DESC_F_AVAIL, DESC_F_USED};
 use super::testing::{
-    cut, header_len, next_frame, round_up, tx_chain, RxFrame, TxLayout, UsedElem, VecPacket,
-    VecPool, F_INDIRECT, F_NEXT, F_WRITE,
+    cut, fuzz_features, header_len, next_frame, round_up, tx_chain, FuzzMemory, RxFrame, TxLayout,
+    UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE, MEM, UVA,
 };
 pub use super::testing::{DriverMemory, GPA_BASE, INDIRECT_MAX, UVA_BASE};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool};
@@ -471,36 +471,17 @@ pub fn drain_tx_packed(
 /// the avail position); a broken queue stays broken and does nothing. Panics (a fuzz
 /// finding) when an invariant fails.
 pub fn fuzz_packed(data: &[u8]) {
-    const MEM: usize = 1 << 15;
-    const UVA: u64 = 0x10_0000;
     let Some((&cfg, rest)) = data.split_first() else {
         return;
     };
     let size = 1u16 << (cfg & 7);
     let n = usize::from(size);
-    let mut features = feature::RING_PACKED;
-    if cfg & 8 != 0 {
-        features |= feature::MRG_RXBUF;
-    }
-    if cfg & 16 != 0 {
-        features |= feature::INDIRECT_DESC;
-    }
-    if cfg & 32 != 0 {
-        features |= feature::EVENT_IDX;
-    }
-    if cfg & 64 != 0 {
-        features |= feature::VERSION_1;
-    }
+    let features = fuzz_features(cfg, feature::RING_PACKED);
     // Tame: buffers in the data area, ids and flags near legal, so chains are often valid.
     let tame = cfg & 128 != 0;
     let (drv_off, dev_off, data_off) = (2048usize, 2112usize, 4096usize);
-    let mut mem_buf = vec![0u64; MEM / 8];
-    let base = mem_buf.as_mut_ptr().cast::<u8>();
-    let wr = |off: usize, bytes: &[u8]| {
-        assert!(off + bytes.len() <= MEM);
-        // SAFETY: in bounds (asserted); `mem_buf` is only accessed through `base`.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), bytes.len()) };
-    };
+    let mem_buf = FuzzMemory::new();
+    let wr = |off: usize, bytes: &[u8]| mem_buf.write(off, bytes);
     let mut at = 0usize;
     let mut byte = || {
         let b = rest.get(at).copied().unwrap_or(0);
@@ -551,15 +532,9 @@ pub fn fuzz_packed(data: &[u8]) {
     }
     let left = rest.get(at..).unwrap_or(&[]);
     wr(data_off, &left[..left.len().min(MEM - data_off)]);
-    let spec = RegionSpec {
-        guest_phys_addr: 0,
-        size: MEM as u64,
-        user_addr: UVA,
-        mmap_offset: 0,
-    };
     // SAFETY: `mem_buf` outlives `mem` and the queue (all dropped at the end of this
     // function) and is only touched through raw pointers meanwhile.
-    let mem = unsafe { GuestMemory::from_raw(&[(spec, base)]) };
+    let mem = unsafe { mem_buf.guest() };
     let addrs = RingAddrs {
         size,
         desc_uva: UVA,

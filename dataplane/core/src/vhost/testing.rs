@@ -746,20 +746,15 @@ impl RxPool for VecPool {
     }
 }
 
-/// Builds a small guest memory and queue from `data` (a configuration byte: queue size,
-/// features, "tame" mode; then indices, avail entries, descriptors and buffer bytes) and runs dequeue, enqueue and the notification
-/// calls on it, checking the invariants a hostile ring must not break: no panic, the used
-/// index advances by at most the queue size per call, every used id is below the size.
-/// Panics (a fuzz finding) when an invariant fails.
-pub fn fuzz_rings(data: &[u8]) {
-    const MEM: usize = 1 << 15;
-    const UVA: u64 = 0x10_0000;
-    let Some((&cfg, rest)) = data.split_first() else {
-        return;
-    };
-    let size = 1u16 << (cfg & 7);
-    let n = usize::from(size);
-    let mut features = 0;
+/// Bytes of the ring fuzzers' guest memory.
+pub(super) const MEM: usize = 1 << 15;
+/// Frontend address of the ring fuzzers' guest memory.
+pub(super) const UVA: u64 = 0x10_0000;
+
+/// The features the ring fuzzers' configuration byte `cfg` picks (bits 3-6: MRG_RXBUF,
+/// INDIRECT_DESC, EVENT_IDX, VERSION_1), added to `base`.
+pub(super) fn fuzz_features(cfg: u8, base: u64) -> u64 {
+    let mut features = base;
     if cfg & 8 != 0 {
         features |= feature::MRG_RXBUF;
     }
@@ -772,17 +767,67 @@ pub fn fuzz_rings(data: &[u8]) {
     if cfg & 64 != 0 {
         features |= feature::VERSION_1;
     }
+    features
+}
+
+/// The ring fuzzers' guest memory: `MEM` zeroed, 8-aligned heap bytes, written through
+/// `base` only.
+pub(super) struct FuzzMemory {
+    _buf: Vec<u64>,
+    /// The first byte.
+    pub(super) base: *mut u8,
+}
+
+impl FuzzMemory {
+    pub(super) fn new() -> FuzzMemory {
+        let mut buf = vec![0u64; MEM / 8];
+        let base = buf.as_mut_ptr().cast::<u8>();
+        FuzzMemory { _buf: buf, base }
+    }
+
+    /// Writes `bytes` at `off`.
+    pub(super) fn write(&self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= MEM);
+        // SAFETY: in bounds (asserted); the buffer is only accessed through `base`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(off), bytes.len()) };
+    }
+
+    /// The memory as a guest's, at guest address 0 and frontend address `UVA`.
+    ///
+    /// # Safety
+    /// `self` must outlive the returned memory and every queue mapped in it.
+    pub(super) unsafe fn guest(&self) -> GuestMemory {
+        let spec = RegionSpec {
+            guest_phys_addr: 0,
+            size: MEM as u64,
+            user_addr: UVA,
+            mmap_offset: 0,
+        };
+        // SAFETY: `MEM` bytes at `base` stay allocated as long as `self` (the caller's
+        // promise), and are only touched through raw pointers.
+        unsafe { GuestMemory::from_raw(&[(spec, self.base)]) }
+    }
+}
+
+/// Builds a small guest memory and queue from `data` (a configuration byte: queue size,
+/// features, "tame" mode; then indices, avail entries, descriptors and buffer bytes) and runs dequeue, enqueue and the notification
+/// calls on it, checking the invariants a hostile ring must not break: no panic, the used
+/// index advances by at most the queue size per call, every used id is below the size.
+/// Panics (a fuzz finding) when an invariant fails.
+pub fn fuzz_rings(data: &[u8]) {
+    let Some((&cfg, rest)) = data.split_first() else {
+        return;
+    };
+    let size = 1u16 << (cfg & 7);
+    let n = usize::from(size);
+    let features = fuzz_features(cfg, 0);
     // Tame: keep buffers out of the rings and indices near range, so chains are often valid
     // and used entries are not overwritten by frame data (then they can be checked).
     let tame = cfg & 128 != 0;
     let (avail_off, used_off, data_off) = (2048usize, 2560usize, 4096usize);
-    let mut mem_buf = vec![0u64; MEM / 8];
-    let base = mem_buf.as_mut_ptr().cast::<u8>();
-    let wr = |off: usize, bytes: &[u8]| {
-        assert!(off + bytes.len() <= MEM);
-        // SAFETY: in bounds (asserted); `mem_buf` is only accessed through `base`.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), bytes.len()) };
-    };
+    let mem_buf = FuzzMemory::new();
+    let base = mem_buf.base;
+    let wr = |off: usize, bytes: &[u8]| mem_buf.write(off, bytes);
     // The input, compactly: base index, avail index delta, avail flags, used_event, one byte
     // per avail entry, six bytes per descriptor, then buffer contents. Missing bytes are 0.
     let mut at = 0usize;
@@ -841,15 +886,9 @@ pub fn fuzz_rings(data: &[u8]) {
     // Indirect tables and buffers live in the data area: fill it with what is left.
     let left = rest.get(at..).unwrap_or(&[]);
     wr(data_off, &left[..left.len().min(MEM - data_off)]);
-    let spec = RegionSpec {
-        guest_phys_addr: 0,
-        size: MEM as u64,
-        user_addr: UVA,
-        mmap_offset: 0,
-    };
     // SAFETY: `mem_buf` outlives `mem` and the queue (all dropped at the end of this
     // function) and is only touched through raw pointers meanwhile.
-    let mem = unsafe { GuestMemory::from_raw(&[(spec, base)]) };
+    let mem = unsafe { mem_buf.guest() };
     let addrs = RingAddrs {
         size,
         desc_uva: UVA,
