@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use super::packed::{PackedQueue, DESC_F_AVAIL, DESC_F_USED};
 use super::testing::{
-    cut, fuzz_features, header_len, next_frame, round_up, tx_chain, FuzzMemory, RxFrame, TxLayout,
-    UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE, MEM, UVA,
+    cut, fuzz_features, next_frame, round_up, tx_chain, FuzzMemory, RxFrame, TxLayout, UsedElem,
+    VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE, MEM, UVA,
 };
 pub use super::testing::{DriverMemory, GPA_BASE, INDIRECT_MAX, UVA_BASE};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool};
@@ -46,9 +46,7 @@ struct Chain {
 pub struct PackedDriver {
     /// The memory (`mem`, its file, the slots), reached through `Deref`.
     space: DriverMemory,
-    size: u16,
     features: u64,
-    hdr_len: usize,
     base: u16,
     drv_off: u64,
     dev_off: u64,
@@ -86,14 +84,12 @@ impl PackedDriver {
         let n = u64::from(size);
         let drv_off = round_up(16 * n, 64);
         let dev_off = drv_off + 64;
-        let space = DriverMemory::new(size, dev_off + 64, slot);
+        let space = DriverMemory::new(size, features, dev_off + 64, slot);
         let wrap = base & 0x8000 != 0;
         let start = base & 0x7fff;
         let d = PackedDriver {
             space,
-            size,
             features: features | feature::RING_PACKED,
-            hdr_len: header_len(features),
             base,
             drv_off,
             dev_off,
@@ -134,16 +130,6 @@ impl PackedDriver {
     /// The features the queue is built with (`RING_PACKED` included).
     pub fn features(&self) -> u64 {
         self.features
-    }
-
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
-    /// Virtio-net header length for the features.
-    pub fn header_len(&self) -> usize {
-        self.hdr_len
     }
 
     /// Guest-physical address of ring descriptor `i`.

@@ -90,9 +90,7 @@ struct Chain {
 pub struct Driver {
     /// The memory (`mem`, its file, the slots), reached through `Deref`.
     space: DriverMemory,
-    size: u16,
     features: u64,
-    hdr_len: usize,
     base: u16,
     avail_off: u64,
     used_off: u64,
@@ -114,6 +112,8 @@ pub struct DriverMemory {
     pub mem: Arc<GuestMemory>,
     /// The memfd behind `mem` (what a frontend sends in `SET_MEM_TABLE`).
     file: File,
+    pub(super) size: u16,
+    pub(super) hdr_len: usize,
     pub(super) slot: u64,
     ind_off: u64,
     data_off: u64,
@@ -134,9 +134,10 @@ pub(super) fn header_len(features: u64) -> usize {
 }
 
 impl DriverMemory {
-    /// Maps a region whose rings take its first `rings` bytes, with an indirect table and a
-    /// `slot`-byte data slot (rounded up to 64) for each of `size` descriptors or ids.
-    pub(super) fn new(size: u16, rings: u64, slot: u32) -> DriverMemory {
+    /// Maps a region for a queue of `size` with `features`, whose rings take its first
+    /// `rings` bytes, with an indirect table and a `slot`-byte data slot (rounded up to 64)
+    /// for each of the `size` descriptors or ids.
+    pub(super) fn new(size: u16, features: u64, rings: u64, slot: u32) -> DriverMemory {
         let n = u64::from(size);
         let slot = round_up(u64::from(slot), 64);
         let ind_off = round_up(rings, 4096);
@@ -154,11 +155,23 @@ impl DriverMemory {
         DriverMemory {
             mem,
             file,
+            size,
+            hdr_len: header_len(features),
             slot,
             ind_off,
             data_off,
             end,
         }
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Virtio-net header length for the features.
+    pub fn header_len(&self) -> usize {
+        self.hdr_len
     }
 
     /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
@@ -337,12 +350,10 @@ impl Driver {
         let n = u64::from(size);
         let avail_off = 16 * n;
         let used_off = round_up(avail_off + 6 + 2 * n, 4096);
-        let space = DriverMemory::new(size, used_off + 6 + 8 * n, slot);
+        let space = DriverMemory::new(size, features, used_off + 6 + 8 * n, slot);
         let mut d = Driver {
             space,
-            size,
             features,
-            hdr_len: header_len(features),
             base,
             avail_off,
             used_off,
@@ -370,16 +381,6 @@ impl Driver {
     /// The device side of this queue.
     pub fn queue(&self) -> SplitQueue {
         SplitQueue::new(&self.mem, &self.addrs(), self.base, self.features).expect("test rings")
-    }
-
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
-    /// Virtio-net header length for the features.
-    pub fn header_len(&self) -> usize {
-        self.hdr_len
     }
 
     /// Guest-physical address of the descriptor table.
