@@ -46,8 +46,8 @@ use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::memory::GuestMemory;
 use super::virtq::{
-    feature, fill_seg, gather, gather_one, take_frame, QueueStats, RingAddrs, RingError, RxPool,
-    Seg, BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
+    feature, fill_seg, gather, gather_one, rx_header, take_frame, QueueStats, RingAddrs, RingError,
+    RxPool, Seg, BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
 };
 use crate::prefetch;
 use crate::switch::io::{Burst, Packet};
@@ -531,6 +531,19 @@ impl PackedQueue {
         }
     }
 
+    /// The start of a burst: false when the queue may not run (broken, or `mem` is not the
+    /// table it was mapped in); else rewrites the device event suppression when asked for.
+    #[inline(always)]
+    fn begin(&mut self, mem: &GuestMemory) -> bool {
+        if self.broken || mem.id() != self.mem_id {
+            return false;
+        }
+        if self.suppress {
+            self.write_device_event();
+        }
+        true
+    }
+
     /// Guest TX: takes up to `out.room()` available chains, copies each frame (after the
     /// virtio-net header) into a packet from `pool` and appends it to `out`; every chain
     /// taken goes back as used with length 0. A chain that breaks a buffer rule, or whose
@@ -544,11 +557,8 @@ impl PackedQueue {
         out: &mut Burst<P::Pkt>,
         stats: &mut QueueStats,
     ) -> usize {
-        if self.broken || mem.id() != self.mem_id {
+        if !self.begin(mem) {
             return 0;
-        }
-        if self.suppress {
-            self.write_device_event();
         }
         let max_len = pool.max_len();
         let hdr_len = self.hdr_len as u64;
@@ -647,17 +657,10 @@ impl PackedQueue {
         pkts: &[Q],
         stats: &mut QueueStats,
     ) -> usize {
-        if self.broken || mem.id() != self.mem_id {
+        if !self.begin(mem) {
             return 0;
         }
-        if self.suppress {
-            self.write_device_event();
-        }
-        let mut hdr = [0u8; 12];
-        if self.hdr_len == 12 && !self.mrg {
-            // Without MRG_RXBUF a virtio 1 device sets num_buffers to 1.
-            hdr[10] = 1;
-        }
+        let hdr = rx_header(self.hdr_len, self.mrg);
         let start_used = self.used_position();
         let mut done = 0;
         let bad_limit = stats.bad_chains + BAD_CHAIN_BUDGET;

@@ -597,11 +597,7 @@ impl SplitQueue {
         if self.suppress {
             self.write_avail_event();
         }
-        let mut hdr = [0u8; 12];
-        if self.hdr_len == 12 && !self.mrg {
-            // Without MRG_RXBUF a virtio 1 device sets num_buffers to 1.
-            hdr[10] = 1;
-        }
+        let hdr = rx_header(self.hdr_len, self.mrg);
         let ready = usize::from(avail_idx.wrapping_sub(self.last_avail));
         self.prefetch_ahead(mem, ready.min(pkts.len()), true);
         let mut used = self.used_idx;
@@ -939,6 +935,19 @@ impl SplitQueue {
         })?;
         Ok(pos - from)
     }
+}
+
+/// The virtio-net header written before each guest RX frame: zeroed, except `num_buffers`
+/// set to 1 by a virtio 1 device (12-byte header) without MRG_RXBUF (with it, the frame's
+/// buffer count is patched in later).
+#[inline(always)]
+pub(super) fn rx_header(hdr_len: usize, mrg: bool) -> [u8; 12] {
+    let mut hdr = [0u8; 12];
+    if hdr_len == 12 && !mrg {
+        // Without MRG_RXBUF a virtio 1 device sets num_buffers to 1.
+        hdr[10] = 1;
+    }
+    hdr
 }
 
 /// Takes one guest TX frame of `len` bytes: a packet from `pool` that `copy` fills from the
