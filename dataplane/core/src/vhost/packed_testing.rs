@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use super::packed::{PackedQueue, DESC_F_AVAIL, DESC_F_USED};
 use super::testing::{
-    cut, fuzz_features, next_frame, round_up, tx_chain, FuzzMemory, RxFrame, TxLayout, UsedElem,
-    VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE, MEM, UVA,
+    cut, desc_bytes, fuzz_features, next_frame, round_up, tx_chain, FuzzMemory, RxFrame, TxLayout,
+    UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE, MEM, UVA,
 };
 pub use super::testing::{DriverMemory, GPA_BASE, INDIRECT_MAX, UVA_BASE};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool};
@@ -168,11 +168,7 @@ impl PackedDriver {
     /// Writes a descriptor (all fields, flags exactly as given) anywhere: a ring slot
     /// (hostile tests) or an indirect table entry.
     pub fn write_desc_at(&self, gpa: u64, d: PackedDesc) {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&d.addr.to_le_bytes());
-        b[8..12].copy_from_slice(&d.len.to_le_bytes());
-        b[12..14].copy_from_slice(&d.id.to_le_bytes());
-        b[14..16].copy_from_slice(&d.flags.to_le_bytes());
+        let b = desc_bytes(d.addr, d.len, d.id, d.flags);
         self.write_bytes(gpa, &b);
     }
 
@@ -509,11 +505,7 @@ pub fn fuzz_packed(data: &[u8]) {
         let flags = u16::from(f & 7)
             | if f & 8 != 0 { DESC_F_AVAIL } else { 0 }
             | if f & 16 != 0 { DESC_F_USED } else { 0 };
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&id.to_le_bytes());
-        d[14..16].copy_from_slice(&flags.to_le_bytes());
+        let d = desc_bytes(addr, len, id, flags);
         wr(16 * i, &d);
     }
     let left = rest.get(at..).unwrap_or(&[]);

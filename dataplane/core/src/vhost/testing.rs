@@ -326,6 +326,17 @@ pub(super) fn next_frame(
     (frame, take)
 }
 
+/// A 16-byte descriptor as the guest writes it, little-endian: `addr`, `len`, then two
+/// 16-bit fields (split ring: flags, next; packed ring: id, flags).
+pub(super) fn desc_bytes(addr: u64, len: u32, a: u16, b: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&a.to_le_bytes());
+    d[14..16].copy_from_slice(&b.to_le_bytes());
+    d
+}
+
 /// A memfd of `len` bytes.
 pub fn memfd(len: u64) -> File {
     // SAFETY: the name is a valid C string; memfd_create has no other precondition.
@@ -390,11 +401,7 @@ impl Driver {
 
     /// Writes a descriptor at any guest address (a table entry or anywhere).
     pub fn write_desc_at(&self, gpa: u64, d: RawDesc) {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&d.addr.to_le_bytes());
-        b[8..12].copy_from_slice(&d.len.to_le_bytes());
-        b[12..14].copy_from_slice(&d.flags.to_le_bytes());
-        b[14..16].copy_from_slice(&d.next.to_le_bytes());
+        let b = desc_bytes(d.addr, d.len, d.flags, d.next);
         self.write_bytes(gpa, &b);
     }
 
@@ -877,11 +884,7 @@ pub fn fuzz_rings(data: &[u8]) {
             };
             (addr, len, u16::from(flags & 7), next)
         };
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
+        let d = desc_bytes(addr, len, flags, next);
         wr(16 * i, &d);
     }
     // Indirect tables and buffers live in the data area: fill it with what is left.
