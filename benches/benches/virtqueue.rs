@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use heddle_dataplane::switch::io::{Burst, BURST};
 use heddle_dataplane::switch::testing::{frame, mac, TestPacket};
+use heddle_dataplane::vhost::memory::GuestMemory;
+use heddle_dataplane::vhost::packed::PackedQueue;
 use heddle_dataplane::vhost::packed_testing::PackedDriver;
 use heddle_dataplane::vhost::testing::{Driver, TxLayout, VecPacket, VecPool};
-use heddle_dataplane::vhost::virtq::{feature, QueueStats};
+use heddle_dataplane::vhost::virtq::{feature, QueueStats, SplitQueue};
 
 const QUEUE: u16 = 256;
 
@@ -26,8 +28,90 @@ fn features(mrg: bool) -> u64 {
     feature::VERSION_1 | if mrg { feature::MRG_RXBUF } else { 0 }
 }
 
-fn dequeue(c: &mut Criterion) {
-    let mut g = c.benchmark_group("virtq_dequeue");
+/// A ring layout as the benches drive it: its in-process driver (`Self`) and device-side
+/// queue (`Queue`). Every method forwards to the layout's own, inlined, so one bench body
+/// measures both layouts with nothing added to the timed call.
+trait Layout: Sized {
+    type Queue;
+    /// The criterion group prefix (`virtq` for split, `virtq_packed` for packed).
+    const GROUP: &'static str;
+    /// A driver with 2 KiB slots at the layout's initial ring position.
+    fn driver(features: u64) -> Self;
+    fn device(&self) -> Self::Queue;
+    fn mem(&self) -> &GuestMemory;
+    fn post_tx(&mut self, frame: &[u8], layout: TxLayout);
+    fn post_rx(&mut self, len: u32);
+    fn recycle(&mut self);
+    fn dequeue(
+        q: &mut Self::Queue,
+        mem: &GuestMemory,
+        pool: &mut VecPool,
+        out: &mut Burst<VecPacket>,
+        stats: &mut QueueStats,
+    ) -> usize;
+    fn enqueue(
+        q: &mut Self::Queue,
+        mem: &GuestMemory,
+        pkts: &[TestPacket],
+        stats: &mut QueueStats,
+    ) -> usize;
+}
+
+/// Implements [`Layout`] for a driver type and its queue type.
+macro_rules! layout {
+    ($driver:ty, $queue:ty, $group:literal, $base:expr) => {
+        impl Layout for $driver {
+            type Queue = $queue;
+            const GROUP: &'static str = $group;
+            fn driver(features: u64) -> Self {
+                <$driver>::with(QUEUE, features, $base, 2048)
+            }
+            fn device(&self) -> $queue {
+                let mut q = self.queue();
+                q.suppress_notifications();
+                q
+            }
+            fn mem(&self) -> &GuestMemory {
+                &self.mem
+            }
+            fn post_tx(&mut self, frame: &[u8], layout: TxLayout) {
+                <$driver>::post_tx(self, frame, layout).expect("post");
+            }
+            fn post_rx(&mut self, len: u32) {
+                <$driver>::post_rx(self, len, 1).expect("post");
+            }
+            #[inline(always)]
+            fn recycle(&mut self) {
+                <$driver>::recycle(self)
+            }
+            #[inline(always)]
+            fn dequeue(
+                q: &mut $queue,
+                mem: &GuestMemory,
+                pool: &mut VecPool,
+                out: &mut Burst<VecPacket>,
+                stats: &mut QueueStats,
+            ) -> usize {
+                q.dequeue(mem, pool, out, stats)
+            }
+            #[inline(always)]
+            fn enqueue(
+                q: &mut $queue,
+                mem: &GuestMemory,
+                pkts: &[TestPacket],
+                stats: &mut QueueStats,
+            ) -> usize {
+                q.enqueue(mem, pkts, stats)
+            }
+        }
+    };
+}
+
+layout!(Driver, SplitQueue, "virtq", 0);
+layout!(PackedDriver, PackedQueue, "virtq_packed", 0x8000);
+
+fn dequeue<L: Layout>(c: &mut Criterion) {
+    let mut g = c.benchmark_group(format!("{}_dequeue", L::GROUP));
     g.throughput(Throughput::Elements(BURST as u64));
     for len in [64usize, 1518] {
         for mrg in [false, true] {
@@ -40,12 +124,11 @@ fn dequeue(c: &mut Criterion) {
                 }
                 let name = format!("{len}B/{}/{lname}", if mrg { "mrg" } else { "nomrg" });
                 g.bench_function(name, |b| {
-                    let mut d = Driver::with(QUEUE, features(mrg), 0, 2048);
-                    let mut q = d.queue();
-                    q.suppress_notifications();
+                    let mut d = L::driver(features(mrg));
+                    let mut q = d.device();
                     let f = frame(mac(1), mac(2), None, len);
                     for _ in 0..4 * BURST {
-                        d.post_tx(&f, layout).expect("post");
+                        d.post_tx(&f, layout);
                     }
                     let mut pool = VecPool::new(2048, 4 * BURST);
                     let mut burst: Burst<VecPacket> = Burst::new();
@@ -54,7 +137,7 @@ fn dequeue(c: &mut Criterion) {
                         let mut t = Duration::ZERO;
                         for _ in 0..iters {
                             let s = Instant::now();
-                            let n = q.dequeue(&d.mem, &mut pool, &mut burst, &mut stats);
+                            let n = L::dequeue(&mut q, d.mem(), &mut pool, &mut burst, &mut stats);
                             t += s.elapsed();
                             assert_eq!(n, BURST);
                             pool.give_back(burst.drain());
@@ -69,18 +152,17 @@ fn dequeue(c: &mut Criterion) {
     g.finish();
 }
 
-fn enqueue(c: &mut Criterion) {
-    let mut g = c.benchmark_group("virtq_enqueue");
+fn enqueue<L: Layout>(c: &mut Criterion) {
+    let mut g = c.benchmark_group(format!("{}_enqueue", L::GROUP));
     g.throughput(Throughput::Elements(BURST as u64));
     for len in [64usize, 1518] {
         for mrg in [false, true] {
             let name = format!("{len}B/{}", if mrg { "mrg" } else { "nomrg" });
             g.bench_function(name, |b| {
-                let mut d = Driver::with(QUEUE, features(mrg), 0, 2048);
-                let mut q = d.queue();
-                q.suppress_notifications();
+                let mut d = L::driver(features(mrg));
+                let mut q = d.device();
                 for _ in 0..4 * BURST {
-                    d.post_rx(2048, 1).expect("post");
+                    d.post_rx(2048);
                 }
                 let pkts: Vec<TestPacket> = (0..BURST)
                     .map(|i| TestPacket::new(&frame(mac(1), mac(2 + i as u32), None, len)))
@@ -90,7 +172,7 @@ fn enqueue(c: &mut Criterion) {
                     let mut t = Duration::ZERO;
                     for _ in 0..iters {
                         let s = Instant::now();
-                        let n = q.enqueue(&d.mem, &pkts, &mut stats);
+                        let n = L::enqueue(&mut q, d.mem(), &pkts, &mut stats);
                         t += s.elapsed();
                         assert_eq!(n, BURST);
                         d.recycle();
@@ -103,82 +185,11 @@ fn enqueue(c: &mut Criterion) {
     g.finish();
 }
 
-fn packed_dequeue(c: &mut Criterion) {
-    let mut g = c.benchmark_group("virtq_packed_dequeue");
-    g.throughput(Throughput::Elements(BURST as u64));
-    for len in [64usize, 1518] {
-        for mrg in [false, true] {
-            for (layout, lname) in [
-                (TxLayout::Joined, "joined"),
-                (TxLayout::SplitHeader, "split"),
-            ] {
-                if mrg && layout == TxLayout::SplitHeader {
-                    continue;
-                }
-                let name = format!("{len}B/{}/{lname}", if mrg { "mrg" } else { "nomrg" });
-                g.bench_function(name, |b| {
-                    let mut d = PackedDriver::with(QUEUE, features(mrg), 0x8000, 2048);
-                    let mut q = d.queue();
-                    q.suppress_notifications();
-                    let f = frame(mac(1), mac(2), None, len);
-                    for _ in 0..4 * BURST {
-                        d.post_tx(&f, layout).expect("post");
-                    }
-                    let mut pool = VecPool::new(2048, 4 * BURST);
-                    let mut burst: Burst<VecPacket> = Burst::new();
-                    let mut stats = QueueStats::default();
-                    b.iter_custom(|iters| {
-                        let mut t = Duration::ZERO;
-                        for _ in 0..iters {
-                            let s = Instant::now();
-                            let n = q.dequeue(&d.mem, &mut pool, &mut burst, &mut stats);
-                            t += s.elapsed();
-                            assert_eq!(n, BURST);
-                            pool.give_back(burst.drain());
-                            d.recycle();
-                        }
-                        t
-                    });
-                });
-            }
-        }
-    }
-    g.finish();
-}
-
-fn packed_enqueue(c: &mut Criterion) {
-    let mut g = c.benchmark_group("virtq_packed_enqueue");
-    g.throughput(Throughput::Elements(BURST as u64));
-    for len in [64usize, 1518] {
-        for mrg in [false, true] {
-            let name = format!("{len}B/{}", if mrg { "mrg" } else { "nomrg" });
-            g.bench_function(name, |b| {
-                let mut d = PackedDriver::with(QUEUE, features(mrg), 0x8000, 2048);
-                let mut q = d.queue();
-                q.suppress_notifications();
-                for _ in 0..4 * BURST {
-                    d.post_rx(2048, 1).expect("post");
-                }
-                let pkts: Vec<TestPacket> = (0..BURST)
-                    .map(|i| TestPacket::new(&frame(mac(1), mac(2 + i as u32), None, len)))
-                    .collect();
-                let mut stats = QueueStats::default();
-                b.iter_custom(|iters| {
-                    let mut t = Duration::ZERO;
-                    for _ in 0..iters {
-                        let s = Instant::now();
-                        let n = q.enqueue(&d.mem, &pkts, &mut stats);
-                        t += s.elapsed();
-                        assert_eq!(n, BURST);
-                        d.recycle();
-                    }
-                    t
-                });
-            });
-        }
-    }
-    g.finish();
-}
-
-criterion_group!(benches, dequeue, enqueue, packed_dequeue, packed_enqueue);
+criterion_group!(
+    benches,
+    dequeue::<Driver>,
+    enqueue::<Driver>,
+    dequeue::<PackedDriver>,
+    enqueue::<PackedDriver>
+);
 criterion_main!(benches);

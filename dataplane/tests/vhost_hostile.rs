@@ -10,29 +10,22 @@
 //! quiescent-state handshake; a worker that stops passing quiescent states aborts the test
 //! with a message instead of hanging it.
 
-use std::os::fd::{AsRawFd, FromRawFd};
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use heddle_dataplane::switch::io::Burst;
-use heddle_dataplane::vhost::device::VIRTIO_FEATURES;
-use heddle_dataplane::vhost::port::{VhostConfig, VhostPort};
-use heddle_dataplane::vhost::ring::PortRings;
-use heddle_dataplane::vhost::testing::{VecPacket, VecPool};
+use common::{
+    guest_memory, negotiate, quiesce, send_mem_table, set_up_tx_ring, start_port, wait, Worker,
+    BUFS, DESC, HDR, SIZE,
+};
+use heddle_dataplane::vhost::port::VhostPort;
 use heddle_dataplane::vhost::virtq::feature;
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::vhost_user::Frontend;
 use vmm_sys_util::eventfd::EventFd;
 
-const SIZE: u16 = 256;
-const MEM: usize = 4 << 20;
-const DESC: usize = 0;
 const AVAIL: usize = 0x1000;
 const USED: usize = 0x2000;
-const BUFS: usize = 0x10000;
-const HDR: usize = 12;
 
 /// The frontend's side of one port: shared memory with the TX ring (vring 1) in it.
 struct Guest {
@@ -45,86 +38,26 @@ struct Guest {
 
 impl Guest {
     fn connect(port: &VhostPort) -> Guest {
-        // SAFETY: a valid NUL-terminated name; the fd is owned by the File below.
-        let fd = unsafe { libc::memfd_create(c"hostile-guest".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` is fresh and owned by nothing else.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        file.set_len(MEM as u64).unwrap();
-        // SAFETY: mapping MEM bytes of a file that long, shared, at an address of the
-        // kernel's choosing; the mapping lives until the test process ends.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MEM,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        let mut frontend = Frontend::connect(&port.config().path, 2).expect("connect");
-        frontend.set_owner().unwrap();
-        frontend.get_features().unwrap();
-        frontend
-            .set_features(feature::VERSION_1 | (VIRTIO_FEATURES & (1 << 30)))
-            .unwrap();
-        frontend.get_protocol_features().unwrap();
-        frontend
-            .set_protocol_features(
-                VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK,
-            )
-            .unwrap();
-        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        let (file, base) = guest_memory(c"hostile-guest");
+        let (frontend, _) = negotiate(port, feature::VERSION_1);
         let mut g = Guest {
             file,
-            base: base.cast(),
+            base,
             frontend,
             avail: 0,
             _kick: EventFd::new(0).unwrap(),
         };
         g.send_mem_table();
-        let uva = g.base as u64;
-        g.frontend.set_vring_num(1, SIZE).unwrap();
-        g.frontend
-            .set_vring_addr(
-                1,
-                &VringConfigData {
-                    queue_max_size: SIZE,
-                    queue_size: SIZE,
-                    flags: 0,
-                    desc_table_addr: uva + DESC as u64,
-                    used_ring_addr: uva + USED as u64,
-                    avail_ring_addr: uva + AVAIL as u64,
-                    log_addr: None,
-                },
-            )
-            .unwrap();
-        g.frontend.set_vring_base(1, 0).unwrap();
-        g.frontend.set_vring_kick(1, &g._kick).unwrap();
-        g.frontend.set_vring_enable(1, true).unwrap();
+        set_up_tx_ring(&mut g.frontend, g.base, AVAIL, USED, 0, &g._kick);
         g
     }
 
     fn send_mem_table(&mut self) {
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: MEM as u64,
-            userspace_addr: self.base as u64,
-            mmap_offset: 0,
-            mmap_handle: self.file.as_raw_fd(),
-        };
-        self.frontend
-            .set_mem_table(&[region])
-            .expect("memory table");
+        send_mem_table(&mut self.frontend, &self.file, self.base);
     }
 
     fn write<T: Copy>(&self, off: usize, v: T) {
-        assert!(off + std::mem::size_of::<T>() <= MEM);
-        // SAFETY: in bounds of the mapping (checked above); the switch reads this memory
-        // concurrently, as a real guest's would be, and only through volatile accesses.
-        unsafe { std::ptr::write_volatile(self.base.add(off).cast::<T>(), v) }
+        common::write(self.base, off, v);
     }
 
     fn read_u16(&self, off: usize) -> u16 {
@@ -239,123 +172,12 @@ impl Pump {
 /// Writes a (hostile) chain at head `i`.
 type WriteChain = Box<dyn Fn(&Guest, u16)>;
 
-/// The PMD worker stand-in: polls every port's queue pair 0 and counts frames.
-struct Worker {
-    stop: Arc<AtomicBool>,
-    iterations: Arc<AtomicU64>,
-    received: Vec<Arc<AtomicU64>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Worker {
-    fn start(ports: Vec<Arc<PortRings>>, iterations: Arc<AtomicU64>) -> Worker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let received: Vec<_> = ports.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
-        let (s, r, it) = (stop.clone(), received.clone(), iterations.clone());
-        let thread = std::thread::spawn(move || {
-            // Marks the worker gone when its loop ends, normally or by a panic: the quiesce
-            // handshake then returns at once (nothing can hold a ring any more) and `wait`
-            // fails the test.
-            struct Gone(Arc<AtomicU64>);
-            impl Drop for Gone {
-                fn drop(&mut self) {
-                    if std::thread::panicking() {
-                        WORKER_PANICKED.store(true, Ordering::Relaxed);
-                    }
-                    self.0.store(u64::MAX, Ordering::Release);
-                }
-            }
-            let _gone = Gone(it.clone());
-            let mut pool = VecPool::new(2048, 64);
-            let mut burst: Burst<VecPacket> = Burst::new();
-            while !s.load(Ordering::Relaxed) {
-                for (rings, count) in ports.iter().zip(&r) {
-                    rings.rx_burst(0, &mut pool, &mut burst);
-                    count.fetch_add(burst.len() as u64, Ordering::Relaxed);
-                    pool.give_back(burst.drain());
-                }
-                it.fetch_add(1, Ordering::Release);
-            }
-        });
-        Worker {
-            stop,
-            iterations,
-            received,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let _ = &self.iterations;
-    }
-}
-
-/// Set when the worker thread panicked.
-static WORKER_PANICKED: AtomicBool = AtomicBool::new(false);
-
-/// How long the worker may take to pass a quiescent state before the test gives up on it.
-const QUIESCE_LIMIT: Duration = Duration::from_secs(10);
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            !WORKER_PANICKED.load(Ordering::Relaxed),
-            "the worker thread panicked (its message is above) while waiting for: {what}"
-        );
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
     let dir = tempfile::tempdir().unwrap();
     let iterations = Arc::new(AtomicU64::new(0));
-    // Quiescence as the switch does it: wait until the worker started two new iterations,
-    // or ended (then it holds no ring). It runs on a port's vhost-user thread, which is about
-    // to free a ring: if the worker is alive but passes no quiescent state within
-    // QUIESCE_LIMIT, freeing the ring could pull it from under the worker and returning
-    // without freeing would leave the thread stuck, so the test process is aborted with a
-    // message (a failure, not a hang).
-    let quiesce = {
-        let it = iterations.clone();
-        Arc::new(move || {
-            let start = it.load(Ordering::Acquire);
-            let t = Instant::now();
-            loop {
-                let now = it.load(Ordering::Acquire);
-                if now == u64::MAX || now >= start.saturating_add(2) {
-                    return;
-                }
-                if t.elapsed() > QUIESCE_LIMIT {
-                    eprintln!(
-                        "vhost_hostile: the worker passed no quiescent state in {} s (stuck in one poll iteration); aborting the test",
-                        QUIESCE_LIMIT.as_secs()
-                    );
-                    std::process::abort();
-                }
-                std::hint::spin_loop();
-            }
-        })
-    };
-    let start = |name: &str| {
-        let cfg = VhostConfig::parse(
-            &format!(
-                "vhost-user-{name},iface={}/{name}.sock",
-                dir.path().display()
-            ),
-            None,
-        )
-        .unwrap();
-        VhostPort::start(name, cfg, 1, quiesce.clone()).unwrap()
-    };
+    let quiesce = quiesce(&iterations);
+    let start = |name: &str| start_port(dir.path(), name, "", quiesce.clone());
     let (good_port, bad_port) = (start("good"), start("bad"));
     let worker = Worker::start(
         vec![good_port.rings().clone(), bad_port.rings().clone()],

@@ -9,30 +9,23 @@
 //! `broken_rings`; a well-behaved packed port served by the same worker keeps moving frames
 //! the whole time. No EAL: the worker is this test's own thread, as in `vhost_hostile.rs`.
 
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use heddle_dataplane::switch::io::Burst;
-use heddle_dataplane::vhost::device::VIRTIO_FEATURES;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::{
+    guest_memory, negotiate, quiesce, send_mem_table, set_up_tx_ring, start_port, wait, Worker,
+    BUFS, DESC, HDR, SIZE,
+};
 use heddle_dataplane::vhost::packed::{DESC_F_AVAIL, DESC_F_USED};
-use heddle_dataplane::vhost::port::{VhostConfig, VhostPort};
-use heddle_dataplane::vhost::ring::PortRings;
-use heddle_dataplane::vhost::testing::{VecPacket, VecPool};
+use heddle_dataplane::vhost::port::VhostPort;
 use heddle_dataplane::vhost::virtq::feature;
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::vhost_user::Frontend;
 use vmm_sys_util::eventfd::EventFd;
 
-const SIZE: u16 = 256;
-const MEM: usize = 4 << 20;
-const DESC: usize = 0;
 const DRIVER_EVENT: usize = 0x1000;
 const DEVICE_EVENT: usize = 0x2000;
-const BUFS: usize = 0x10000;
-const HDR: usize = 12;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
@@ -57,46 +50,16 @@ struct Guest {
 
 impl Guest {
     fn connect(port: &VhostPort) -> Guest {
-        // SAFETY: a valid NUL-terminated name; the fd is owned by the File below.
-        let fd = unsafe { libc::memfd_create(c"hostile-packed".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` is fresh and owned by nothing else.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        file.set_len(MEM as u64).unwrap();
-        // SAFETY: mapping MEM bytes of a file that long, shared, at an address of the
-        // kernel's choosing; the mapping lives until the test process ends.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MEM,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        let mut frontend = Frontend::connect(&port.config().path, 2).expect("connect");
-        frontend.set_owner().unwrap();
-        let offered = frontend.get_features().unwrap();
+        let (file, base) = guest_memory(c"hostile-packed");
+        let (frontend, offered) = negotiate(port, feature::VERSION_1 | feature::RING_PACKED);
         assert_ne!(
             offered & feature::RING_PACKED,
             0,
             "packed rings are offered"
         );
-        frontend
-            .set_features(feature::VERSION_1 | feature::RING_PACKED | (VIRTIO_FEATURES & (1 << 30)))
-            .unwrap();
-        frontend.get_protocol_features().unwrap();
-        frontend
-            .set_protocol_features(
-                VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK,
-            )
-            .unwrap();
-        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         let mut g = Guest {
             file,
-            base: base.cast(),
+            base,
             frontend,
             next: 0,
             wrap: true,
@@ -108,47 +71,24 @@ impl Guest {
         };
         // A fresh mapping is zeroed: every descriptor reads "not available" for wrap 1.
         g.send_mem_table();
-        let uva = g.base as u64;
-        g.frontend.set_vring_num(1, SIZE).unwrap();
-        g.frontend
-            .set_vring_addr(
-                1,
-                &VringConfigData {
-                    queue_max_size: SIZE,
-                    queue_size: SIZE,
-                    flags: 0,
-                    desc_table_addr: uva + DESC as u64,
-                    used_ring_addr: uva + DEVICE_EVENT as u64,
-                    avail_ring_addr: uva + DRIVER_EVENT as u64,
-                    log_addr: None,
-                },
-            )
-            .unwrap();
         // Slot 0, wrap counter 1.
-        g.frontend.set_vring_base(1, 0x8000).unwrap();
-        g.frontend.set_vring_kick(1, &g._kick).unwrap();
-        g.frontend.set_vring_enable(1, true).unwrap();
+        set_up_tx_ring(
+            &mut g.frontend,
+            g.base,
+            DRIVER_EVENT,
+            DEVICE_EVENT,
+            0x8000,
+            &g._kick,
+        );
         g
     }
 
     fn send_mem_table(&mut self) {
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: MEM as u64,
-            userspace_addr: self.base as u64,
-            mmap_offset: 0,
-            mmap_handle: self.file.as_raw_fd(),
-        };
-        self.frontend
-            .set_mem_table(&[region])
-            .expect("memory table");
+        send_mem_table(&mut self.frontend, &self.file, self.base);
     }
 
     fn write<T: Copy>(&self, off: usize, v: T) {
-        assert!(off + std::mem::size_of::<T>() <= MEM);
-        // SAFETY: in bounds of the mapping (checked above); the switch reads this memory
-        // concurrently, as a real guest's would be, and only through volatile accesses.
-        unsafe { std::ptr::write_volatile(self.base.add(off).cast::<T>(), v) }
+        common::write(self.base, off, v);
     }
 
     fn flags(&self, slot: u16) -> &AtomicU16 {
@@ -236,83 +176,12 @@ impl Guest {
 /// Writes a (hostile) chain.
 type WriteChain = Box<dyn Fn(&mut Guest)>;
 
-/// The PMD worker stand-in: polls every port's queue pair 0 and counts frames.
-struct Worker {
-    stop: Arc<AtomicBool>,
-    received: Vec<Arc<AtomicU64>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Worker {
-    fn start(ports: Vec<Arc<PortRings>>, iterations: Arc<AtomicU64>) -> Worker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let received: Vec<_> = ports.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
-        let (s, r, it) = (stop.clone(), received.clone(), iterations);
-        let thread = std::thread::spawn(move || {
-            let mut pool = VecPool::new(2048, 64);
-            let mut burst: Burst<VecPacket> = Burst::new();
-            while !s.load(Ordering::Relaxed) {
-                for (rings, count) in ports.iter().zip(&r) {
-                    rings.rx_burst(0, &mut pool, &mut burst);
-                    count.fetch_add(burst.len() as u64, Ordering::Relaxed);
-                    pool.give_back(burst.drain());
-                }
-                it.fetch_add(1, Ordering::Release);
-            }
-            it.store(u64::MAX, Ordering::Release);
-        });
-        Worker {
-            stop,
-            received,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn a_hostile_packed_guest_is_contained_while_a_good_one_keeps_forwarding() {
     let dir = tempfile::tempdir().unwrap();
     let iterations = Arc::new(AtomicU64::new(0));
-    let quiesce = {
-        let it = iterations.clone();
-        Arc::new(move || {
-            let start = it.load(Ordering::Acquire);
-            if start == u64::MAX {
-                return;
-            }
-            while it.load(Ordering::Acquire) < start + 2 {
-                std::hint::spin_loop();
-            }
-        })
-    };
-    let start = |name: &str| {
-        let cfg = VhostConfig::parse(
-            &format!(
-                "vhost-user-{name},iface={}/{name}.sock,packed=1",
-                dir.path().display()
-            ),
-            None,
-        )
-        .unwrap();
-        VhostPort::start(name, cfg, 1, quiesce.clone()).unwrap()
-    };
+    let quiesce = quiesce(&iterations);
+    let start = |name: &str| start_port(dir.path(), name, ",packed=1", quiesce.clone());
     let (good_port, bad_port) = (start("good"), start("bad"));
     let worker = Worker::start(
         vec![good_port.rings().clone(), bad_port.rings().clone()],

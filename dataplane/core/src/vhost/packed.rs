@@ -46,8 +46,10 @@ use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use super::memory::GuestMemory;
 use super::virtq::{
-    feature, QueueStats, RingAddrs, RingError, RxPool, BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
+    feature, fill_seg, gather, gather_one, rx_header, take_frame, QueueStats, RingAddrs, RingError,
+    RxPool, Seg, BAD_CHAIN_BUDGET, MAX_CHAIN, MAX_QUEUE_SIZE,
 };
+use crate::prefetch;
 use crate::switch::io::{Burst, Packet};
 
 const DESC_F_NEXT: u16 = 1;
@@ -81,13 +83,6 @@ struct Desc {
     len: u32,
     id: u16,
     flags: u16,
-}
-
-/// A validated buffer: `len` bytes of mapped guest memory at `ptr`.
-#[derive(Clone, Copy)]
-struct Seg {
-    ptr: *mut u8,
-    len: u32,
 }
 
 /// What walking the chain at the device's avail position found.
@@ -191,19 +186,6 @@ fn area(
         });
     }
     Ok(p)
-}
-
-/// Asks the CPU to start loading the cache line at `p`.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` is only a hint: it never faults and changes no memory, whatever
-    // the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// True when `flags` mark a descriptor available under wrap counter `wrap`.
@@ -549,6 +531,19 @@ impl PackedQueue {
         }
     }
 
+    /// The start of a burst: false when the queue may not run (broken, or `mem` is not the
+    /// table it was mapped in); else rewrites the device event suppression when asked for.
+    #[inline(always)]
+    fn begin(&mut self, mem: &GuestMemory) -> bool {
+        if self.broken || mem.id() != self.mem_id {
+            return false;
+        }
+        if self.suppress {
+            self.write_device_event();
+        }
+        true
+    }
+
     /// Guest TX: takes up to `out.room()` available chains, copies each frame (after the
     /// virtio-net header) into a packet from `pool` and appends it to `out`; every chain
     /// taken goes back as used with length 0. A chain that breaks a buffer rule, or whose
@@ -562,11 +557,8 @@ impl PackedQueue {
         out: &mut Burst<P::Pkt>,
         stats: &mut QueueStats,
     ) -> usize {
-        if self.broken || mem.id() != self.mem_id {
+        if !self.begin(mem) {
             return 0;
-        }
-        if self.suppress {
-            self.write_device_event();
         }
         let max_len = pool.max_len();
         let hdr_len = self.hdr_len as u64;
@@ -583,7 +575,7 @@ impl PackedQueue {
             let walked = self.walk(mem, false, |s| {
                 if nsegs < MAX_SEGS {
                     segs[nsegs] = s;
-                    prefetch(s.ptr);
+                    prefetch::read(s.ptr);
                 }
                 nsegs += 1;
                 total += u64::from(s.len);
@@ -609,40 +601,31 @@ impl PackedQueue {
             match outcome {
                 Err(counter) => *counter += 1,
                 Ok(len) => {
-                    let Some(mut pkt) = pool.alloc(len) else {
-                        stats.no_mbufs += 1;
+                    let copy = |dst: &mut [u8]| {
+                        if nsegs <= MAX_SEGS {
+                            gather(&segs[..nsegs], self.hdr_len, dst)
+                        } else {
+                            // Long chain: walk it again, copying; the guest may have changed it
+                            // in between, so the copy checks the shape and lengths again.
+                            let mut skip = self.hdr_len;
+                            let mut at = 0usize;
+                            let mut fits = true;
+                            let again = self.walk(mem, false, |s| {
+                                fits = gather_one(s, &mut skip, dst, &mut at);
+                                fits
+                            });
+                            again
+                                == (Walk::Chain {
+                                    id,
+                                    ndesc,
+                                    bad: false,
+                                })
+                                && fits
+                                && at == dst.len()
+                        }
+                    };
+                    if !take_frame(pool, len, out, stats, &mut got, copy) {
                         break;
-                    };
-                    let dst = pkt.data_mut();
-                    let copied = if nsegs <= MAX_SEGS {
-                        gather(&segs[..nsegs], self.hdr_len, dst)
-                    } else {
-                        // Long chain: walk it again, copying; the guest may have changed it
-                        // in between, so the copy checks the shape and lengths again.
-                        let mut skip = self.hdr_len;
-                        let mut at = 0usize;
-                        let mut fits = true;
-                        let again = self.walk(mem, false, |s| {
-                            fits = gather_one(s, &mut skip, dst, &mut at);
-                            fits
-                        });
-                        again
-                            == (Walk::Chain {
-                                id,
-                                ndesc,
-                                bad: false,
-                            })
-                            && fits
-                            && at == dst.len()
-                    };
-                    if copied {
-                        stats.packets += 1;
-                        stats.bytes += len as u64;
-                        got += 1;
-                        // Cannot fail: the loop runs while `out` has room.
-                        let _ = out.push(pkt);
-                    } else {
-                        stats.bad_chains += 1;
                     }
                 }
             }
@@ -674,17 +657,10 @@ impl PackedQueue {
         pkts: &[Q],
         stats: &mut QueueStats,
     ) -> usize {
-        if self.broken || mem.id() != self.mem_id {
+        if !self.begin(mem) {
             return 0;
         }
-        if self.suppress {
-            self.write_device_event();
-        }
-        let mut hdr = [0u8; 12];
-        if self.hdr_len == 12 && !self.mrg {
-            // Without MRG_RXBUF a virtio 1 device sets num_buffers to 1.
-            hdr[10] = 1;
-        }
+        let hdr = rx_header(self.hdr_len, self.mrg);
         let start_used = self.used_position();
         let mut done = 0;
         let bad_limit = stats.bad_chains + BAD_CHAIN_BUDGET;
@@ -836,75 +812,10 @@ impl PackedQueue {
         num_buffers: &mut [*mut u8; 2],
     ) -> (Walk, usize) {
         let hdr_len = self.hdr_len;
-        let need = hdr_len + frame.len();
         let mut pos = from;
         let walk = self.walk(mem, true, |s| {
-            let cap = s.len as usize;
-            let mut off = 0usize;
-            while off < cap && pos < need {
-                let n;
-                if pos < hdr_len {
-                    n = (cap - off).min(hdr_len - pos);
-                    for k in 0..n {
-                        if pos + k >= 10 {
-                            // SAFETY: `off + k < cap`: inside this validated buffer.
-                            num_buffers[pos + k - 10] = unsafe { s.ptr.add(off + k) };
-                        }
-                    }
-                    // SAFETY: `n` bytes fit in the buffer from `off` (`n <= cap - off`) and in
-                    // `hdr` from `pos` (`n <= hdr_len - pos`); guest memory is not ours, so
-                    // nothing overlaps.
-                    unsafe { ptr::copy_nonoverlapping(hdr.as_ptr().add(pos), s.ptr.add(off), n) };
-                } else {
-                    n = (cap - off).min(need - pos);
-                    // SAFETY: as above, with `frame` from `pos - hdr_len` (`n <= need - pos`).
-                    unsafe {
-                        ptr::copy_nonoverlapping(
-                            frame.as_ptr().add(pos - hdr_len),
-                            s.ptr.add(off),
-                            n,
-                        )
-                    };
-                }
-                pos += n;
-                off += n;
-            }
-            pos < need
+            fill_seg(s, hdr, hdr_len, frame, &mut pos, num_buffers)
         });
         (walk, pos - from)
     }
-}
-
-/// Copies the chain `segs`, minus its first `skip` bytes, into `dst`; true when the lengths
-/// matched exactly.
-#[inline(always)]
-fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
-    let mut at = 0;
-    for &s in segs {
-        if !gather_one(s, &mut skip, dst, &mut at) {
-            return false;
-        }
-    }
-    at == dst.len()
-}
-
-/// Copies one buffer into `dst` at `*at`, after skipping `*skip` bytes (header). False when
-/// it would overflow `dst`.
-#[inline(always)]
-fn gather_one(s: Seg, skip: &mut usize, dst: &mut [u8], at: &mut usize) -> bool {
-    let len = s.len as usize;
-    if *skip >= len {
-        *skip -= len;
-        return true;
-    }
-    let n = len - *skip;
-    if n > dst.len() - *at {
-        return false;
-    }
-    // SAFETY: `s` is a validated buffer of `len` mapped bytes, so `skip..len` is readable;
-    // `dst[at..at+n]` is in bounds (checked above); a packet buffer is not guest memory.
-    unsafe { ptr::copy_nonoverlapping(s.ptr.add(*skip), dst.as_mut_ptr().add(*at), n) };
-    *skip = 0;
-    *at += n;
-    true
 }

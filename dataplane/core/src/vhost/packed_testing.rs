@@ -1,7 +1,8 @@
 //! Test doubles for the packed ring: an in-process virtio 1.1 *driver* ([`PackedDriver`])
-//! over a memfd mapped through [`GuestMemory::map`], and the packed-ring fuzz entry point
-//! [`fuzz_packed`]. Used by unit tests, the fuzz target and the criterion benches; never by
-//! the switch itself. The packet pool and frame types are [`super::testing`]'s.
+//! over a memfd mapped through [`GuestMemory::map`](super::memory::GuestMemory::map), and
+//! the packed-ring fuzz entry point [`fuzz_packed`]. Used by unit tests, the fuzz target
+//! and the criterion benches; never by the switch itself. The packet pool and frame types
+//! are [`super::testing`]'s.
 //!
 //! The driver lays out one region: descriptor ring, driver and device event areas, one
 //! indirect table per buffer id and one data slot per buffer id. Buffer ids come from a free
@@ -9,24 +10,16 @@
 //! descriptor of a chain is published last (release store of its flags), as the spec asks.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
 
-use super::memory::{GuestMemory, RegionSpec};
 use super::packed::{PackedQueue, DESC_F_AVAIL, DESC_F_USED};
 use super::testing::{
-    memfd, RxFrame, TxLayout, UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE,
+    cut, desc_bytes, fuzz_features, next_frame, round_up, tx_chain, FuzzMemory, RxFrame, TxLayout,
+    UsedElem, VecPacket, VecPool, F_INDIRECT, F_NEXT, F_WRITE, MEM, UVA,
 };
+pub use super::testing::{DriverMemory, GPA_BASE, INDIRECT_MAX, UVA_BASE};
 use super::virtq::{feature, QueueStats, RingAddrs, RxPool};
 use crate::switch::io::{Burst, Packet};
-
-/// Guest-physical address of the driver's memory.
-pub const GPA_BASE: u64 = 0x4000_0000;
-/// Frontend-virtual address of the same memory.
-pub const UVA_BASE: u64 = 0x7f12_3400_0000;
-/// Entries of each per-id indirect table.
-pub const INDIRECT_MAX: usize = 16;
 
 /// A packed descriptor as a (hostile) test writes it; the driver adds the wrap flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,19 +44,12 @@ struct Chain {
 
 /// An in-process packed-ring virtio driver for one queue.
 pub struct PackedDriver {
-    /// The memory, as the device sees it.
-    pub mem: Arc<GuestMemory>,
-    file: File,
-    size: u16,
+    /// The memory (`mem`, its file, the slots), reached through `Deref`.
+    space: DriverMemory,
     features: u64,
-    hdr_len: usize,
-    slot: u64,
     base: u16,
     drv_off: u64,
     dev_off: u64,
-    ind_off: u64,
-    data_off: u64,
-    end: u64,
     /// Next slot the driver fills, and its wrap counter.
     next: u16,
     wrap: bool,
@@ -77,8 +63,12 @@ pub struct PackedDriver {
     spare: Vec<u16>,
 }
 
-fn round_up(x: u64, a: u64) -> u64 {
-    x.div_ceil(a) * a
+impl std::ops::Deref for PackedDriver {
+    type Target = DriverMemory;
+
+    fn deref(&self) -> &DriverMemory {
+        &self.space
+    }
 }
 
 impl PackedDriver {
@@ -92,40 +82,17 @@ impl PackedDriver {
     /// `SET_VRING_BASE` sends it), with `slot`-byte data slots per buffer id.
     pub fn with(size: u16, features: u64, base: u16, slot: u32) -> PackedDriver {
         let n = u64::from(size);
-        let slot = round_up(u64::from(slot), 64);
         let drv_off = round_up(16 * n, 64);
         let dev_off = drv_off + 64;
-        let ind_off = round_up(dev_off + 64, 4096);
-        let data_off = round_up(ind_off + n * 16 * INDIRECT_MAX as u64, 4096);
-        let end = data_off + n * slot;
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        let file = memfd(end);
-        let dup = file.try_clone().expect("dup the test memfd");
-        let mem = Arc::new(GuestMemory::map(vec![(spec, dup)]).expect("map test memory"));
+        let space = DriverMemory::new(size, features, dev_off + 64, slot);
         let wrap = base & 0x8000 != 0;
         let start = base & 0x7fff;
         let d = PackedDriver {
-            mem,
-            file,
-            size,
+            space,
             features: features | feature::RING_PACKED,
-            hdr_len: if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
-                12
-            } else {
-                10
-            },
-            slot,
             base,
             drv_off,
             dev_off,
-            ind_off,
-            data_off,
-            end,
             next: start,
             wrap,
             used: start,
@@ -143,17 +110,6 @@ impl PackedDriver {
             d.write_u16(d.desc_gpa(i) + 14, used_in(lap));
         }
         d
-    }
-
-    /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
-    pub fn region(&self) -> (RegionSpec, File) {
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: self.end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        (spec, self.file.try_clone().expect("dup the test memfd"))
     }
 
     /// The ring addresses (driver area as "avail", device area as "used").
@@ -176,31 +132,6 @@ impl PackedDriver {
         self.features
     }
 
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
-    /// Virtio-net header length for the features.
-    pub fn header_len(&self) -> usize {
-        self.hdr_len
-    }
-
-    /// First guest-physical address past the memory.
-    pub fn end_gpa(&self) -> u64 {
-        GPA_BASE + self.end
-    }
-
-    /// Guest-physical address of buffer id `i`'s data slot.
-    pub fn slot_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.data_off + u64::from(i) * self.slot
-    }
-
-    /// Guest-physical address of buffer id `i`'s indirect table.
-    pub fn indirect_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.ind_off + u64::from(i) * 16 * INDIRECT_MAX as u64
-    }
-
     /// Guest-physical address of ring descriptor `i`.
     pub fn desc_gpa(&self, i: u16) -> u64 {
         GPA_BASE + 16 * u64::from(i)
@@ -221,38 +152,6 @@ impl PackedDriver {
         self.free_ids.len()
     }
 
-    fn ptr(&self, gpa: u64, len: usize) -> *mut u8 {
-        self.mem
-            .translate_gpa(gpa, len as u64)
-            .expect("driver address inside its memory")
-            .as_ptr()
-    }
-
-    /// Writes `bytes` at `gpa`.
-    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) {
-        let p = self.ptr(gpa, bytes.len());
-        // SAFETY: `p` covers `bytes.len()` mapped bytes (translate_gpa checked the range).
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
-    }
-
-    /// Reads `len` bytes at `gpa`.
-    pub fn read_bytes(&self, gpa: u64, len: usize) -> Vec<u8> {
-        let p = self.ptr(gpa, len);
-        let mut v = vec![0u8; len];
-        // SAFETY: `p` covers `len` mapped bytes; `v` is a separate heap buffer.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-        v
-    }
-
-    fn write_u16(&self, gpa: u64, v: u16) {
-        self.write_bytes(gpa, &v.to_le_bytes());
-    }
-
-    fn read_u16(&self, gpa: u64) -> u16 {
-        let b = self.read_bytes(gpa, 2);
-        u16::from_le_bytes([b[0], b[1]])
-    }
-
     /// Stores a descriptor's flags with release (publishing it).
     fn store_flags(&self, i: u16, flags: u16) {
         let p = self.ptr(self.desc_gpa(i) + 14, 2);
@@ -269,11 +168,7 @@ impl PackedDriver {
     /// Writes a descriptor (all fields, flags exactly as given) anywhere: a ring slot
     /// (hostile tests) or an indirect table entry.
     pub fn write_desc_at(&self, gpa: u64, d: PackedDesc) {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&d.addr.to_le_bytes());
-        b[8..12].copy_from_slice(&d.len.to_le_bytes());
-        b[12..14].copy_from_slice(&d.id.to_le_bytes());
-        b[14..16].copy_from_slice(&d.flags.to_le_bytes());
+        let b = desc_bytes(d.addr, d.len, d.id, d.flags);
         self.write_bytes(gpa, &b);
     }
 
@@ -416,49 +311,43 @@ impl PackedDriver {
         self.write_chain(&descs, None);
     }
 
-    fn cut(total: usize, pieces: usize) -> Vec<u32> {
-        let pieces = pieces.clamp(1, total.max(1));
-        let each = total / pieces;
-        (0..pieces)
-            .map(|i| {
-                if i + 1 == pieces {
-                    (total - each * (pieces - 1)) as u32
-                } else {
-                    each as u32
-                }
-            })
-            .collect()
-    }
-
     /// Posts `frame` for the device to take (guest TX), behind a zeroed header.
     pub fn post_tx(&mut self, frame: &[u8], layout: TxLayout) -> Option<u16> {
-        let h = self.hdr_len as u32;
-        let mut bytes = vec![0u8; self.hdr_len];
-        bytes.extend_from_slice(frame);
-        let f = frame.len();
-        let (lens, indirect) = match layout {
-            TxLayout::Joined => (vec![h + f as u32], false),
-            TxLayout::SplitHeader => (vec![h, f as u32], false),
-            TxLayout::Pieces(n) => ([vec![h], PackedDriver::cut(f, n)].concat(), false),
-            TxLayout::Indirect(n) => ([vec![h], PackedDriver::cut(f, n)].concat(), true),
-        };
+        let (bytes, lens, indirect) = tx_chain(self.hdr_len, frame, layout);
         self.post(&lens, false, indirect, Some(&bytes))
     }
 
     /// Posts a device-writable buffer of `len` bytes cut into `pieces` descriptors (guest RX).
     pub fn post_rx(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&PackedDriver::cut(len as usize, pieces), true, false, None)
+        self.post(&cut(len as usize, pieces), true, false, None)
     }
 
     /// As `post_rx`, through an indirect table.
     pub fn post_rx_indirect(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&PackedDriver::cut(len as usize, pieces), true, true, None)
+        self.post(&cut(len as usize, pieces), true, true, None)
     }
 
     /// True when the descriptor at the driver's used cursor is used.
     fn used_ready(&self) -> bool {
         let f = self.load_flags(self.used);
         (f & DESC_F_AVAIL != 0) == self.used_wrap && (f & DESC_F_USED != 0) == self.used_wrap
+    }
+
+    /// Moves the used cursor past the chain of `id` (as many descriptors as the driver
+    /// recorded for it) and counts those descriptors free again.
+    fn pass_used(&mut self, id: u16) {
+        let ndesc = self
+            .chains
+            .get(usize::from(id))
+            .map_or(1, |c| c.ndesc.max(1));
+        for _ in 0..ndesc {
+            self.used += 1;
+            if self.used == self.size {
+                self.used = 0;
+                self.used_wrap = !self.used_wrap;
+            }
+        }
+        self.free_descs += usize::from(ndesc);
     }
 
     /// Takes every new used descriptor (moving the cursor by the chain length the driver
@@ -470,18 +359,7 @@ impl PackedDriver {
             let b = self.read_bytes(self.desc_gpa(self.used), 16);
             let len = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
             let id = u16::from_le_bytes([b[12], b[13]]);
-            let ndesc = self
-                .chains
-                .get(usize::from(id))
-                .map_or(1, |c| c.ndesc.max(1));
-            for _ in 0..ndesc {
-                self.used += 1;
-                if self.used == self.size {
-                    self.used = 0;
-                    self.used_wrap = !self.used_wrap;
-                }
-            }
-            self.free_descs += usize::from(ndesc);
+            self.pass_used(id);
             if id < self.size && !self.free_ids.contains(&id) {
                 self.free_ids.push_back(id);
             }
@@ -495,16 +373,11 @@ impl PackedDriver {
 
     /// The bytes the device wrote into the chain of `e`.
     pub fn chain_bytes(&self, e: UsedElem) -> Vec<u8> {
-        let mut left = e.len as usize;
-        let mut v = Vec::with_capacity(left);
-        if let Some(c) = self.chains.get(e.id as usize) {
-            for &(gpa, len) in &c.bufs {
-                let n = left.min(len as usize);
-                v.extend(self.read_bytes(gpa, n));
-                left -= n;
-            }
-        }
-        v
+        let bufs = self
+            .chains
+            .get(e.id as usize)
+            .map_or(&[][..], |c| &c.bufs[..]);
+        self.read_bufs(bufs, e.len as usize)
     }
 
     /// Reaps used descriptors and reassembles the frames the device delivered (following
@@ -515,31 +388,9 @@ impl PackedDriver {
         let mut frames = Vec::new();
         let mut i = 0;
         while i < elems.len() {
-            let mut bytes = self.chain_bytes(elems[i]);
-            let mut take = 1;
-            let mut nb = 1u16;
-            if mrg {
-                while bytes.len() < 12 && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-                if bytes.len() >= 12 {
-                    nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-                }
-                while take < usize::from(nb) && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-            } else if self.hdr_len == 12 && bytes.len() >= 12 {
-                nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-            }
+            let (frame, take) = next_frame(&elems[i..], mrg, self.hdr_len, |e| self.chain_bytes(e));
             i += take;
-            let h = self.hdr_len.min(bytes.len());
-            frames.push(RxFrame {
-                header: bytes[..h].to_vec(),
-                num_buffers: nb,
-                frame: bytes[h..].to_vec(),
-            });
+            frames.push(frame);
         }
         frames
     }
@@ -550,18 +401,7 @@ impl PackedDriver {
         while self.used_ready() {
             let b = self.read_bytes(self.desc_gpa(self.used) + 12, 2);
             let id = u16::from_le_bytes([b[0], b[1]]);
-            let ndesc = self
-                .chains
-                .get(usize::from(id))
-                .map_or(1, |c| c.ndesc.max(1));
-            for _ in 0..ndesc {
-                self.used += 1;
-                if self.used == self.size {
-                    self.used = 0;
-                    self.used_wrap = !self.used_wrap;
-                }
-            }
-            self.free_descs += usize::from(ndesc);
+            self.pass_used(id);
             self.spare.push(id);
         }
         let spare = std::mem::take(&mut self.spare);
@@ -613,36 +453,17 @@ pub fn drain_tx_packed(
 /// the avail position); a broken queue stays broken and does nothing. Panics (a fuzz
 /// finding) when an invariant fails.
 pub fn fuzz_packed(data: &[u8]) {
-    const MEM: usize = 1 << 15;
-    const UVA: u64 = 0x10_0000;
     let Some((&cfg, rest)) = data.split_first() else {
         return;
     };
     let size = 1u16 << (cfg & 7);
     let n = usize::from(size);
-    let mut features = feature::RING_PACKED;
-    if cfg & 8 != 0 {
-        features |= feature::MRG_RXBUF;
-    }
-    if cfg & 16 != 0 {
-        features |= feature::INDIRECT_DESC;
-    }
-    if cfg & 32 != 0 {
-        features |= feature::EVENT_IDX;
-    }
-    if cfg & 64 != 0 {
-        features |= feature::VERSION_1;
-    }
+    let features = fuzz_features(cfg, feature::RING_PACKED);
     // Tame: buffers in the data area, ids and flags near legal, so chains are often valid.
     let tame = cfg & 128 != 0;
     let (drv_off, dev_off, data_off) = (2048usize, 2112usize, 4096usize);
-    let mut mem_buf = vec![0u64; MEM / 8];
-    let base = mem_buf.as_mut_ptr().cast::<u8>();
-    let wr = |off: usize, bytes: &[u8]| {
-        assert!(off + bytes.len() <= MEM);
-        // SAFETY: in bounds (asserted); `mem_buf` is only accessed through `base`.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), bytes.len()) };
-    };
+    let mem_buf = FuzzMemory::new();
+    let wr = |off: usize, bytes: &[u8]| mem_buf.write(off, bytes);
     let mut at = 0usize;
     let mut byte = || {
         let b = rest.get(at).copied().unwrap_or(0);
@@ -684,24 +505,14 @@ pub fn fuzz_packed(data: &[u8]) {
         let flags = u16::from(f & 7)
             | if f & 8 != 0 { DESC_F_AVAIL } else { 0 }
             | if f & 16 != 0 { DESC_F_USED } else { 0 };
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&id.to_le_bytes());
-        d[14..16].copy_from_slice(&flags.to_le_bytes());
+        let d = desc_bytes(addr, len, id, flags);
         wr(16 * i, &d);
     }
     let left = rest.get(at..).unwrap_or(&[]);
     wr(data_off, &left[..left.len().min(MEM - data_off)]);
-    let spec = RegionSpec {
-        guest_phys_addr: 0,
-        size: MEM as u64,
-        user_addr: UVA,
-        mmap_offset: 0,
-    };
     // SAFETY: `mem_buf` outlives `mem` and the queue (all dropped at the end of this
     // function) and is only touched through raw pointers meanwhile.
-    let mem = unsafe { GuestMemory::from_raw(&[(spec, base)]) };
+    let mem = unsafe { mem_buf.guest() };
     let addrs = RingAddrs {
         size,
         desc_uva: UVA,

@@ -88,21 +88,12 @@ struct Chain {
 
 /// An in-process virtio driver for one queue.
 pub struct Driver {
-    /// The memory, as the device (the switch) sees it; shared so a device thread can run
-    /// against the driver concurrently.
-    pub mem: Arc<GuestMemory>,
-    /// The memfd behind `mem` (what a frontend sends in `SET_MEM_TABLE`).
-    file: File,
-    size: u16,
+    /// The memory (`mem`, its file, the slots), reached through `Deref`.
+    space: DriverMemory,
     features: u64,
-    hdr_len: usize,
-    slot: u64,
     base: u16,
     avail_off: u64,
     used_off: u64,
-    ind_off: u64,
-    data_off: u64,
-    end: u64,
     free: VecDeque<u16>,
     chains: Vec<Chain>,
     avail_idx: u16,
@@ -111,8 +102,239 @@ pub struct Driver {
     spare: Vec<u16>,
 }
 
-fn round_up(x: u64, a: u64) -> u64 {
+/// The part of a test driver's memory both ring layouts share: one memfd region at
+/// [`GPA_BASE`] (frontend address [`UVA_BASE`]) mapped through [`GuestMemory::map`]; the
+/// rings at its start, then one indirect table and one data slot per descriptor (split) or
+/// buffer id (packed). [`Driver`] and the packed driver reach it through `Deref`.
+pub struct DriverMemory {
+    /// The memory, as the device (the switch) sees it; shared so a device thread can run
+    /// against the driver concurrently.
+    pub mem: Arc<GuestMemory>,
+    /// The memfd behind `mem` (what a frontend sends in `SET_MEM_TABLE`).
+    file: File,
+    pub(super) size: u16,
+    pub(super) hdr_len: usize,
+    pub(super) slot: u64,
+    ind_off: u64,
+    data_off: u64,
+    end: u64,
+}
+
+pub(super) fn round_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
+}
+
+/// Virtio-net header length for `features`.
+pub(super) fn header_len(features: u64) -> usize {
+    if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
+        12
+    } else {
+        10
+    }
+}
+
+impl DriverMemory {
+    /// Maps a region for a queue of `size` with `features`, whose rings take its first
+    /// `rings` bytes, with an indirect table and a `slot`-byte data slot (rounded up to 64)
+    /// for each of the `size` descriptors or ids.
+    pub(super) fn new(size: u16, features: u64, rings: u64, slot: u32) -> DriverMemory {
+        let n = u64::from(size);
+        let slot = round_up(u64::from(slot), 64);
+        let ind_off = round_up(rings, 4096);
+        let data_off = round_up(ind_off + n * 16 * INDIRECT_MAX as u64, 4096);
+        let end = data_off + n * slot;
+        let spec = RegionSpec {
+            guest_phys_addr: GPA_BASE,
+            size: end,
+            user_addr: UVA_BASE,
+            mmap_offset: 0,
+        };
+        let file = memfd(end);
+        let dup = file.try_clone().expect("dup the test memfd");
+        let mem = Arc::new(GuestMemory::map(vec![(spec, dup)]).expect("map test memory"));
+        DriverMemory {
+            mem,
+            file,
+            size,
+            hdr_len: header_len(features),
+            slot,
+            ind_off,
+            data_off,
+            end,
+        }
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Virtio-net header length for the features.
+    pub fn header_len(&self) -> usize {
+        self.hdr_len
+    }
+
+    /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
+    pub fn region(&self) -> (RegionSpec, File) {
+        let spec = RegionSpec {
+            guest_phys_addr: GPA_BASE,
+            size: self.end,
+            user_addr: UVA_BASE,
+            mmap_offset: 0,
+        };
+        (spec, self.file.try_clone().expect("dup the test memfd"))
+    }
+
+    /// First guest-physical address past the memory.
+    pub fn end_gpa(&self) -> u64 {
+        GPA_BASE + self.end
+    }
+
+    /// Guest-physical address of descriptor (split) or buffer id (packed) `i`'s data slot.
+    pub fn slot_gpa(&self, i: u16) -> u64 {
+        GPA_BASE + self.data_off + u64::from(i) * self.slot
+    }
+
+    /// Guest-physical address of descriptor or buffer id `i`'s indirect table.
+    pub fn indirect_gpa(&self, i: u16) -> u64 {
+        GPA_BASE + self.ind_off + u64::from(i) * 16 * INDIRECT_MAX as u64
+    }
+
+    pub(super) fn ptr(&self, gpa: u64, len: usize) -> *mut u8 {
+        self.mem
+            .translate_gpa(gpa, len as u64)
+            .expect("driver address inside its memory")
+            .as_ptr()
+    }
+
+    /// Writes `bytes` at `gpa`.
+    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) {
+        let p = self.ptr(gpa, bytes.len());
+        // SAFETY: `p` covers `bytes.len()` mapped bytes (translate_gpa checked the range).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+    }
+
+    /// Reads `len` bytes at `gpa`.
+    pub fn read_bytes(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let p = self.ptr(gpa, len);
+        let mut v = vec![0u8; len];
+        // SAFETY: `p` covers `len` mapped bytes; `v` is a separate heap buffer.
+        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
+        v
+    }
+
+    /// The first `len` bytes of the buffers `bufs` (guest address, length), in order.
+    pub(super) fn read_bufs(&self, bufs: &[(u64, u32)], len: usize) -> Vec<u8> {
+        let mut left = len;
+        let mut v = Vec::with_capacity(left);
+        for &(gpa, blen) in bufs {
+            let n = left.min(blen as usize);
+            v.extend(self.read_bytes(gpa, n));
+            left -= n;
+        }
+        v
+    }
+
+    pub(super) fn write_u16(&self, gpa: u64, v: u16) {
+        self.write_bytes(gpa, &v.to_le_bytes());
+    }
+
+    pub(super) fn read_u16(&self, gpa: u64) -> u16 {
+        let b = self.read_bytes(gpa, 2);
+        u16::from_le_bytes([b[0], b[1]])
+    }
+}
+
+impl std::ops::Deref for Driver {
+    type Target = DriverMemory;
+
+    fn deref(&self) -> &DriverMemory {
+        &self.space
+    }
+}
+
+/// Lengths of `pieces` near-equal buffers (at least one, none empty unless `total` is 0)
+/// adding up to `total`.
+pub(super) fn cut(total: usize, pieces: usize) -> Vec<u32> {
+    let pieces = pieces.clamp(1, total.max(1));
+    let each = total / pieces;
+    (0..pieces)
+        .map(|i| {
+            if i + 1 == pieces {
+                (total - each * (pieces - 1)) as u32
+            } else {
+                each as u32
+            }
+        })
+        .collect()
+}
+
+/// A guest TX chain for `frame` in `layout`: the bytes (a zeroed `hdr_len`-byte header,
+/// then the frame), the buffer lengths, and whether they go through an indirect table.
+pub(super) fn tx_chain(
+    hdr_len: usize,
+    frame: &[u8],
+    layout: TxLayout,
+) -> (Vec<u8>, Vec<u32>, bool) {
+    let h = hdr_len as u32;
+    let mut bytes = vec![0u8; hdr_len];
+    bytes.extend_from_slice(frame);
+    let f = frame.len();
+    let (lens, indirect) = match layout {
+        TxLayout::Joined => (vec![h + f as u32], false),
+        TxLayout::SplitHeader => (vec![h, f as u32], false),
+        TxLayout::Pieces(n) => ([vec![h], cut(f, n)].concat(), false),
+        TxLayout::Indirect(n) => ([vec![h], cut(f, n)].concat(), true),
+    };
+    (bytes, lens, indirect)
+}
+
+/// Reassembles the first frame the device delivered in the used `elems` (following
+/// `num_buffers` with `mrg`), reading each chain with `chain_bytes`; returns it and how many
+/// elements it took.
+pub(super) fn next_frame(
+    elems: &[UsedElem],
+    mrg: bool,
+    hdr_len: usize,
+    chain_bytes: impl Fn(UsedElem) -> Vec<u8>,
+) -> (RxFrame, usize) {
+    let mut bytes = chain_bytes(elems[0]);
+    let mut take = 1;
+    let mut nb = 1u16;
+    if mrg {
+        // The header (with num_buffers) may itself span buffers.
+        while bytes.len() < 12 && take < elems.len() {
+            bytes.extend(chain_bytes(elems[take]));
+            take += 1;
+        }
+        if bytes.len() >= 12 {
+            nb = u16::from_le_bytes([bytes[10], bytes[11]]);
+        }
+        while take < usize::from(nb) && take < elems.len() {
+            bytes.extend(chain_bytes(elems[take]));
+            take += 1;
+        }
+    } else if hdr_len == 12 && bytes.len() >= 12 {
+        nb = u16::from_le_bytes([bytes[10], bytes[11]]);
+    }
+    let h = hdr_len.min(bytes.len());
+    let frame = RxFrame {
+        header: bytes[..h].to_vec(),
+        num_buffers: nb,
+        frame: bytes[h..].to_vec(),
+    };
+    (frame, take)
+}
+
+/// A 16-byte descriptor as the guest writes it, little-endian: `addr`, `len`, then two
+/// 16-bit fields (split ring: flags, next; packed ring: id, flags).
+pub(super) fn desc_bytes(addr: u64, len: u32, a: u16, b: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&a.to_le_bytes());
+    d[14..16].copy_from_slice(&b.to_le_bytes());
+    d
 }
 
 /// A memfd of `len` bytes.
@@ -137,38 +359,15 @@ impl Driver {
     /// `slot`-byte data slots per descriptor.
     pub fn with(size: u16, features: u64, base: u16, slot: u32) -> Driver {
         let n = u64::from(size);
-        let slot = round_up(u64::from(slot), 64);
         let avail_off = 16 * n;
         let used_off = round_up(avail_off + 6 + 2 * n, 4096);
-        let ind_off = round_up(used_off + 6 + 8 * n, 4096);
-        let data_off = round_up(ind_off + n * 16 * INDIRECT_MAX as u64, 4096);
-        let end = data_off + n * slot;
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        let file = memfd(end);
-        let dup = file.try_clone().expect("dup the test memfd");
-        let mem = Arc::new(GuestMemory::map(vec![(spec, dup)]).expect("map test memory"));
+        let space = DriverMemory::new(size, features, used_off + 6 + 8 * n, slot);
         let mut d = Driver {
-            mem,
-            file,
-            size,
+            space,
             features,
-            hdr_len: if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
-                12
-            } else {
-                10
-            },
-            slot,
             base,
             avail_off,
             used_off,
-            ind_off,
-            data_off,
-            end,
             free: (0..size).collect(),
             chains: vec![Chain::default(); usize::from(size)],
             avail_idx: base,
@@ -178,17 +377,6 @@ impl Driver {
         d.set_avail_idx(base);
         d.write_u16(GPA_BASE + d.used_off + 2, base);
         d
-    }
-
-    /// The memory region as a frontend describes it in `SET_MEM_TABLE`, with its file.
-    pub fn region(&self) -> (RegionSpec, File) {
-        let spec = RegionSpec {
-            guest_phys_addr: GPA_BASE,
-            size: self.end,
-            user_addr: UVA_BASE,
-            mmap_offset: 0,
-        };
-        (spec, self.file.try_clone().expect("dup the test memfd"))
     }
 
     /// The ring addresses for `SplitQueue::new`.
@@ -206,75 +394,14 @@ impl Driver {
         SplitQueue::new(&self.mem, &self.addrs(), self.base, self.features).expect("test rings")
     }
 
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
-    /// Virtio-net header length for the features.
-    pub fn header_len(&self) -> usize {
-        self.hdr_len
-    }
-
-    /// First guest-physical address past the memory.
-    pub fn end_gpa(&self) -> u64 {
-        GPA_BASE + self.end
-    }
-
-    /// Guest-physical address of descriptor `i`'s data slot.
-    pub fn slot_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.data_off + u64::from(i) * self.slot
-    }
-
-    /// Guest-physical address of descriptor `i`'s indirect table.
-    pub fn indirect_gpa(&self, i: u16) -> u64 {
-        GPA_BASE + self.ind_off + u64::from(i) * 16 * INDIRECT_MAX as u64
-    }
-
     /// Guest-physical address of the descriptor table.
     pub fn desc_gpa(&self) -> u64 {
         GPA_BASE
     }
 
-    fn ptr(&self, gpa: u64, len: usize) -> *mut u8 {
-        self.mem
-            .translate_gpa(gpa, len as u64)
-            .expect("driver address inside its memory")
-            .as_ptr()
-    }
-
-    /// Writes `bytes` at `gpa`.
-    pub fn write_bytes(&self, gpa: u64, bytes: &[u8]) {
-        let p = self.ptr(gpa, bytes.len());
-        // SAFETY: `p` covers `bytes.len()` mapped bytes (translate_gpa checked the range).
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
-    }
-
-    /// Reads `len` bytes at `gpa`.
-    pub fn read_bytes(&self, gpa: u64, len: usize) -> Vec<u8> {
-        let p = self.ptr(gpa, len);
-        let mut v = vec![0u8; len];
-        // SAFETY: `p` covers `len` mapped bytes; `v` is a separate heap buffer.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), len) };
-        v
-    }
-
-    fn write_u16(&self, gpa: u64, v: u16) {
-        self.write_bytes(gpa, &v.to_le_bytes());
-    }
-
-    fn read_u16(&self, gpa: u64) -> u16 {
-        let b = self.read_bytes(gpa, 2);
-        u16::from_le_bytes([b[0], b[1]])
-    }
-
     /// Writes a descriptor at any guest address (a table entry or anywhere).
     pub fn write_desc_at(&self, gpa: u64, d: RawDesc) {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&d.addr.to_le_bytes());
-        b[8..12].copy_from_slice(&d.len.to_le_bytes());
-        b[12..14].copy_from_slice(&d.flags.to_le_bytes());
-        b[14..16].copy_from_slice(&d.next.to_le_bytes());
+        let b = desc_bytes(d.addr, d.len, d.flags, d.next);
         self.write_bytes(gpa, &b);
     }
 
@@ -431,43 +558,20 @@ impl Driver {
         Some(head)
     }
 
-    fn cut(total: usize, pieces: usize) -> Vec<u32> {
-        let pieces = pieces.clamp(1, total.max(1));
-        let each = total / pieces;
-        (0..pieces)
-            .map(|i| {
-                if i + 1 == pieces {
-                    (total - each * (pieces - 1)) as u32
-                } else {
-                    each as u32
-                }
-            })
-            .collect()
-    }
-
     /// Posts `frame` for the device to take (guest TX), behind a zeroed header.
     pub fn post_tx(&mut self, frame: &[u8], layout: TxLayout) -> Option<u16> {
-        let h = self.hdr_len as u32;
-        let mut bytes = vec![0u8; self.hdr_len];
-        bytes.extend_from_slice(frame);
-        let f = frame.len();
-        let (lens, indirect) = match layout {
-            TxLayout::Joined => (vec![h + f as u32], false),
-            TxLayout::SplitHeader => (vec![h, f as u32], false),
-            TxLayout::Pieces(n) => ([vec![h], Driver::cut(f, n)].concat(), false),
-            TxLayout::Indirect(n) => ([vec![h], Driver::cut(f, n)].concat(), true),
-        };
+        let (bytes, lens, indirect) = tx_chain(self.hdr_len, frame, layout);
         self.post(&lens, false, indirect, Some(&bytes))
     }
 
     /// Posts a device-writable buffer of `len` bytes cut into `pieces` descriptors (guest RX).
     pub fn post_rx(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&Driver::cut(len as usize, pieces), true, false, None)
+        self.post(&cut(len as usize, pieces), true, false, None)
     }
 
     /// As `post_rx`, through an indirect table.
     pub fn post_rx_indirect(&mut self, len: u32, pieces: usize) -> Option<u16> {
-        self.post(&Driver::cut(len as usize, pieces), true, true, None)
+        self.post(&cut(len as usize, pieces), true, true, None)
     }
 
     /// Takes every new used element and frees its chain's descriptors (its buffers can
@@ -489,16 +593,11 @@ impl Driver {
 
     /// The bytes the device wrote into the chain of `e`.
     pub fn chain_bytes(&self, e: UsedElem) -> Vec<u8> {
-        let mut left = e.len as usize;
-        let mut v = Vec::with_capacity(left);
-        if let Some(c) = self.chains.get(e.id as usize) {
-            for &(gpa, len) in &c.bufs {
-                let n = left.min(len as usize);
-                v.extend(self.read_bytes(gpa, n));
-                left -= n;
-            }
-        }
-        v
+        let bufs = self
+            .chains
+            .get(e.id as usize)
+            .map_or(&[][..], |c| &c.bufs[..]);
+        self.read_bufs(bufs, e.len as usize)
     }
 
     /// Reaps used elements and reassembles the frames the device delivered (following
@@ -514,25 +613,7 @@ impl Driver {
         let mut frames = Vec::new();
         let mut i = 0;
         while i < elems.len() {
-            let mut bytes = self.chain_bytes(elems[i]);
-            let mut take = 1;
-            let mut nb = 1u16;
-            if mrg {
-                // The header (with num_buffers) may itself span buffers.
-                while bytes.len() < 12 && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-                if bytes.len() >= 12 {
-                    nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-                }
-                while take < usize::from(nb) && i + take < elems.len() {
-                    bytes.extend(self.chain_bytes(elems[i + take]));
-                    take += 1;
-                }
-            } else if self.hdr_len == 12 && bytes.len() >= 12 {
-                nb = u16::from_le_bytes([bytes[10], bytes[11]]);
-            }
+            let (frame, take) = next_frame(&elems[i..], mrg, self.hdr_len, |e| self.chain_bytes(e));
             for e in &elems[i..(i + take).min(elems.len())] {
                 if let Some(c) = self.chains.get_mut(e.id as usize) {
                     let c = std::mem::take(c);
@@ -540,12 +621,7 @@ impl Driver {
                 }
             }
             i += take;
-            let h = self.hdr_len.min(bytes.len());
-            frames.push(RxFrame {
-                header: bytes[..h].to_vec(),
-                num_buffers: nb,
-                frame: bytes[h..].to_vec(),
-            });
+            frames.push(frame);
         }
         frames
     }
@@ -678,20 +754,15 @@ impl RxPool for VecPool {
     }
 }
 
-/// Builds a small guest memory and queue from `data` (a configuration byte: queue size,
-/// features, "tame" mode; then indices, avail entries, descriptors and buffer bytes) and runs dequeue, enqueue and the notification
-/// calls on it, checking the invariants a hostile ring must not break: no panic, the used
-/// index advances by at most the queue size per call, every used id is below the size.
-/// Panics (a fuzz finding) when an invariant fails.
-pub fn fuzz_rings(data: &[u8]) {
-    const MEM: usize = 1 << 15;
-    const UVA: u64 = 0x10_0000;
-    let Some((&cfg, rest)) = data.split_first() else {
-        return;
-    };
-    let size = 1u16 << (cfg & 7);
-    let n = usize::from(size);
-    let mut features = 0;
+/// Bytes of the ring fuzzers' guest memory.
+pub(super) const MEM: usize = 1 << 15;
+/// Frontend address of the ring fuzzers' guest memory.
+pub(super) const UVA: u64 = 0x10_0000;
+
+/// The features the ring fuzzers' configuration byte `cfg` picks (bits 3-6: MRG_RXBUF,
+/// INDIRECT_DESC, EVENT_IDX, VERSION_1), added to `base`.
+pub(super) fn fuzz_features(cfg: u8, base: u64) -> u64 {
+    let mut features = base;
     if cfg & 8 != 0 {
         features |= feature::MRG_RXBUF;
     }
@@ -704,17 +775,67 @@ pub fn fuzz_rings(data: &[u8]) {
     if cfg & 64 != 0 {
         features |= feature::VERSION_1;
     }
+    features
+}
+
+/// The ring fuzzers' guest memory: `MEM` zeroed, 8-aligned heap bytes, written through
+/// `base` only.
+pub(super) struct FuzzMemory {
+    _buf: Vec<u64>,
+    /// The first byte.
+    pub(super) base: *mut u8,
+}
+
+impl FuzzMemory {
+    pub(super) fn new() -> FuzzMemory {
+        let mut buf = vec![0u64; MEM / 8];
+        let base = buf.as_mut_ptr().cast::<u8>();
+        FuzzMemory { _buf: buf, base }
+    }
+
+    /// Writes `bytes` at `off`.
+    pub(super) fn write(&self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= MEM);
+        // SAFETY: in bounds (asserted); the buffer is only accessed through `base`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(off), bytes.len()) };
+    }
+
+    /// The memory as a guest's, at guest address 0 and frontend address `UVA`.
+    ///
+    /// # Safety
+    /// `self` must outlive the returned memory and every queue mapped in it.
+    pub(super) unsafe fn guest(&self) -> GuestMemory {
+        let spec = RegionSpec {
+            guest_phys_addr: 0,
+            size: MEM as u64,
+            user_addr: UVA,
+            mmap_offset: 0,
+        };
+        // SAFETY: `MEM` bytes at `base` stay allocated as long as `self` (the caller's
+        // promise), and are only touched through raw pointers.
+        unsafe { GuestMemory::from_raw(&[(spec, self.base)]) }
+    }
+}
+
+/// Builds a small guest memory and queue from `data` (a configuration byte: queue size,
+/// features, "tame" mode; then indices, avail entries, descriptors and buffer bytes) and runs dequeue, enqueue and the notification
+/// calls on it, checking the invariants a hostile ring must not break: no panic, the used
+/// index advances by at most the queue size per call, every used id is below the size.
+/// Panics (a fuzz finding) when an invariant fails.
+pub fn fuzz_rings(data: &[u8]) {
+    let Some((&cfg, rest)) = data.split_first() else {
+        return;
+    };
+    let size = 1u16 << (cfg & 7);
+    let n = usize::from(size);
+    let features = fuzz_features(cfg, 0);
     // Tame: keep buffers out of the rings and indices near range, so chains are often valid
     // and used entries are not overwritten by frame data (then they can be checked).
     let tame = cfg & 128 != 0;
     let (avail_off, used_off, data_off) = (2048usize, 2560usize, 4096usize);
-    let mut mem_buf = vec![0u64; MEM / 8];
-    let base = mem_buf.as_mut_ptr().cast::<u8>();
-    let wr = |off: usize, bytes: &[u8]| {
-        assert!(off + bytes.len() <= MEM);
-        // SAFETY: in bounds (asserted); `mem_buf` is only accessed through `base`.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), bytes.len()) };
-    };
+    let mem_buf = FuzzMemory::new();
+    let base = mem_buf.base;
+    let wr = |off: usize, bytes: &[u8]| mem_buf.write(off, bytes);
     // The input, compactly: base index, avail index delta, avail flags, used_event, one byte
     // per avail entry, six bytes per descriptor, then buffer contents. Missing bytes are 0.
     let mut at = 0usize;
@@ -763,25 +884,15 @@ pub fn fuzz_rings(data: &[u8]) {
             };
             (addr, len, u16::from(flags & 7), next)
         };
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
+        let d = desc_bytes(addr, len, flags, next);
         wr(16 * i, &d);
     }
     // Indirect tables and buffers live in the data area: fill it with what is left.
     let left = rest.get(at..).unwrap_or(&[]);
     wr(data_off, &left[..left.len().min(MEM - data_off)]);
-    let spec = RegionSpec {
-        guest_phys_addr: 0,
-        size: MEM as u64,
-        user_addr: UVA,
-        mmap_offset: 0,
-    };
     // SAFETY: `mem_buf` outlives `mem` and the queue (all dropped at the end of this
     // function) and is only touched through raw pointers meanwhile.
-    let mem = unsafe { GuestMemory::from_raw(&[(spec, base)]) };
+    let mem = unsafe { mem_buf.guest() };
     let addrs = RingAddrs {
         size,
         desc_uva: UVA,

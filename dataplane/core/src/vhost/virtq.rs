@@ -197,9 +197,9 @@ struct Desc {
 
 /// A validated buffer of a chain: `len` bytes of mapped guest memory at `ptr`.
 #[derive(Clone, Copy)]
-struct Seg {
-    ptr: *mut u8,
-    len: u32,
+pub(super) struct Seg {
+    pub(super) ptr: *mut u8,
+    pub(super) len: u32,
 }
 
 /// What `enqueue` made of one frame.
@@ -539,33 +539,24 @@ impl SplitQueue {
             match outcome {
                 Err(counter) => *counter += 1,
                 Ok(len) => {
-                    let Some(mut pkt) = pool.alloc(len) else {
-                        stats.no_mbufs += 1;
+                    let copy = |dst: &mut [u8]| {
+                        if nsegs <= MAX_SEGS {
+                            gather(&segs[..nsegs], self.hdr_len, dst)
+                        } else {
+                            // Long chain: walk it again, copying; the guest may have changed
+                            // it in between, so the copy checks the lengths add up again.
+                            let mut skip = self.hdr_len;
+                            let mut at = 0usize;
+                            let mut fits = true;
+                            let again = self.table.walk(mem, &mut self.hint, head, false, |s| {
+                                fits = gather_one(s, &mut skip, dst, &mut at);
+                                fits
+                            });
+                            again.is_ok() && fits && at == dst.len()
+                        }
+                    };
+                    if !take_frame(pool, len, out, stats, &mut got, copy) {
                         break;
-                    };
-                    let dst = pkt.data_mut();
-                    let copied = if nsegs <= MAX_SEGS {
-                        gather(&segs[..nsegs], self.hdr_len, dst)
-                    } else {
-                        // Long chain: walk it again, copying; the guest may have changed
-                        // it in between, so the copy checks the lengths add up again.
-                        let mut skip = self.hdr_len;
-                        let mut at = 0usize;
-                        let mut fits = true;
-                        let again = self.table.walk(mem, &mut self.hint, head, false, |s| {
-                            fits = gather_one(s, &mut skip, dst, &mut at);
-                            fits
-                        });
-                        again.is_ok() && fits && at == dst.len()
-                    };
-                    if copied {
-                        stats.packets += 1;
-                        stats.bytes += len as u64;
-                        got += 1;
-                        // Cannot fail: at most out.room() chains are taken.
-                        let _ = out.push(pkt);
-                    } else {
-                        stats.bad_chains += 1;
                     }
                 }
             }
@@ -606,11 +597,7 @@ impl SplitQueue {
         if self.suppress {
             self.write_avail_event();
         }
-        let mut hdr = [0u8; 12];
-        if self.hdr_len == 12 && !self.mrg {
-            // Without MRG_RXBUF a virtio 1 device sets num_buffers to 1.
-            hdr[10] = 1;
-        }
+        let hdr = rx_header(self.hdr_len, self.mrg);
         let ready = usize::from(avail_idx.wrapping_sub(self.last_avail));
         self.prefetch_ahead(mem, ready.min(pkts.len()), true);
         let mut used = self.used_idx;
@@ -942,49 +929,104 @@ impl SplitQueue {
         num_buffers: &mut [*mut u8; 2],
     ) -> Result<usize, BadChain> {
         let hdr_len = self.hdr_len;
-        let need = hdr_len + frame.len();
         let mut pos = from;
         self.table.walk(mem, &mut self.hint, head, true, |s| {
-            let cap = s.len as usize;
-            let mut off = 0usize;
-            while off < cap && pos < need {
-                let n;
-                if pos < hdr_len {
-                    n = (cap - off).min(hdr_len - pos);
-                    for k in 0..n {
-                        if pos + k >= 10 {
-                            // SAFETY: `off + k < cap`: inside this validated buffer.
-                            num_buffers[pos + k - 10] = unsafe { s.ptr.add(off + k) };
-                        }
-                    }
-                    // SAFETY: `n` bytes fit in the buffer from `off` (`n <= cap - off`) and in
-                    // `hdr` from `pos` (`n <= hdr_len - pos`); guest memory is not ours, so
-                    // nothing overlaps.
-                    unsafe { ptr::copy_nonoverlapping(hdr.as_ptr().add(pos), s.ptr.add(off), n) };
-                } else {
-                    n = (cap - off).min(need - pos);
-                    // SAFETY: as above, with `frame` from `pos - hdr_len` (`n <= need - pos`).
-                    unsafe {
-                        ptr::copy_nonoverlapping(
-                            frame.as_ptr().add(pos - hdr_len),
-                            s.ptr.add(off),
-                            n,
-                        )
-                    };
-                }
-                pos += n;
-                off += n;
-            }
-            pos < need
+            fill_seg(s, hdr, hdr_len, frame, &mut pos, num_buffers)
         })?;
         Ok(pos - from)
     }
 }
 
+/// The virtio-net header written before each guest RX frame: zeroed, except `num_buffers`
+/// set to 1 by a virtio 1 device (12-byte header) without MRG_RXBUF (with it, the frame's
+/// buffer count is patched in later).
+#[inline(always)]
+pub(super) fn rx_header(hdr_len: usize, mrg: bool) -> [u8; 12] {
+    let mut hdr = [0u8; 12];
+    if hdr_len == 12 && !mrg {
+        // Without MRG_RXBUF a virtio 1 device sets num_buffers to 1.
+        hdr[10] = 1;
+    }
+    hdr
+}
+
+/// Takes one guest TX frame of `len` bytes: a packet from `pool` that `copy` fills from the
+/// chain, appended to `out` (counted in `stats` and `*got`) when the copy holds, else counted
+/// in `bad_chains`. False when the pool is empty (`no_mbufs`): the caller stops. The
+/// frame step of both ring layouts' `dequeue`; `out` must have room.
+#[inline(always)]
+pub(super) fn take_frame<P: RxPool>(
+    pool: &mut P,
+    len: usize,
+    out: &mut Burst<P::Pkt>,
+    stats: &mut QueueStats,
+    got: &mut usize,
+    copy: impl FnOnce(&mut [u8]) -> bool,
+) -> bool {
+    let Some(mut pkt) = pool.alloc(len) else {
+        stats.no_mbufs += 1;
+        return false;
+    };
+    if copy(pkt.data_mut()) {
+        stats.packets += 1;
+        stats.bytes += len as u64;
+        *got += 1;
+        // Cannot fail: the callers take at most `out.room()` chains.
+        let _ = out.push(pkt);
+    } else {
+        stats.bad_chains += 1;
+    }
+    true
+}
+
+/// Writes bytes `*at..` of (`hdr[..hdr_len]` then `frame`) into the buffer `s`, as far as
+/// it holds, advancing `*at`; records where header bytes 10 and 11 (`num_buffers`) land.
+/// True while bytes are left to write. The buffer step of both ring layouts' `fill`.
+#[inline(always)]
+pub(super) fn fill_seg(
+    s: Seg,
+    hdr: &[u8; 12],
+    hdr_len: usize,
+    frame: &[u8],
+    at: &mut usize,
+    num_buffers: &mut [*mut u8; 2],
+) -> bool {
+    let need = hdr_len + frame.len();
+    let mut pos = *at;
+    let cap = s.len as usize;
+    let mut off = 0usize;
+    while off < cap && pos < need {
+        let n;
+        if pos < hdr_len {
+            n = (cap - off).min(hdr_len - pos);
+            for k in 0..n {
+                if pos + k >= 10 {
+                    // SAFETY: `off + k < cap`: inside this validated buffer.
+                    num_buffers[pos + k - 10] = unsafe { s.ptr.add(off + k) };
+                }
+            }
+            // SAFETY: `n` bytes fit in the buffer from `off` (`n <= cap - off`) and in
+            // `hdr` from `pos` (`n <= hdr_len - pos`); guest memory is not ours, so
+            // nothing overlaps.
+            unsafe { ptr::copy_nonoverlapping(hdr.as_ptr().add(pos), s.ptr.add(off), n) };
+        } else {
+            n = (cap - off).min(need - pos);
+            // SAFETY: as above, with `frame` from `pos - hdr_len` (`n <= need - pos`).
+            unsafe {
+                ptr::copy_nonoverlapping(frame.as_ptr().add(pos - hdr_len), s.ptr.add(off), n)
+            };
+        }
+        pos += n;
+        off += n;
+    }
+    *at = pos;
+    pos < need
+}
+
 /// Copies the chain `segs`, minus its first `skip` bytes, into `dst`; true when the lengths
 /// matched exactly.
 #[inline(always)]
-fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
+pub(super) fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
     let mut at = 0;
     for &s in segs {
         if !gather_one(s, &mut skip, dst, &mut at) {
@@ -997,7 +1039,7 @@ fn gather(segs: &[Seg], mut skip: usize, dst: &mut [u8]) -> bool {
 /// Copies one buffer into `dst` at `*at`, after skipping `*skip` bytes (header). False when
 /// it would overflow `dst`.
 #[inline(always)]
-fn gather_one(s: Seg, skip: &mut usize, dst: &mut [u8], at: &mut usize) -> bool {
+pub(super) fn gather_one(s: Seg, skip: &mut usize, dst: &mut [u8], at: &mut usize) -> bool {
     let len = s.len as usize;
     if *skip >= len {
         *skip -= len;
