@@ -4,7 +4,8 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::{Mbuf, Mempool};
+use super::mbuf::Mbuf;
+use super::mempool::Mempool;
 use heddle_core::prefetch;
 use heddle_core::switch::io::BURST;
 use heddle_core::vhost::virtq::RxPool;
