@@ -34,6 +34,11 @@ fn dataplane_modules_have_no_import_cycle() {
 }
 
 #[test]
+fn manager_modules_have_no_import_cycle() {
+    assert_no_cycles("manager");
+}
+
+#[test]
 fn hugepages_modules_have_no_import_cycle() {
     assert_no_cycles("hugepages");
 }

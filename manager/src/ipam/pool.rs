@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::bitmap::ChunkedBitmap;
-use super::IpamError;
+use super::error::IpamError;
 use crate::crd::Subnet;
 
 /// The most addresses one pool may hold (8 MiB of bitmap).

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use heddle_cni::sriov::sysfs::{device_dir, link_name, netdevs, valid_pci_address};
 
-use super::{DeviceType, VfError};
+use super::types::{DeviceType, VfError};
 
 /// Where sysfs is mounted on a node.
 pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
