@@ -7,7 +7,8 @@
 #
 # TARGET is <crate dir>/<target> (dataplane/vhost_protocol, cni/call, manager/ipam_stdin) or
 # a bare target name; default: every target of dataplane/fuzz, cni/fuzz and manager/fuzz.
-# Every run has -timeout=5 (an input that takes over 5 s is a finding: a hang). New inputs go
+# HEDDLE_FUZZ_NICE sets the CPU priority (default 19, the lowest; on a busy machine a
+# niceness of 19 gets almost no CPU, so give 0 when the fuzz hours matter). Every run has -timeout=5 (an input that takes over 5 s is a finding: a hang). New inputs go
 # to a scratch corpus under $HEDDLE_FUZZ_WORK (default /var/tmp/heddle-fuzz), seeded from the
 # committed one (fuzz/corpus/<target>, read only); findings go to
 # $HEDDLE_FUZZ_WORK/<crate>/<target>/artifacts/. Prints per target: executions, seconds,
@@ -58,12 +59,13 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
+nice=${HEDDLE_FUZZ_NICE:-19}
 work=${HEDDLE_FUZZ_WORK:-/var/tmp/heddle-fuzz}
 mkdir -p "$work"
 
 # Build every crate's targets first (one cargo at a time), so the runs time only fuzzing.
 for c in $(printf '%s\n' "${targets[@]}" | cut -d/ -f1 | sort -u); do
-    (cd "$c" && nice -n 19 cargo fuzz build -O)
+    (cd "$c" && nice -n "$nice" cargo fuzz build -O)
 done
 
 run() {
@@ -72,7 +74,7 @@ run() {
     mkdir -p "$dir/corpus" "$dir/artifacts"
     local started=$SECONDS
     set +e
-    (cd "$root/$crate" && nice -n 19 cargo fuzz run -O "$name" "$dir/corpus" "fuzz/corpus/$name" -- \
+    (cd "$root/$crate" && nice -n "$nice" cargo fuzz run -O "$name" "$dir/corpus" "fuzz/corpus/$name" -- \
         -max_total_time="$seconds" -timeout=5 -rss_limit_mb=4096 -print_final_stats=1 \
         -artifact_prefix="$dir/artifacts/") >"$dir/run.log" 2>&1
     local rc=$?
