@@ -8,7 +8,8 @@
 # TARGET is <crate dir>/<target> (dataplane/vhost_protocol, cni/call, manager/ipam_stdin) or
 # a bare target name; default: every target of dataplane/fuzz, cni/fuzz and manager/fuzz.
 # HEDDLE_FUZZ_NICE sets the CPU priority (default 19, the lowest; on a busy machine a
-# niceness of 19 gets almost no CPU, so give 0 when the fuzz hours matter). Every run has -timeout=5 (an input that takes over 5 s is a finding: a hang). New inputs go
+# niceness of 19 gets almost no CPU, so give 0 when the fuzz hours matter).
+# Every run has -timeout=5 (an input that takes over 5 s is a finding: a hang). New inputs go
 # to a scratch corpus under $HEDDLE_FUZZ_WORK (default /var/tmp/heddle-fuzz), seeded from the
 # committed one (fuzz/corpus/<target>, read only); findings go to
 # $HEDDLE_FUZZ_WORK/<crate>/<target>/artifacts/. Prints per target: executions, seconds,
