@@ -7,7 +7,8 @@
 //! host directory bind-mounted at its container path, the host device root hidden), and a
 //! dpdk-testpmd virtio-user peer inside it, given only the container-side socket path from
 //! the answer's environment, passes traffic through the switch to the other pod. DEL leaves
-//! the device directories empty.
+//! the device directories empty. The same for memif devices: two pods with a memif client
+//! each, on the memif devices the kubelet allocated.
 //!
 //! Needs root, dpdk-testpmd, util-linux `unshare` and `mount`, about 800 MiB of free 2 MiB
 //! hugepages, and the binaries built (`cargo build --workspace --bins`).
@@ -101,19 +102,31 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A pod's testpmd: one virtio-user port on `socket` (a container path) with `mac`, mac
-/// forwarding to `peer`, run inside `view`.
+/// The port a pod's testpmd opens on its container-side socket.
+#[derive(Clone, Copy)]
+enum PodPort {
+    /// A virtio-user port (the switch is the vhost-user server).
+    VirtioUser,
+    /// A memif client (the switch is the memif server).
+    Memif,
+}
+
+/// A pod's testpmd: one `port` on `socket` (a container path) with `mac`, mac forwarding to
+/// `peer`, run inside `view`.
 fn pod_testpmd(
     name: &str,
     view: Vec<String>,
+    port: PodPort,
     socket: &str,
     mac: &str,
     peer: &str,
 ) -> Result<Testpmd> {
-    let mut tp = Testpmd::builder(name)
-        .cpu(0)
-        .wrapper(&view)
-        .virtio_user(socket, mac, false)
+    let builder = Testpmd::builder(name).cpu(0).wrapper(&view);
+    let builder = match port {
+        PodPort::VirtioUser => builder.virtio_user(socket, mac, false),
+        PodPort::Memif => builder.memif(socket, false, 0, mac),
+    };
+    let mut tp = builder
         .forward_mode(ForwardMode::Mac)
         .eth_peer(0, peer)
         .spawn()?;
@@ -238,6 +251,7 @@ fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() 
     let mut pod_b = pod_testpmd(
         "handoff-b",
         pod_view(&alloc_b, &device_root),
+        PodPort::VirtioUser,
         &pod_socks_b[0],
         &mac_b,
         &mac_a,
@@ -245,6 +259,7 @@ fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() 
     let mut pod_a = pod_testpmd(
         "handoff-a",
         pod_view(&alloc_a, &device_root),
+        PodPort::VirtioUser,
         &pod_sock_a,
         &mac_a,
         &mac_b,
@@ -302,5 +317,152 @@ fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() 
         !dir.path().join("pods").exists(),
         "no pod socket directory is made for a device attachment"
     );
+    Ok(())
+}
+
+#[test]
+fn pods_reach_each_other_through_the_memif_devices_the_kubelet_allocated() -> Result<()> {
+    const MEMIF: &str = "heddle.dev/memif";
+    const MEMIF_ENV: &str = "HEDDLE_MEMIF_SOCKETS";
+    require_dpdk_peers(800)?;
+    for tool in ["unshare", "mount"] {
+        require_tool(tool).context("unshare and mount come from the Debian package util-linux")?;
+    }
+    let _cpus = exclusive_cpus();
+    let dir = tempfile::tempdir()?;
+    let device_root = dir.path().join("devices");
+    let switch = SwitchProcess::start_with_ports(dir.path(), "  []")?;
+    let kubelet = TestKubelet::start(&dir.path().join("kubelet"))?;
+    let started = Instant::now();
+    let plugin = DevicePluginProcess::start(
+        dir.path(),
+        &device_plugin::config_yaml(
+            &kubelet.device_plugin_dir(),
+            &device_root,
+            &switch.socket(),
+            &format!("  - {{name: {MEMIF}, kind: memif, count: 2}}"),
+        ),
+    )?;
+    kubelet
+        .wait_registered(MEMIF, 1, Duration::from_secs(20))
+        .with_context(|| plugin.log())?;
+    kubelet
+        .wait_update(
+            MEMIF,
+            started,
+            Duration::from_secs(10),
+            "both memif devices healthy (the switch is up)",
+            |u| u.healthy().len() == 2,
+        )
+        .with_context(|| plugin.log())?;
+    let cni = CniPlugin::heddle()?;
+    let memif_conf = |extra: Value| {
+        let mut c = conf(dir.path(), &switch.socket(), &device_root, extra);
+        c["kind"] = json!("memif");
+        c["ringSize"] = json!(1024);
+        c
+    };
+
+    // Pod A: Multus passes the device as runtimeConfig.deviceID.
+    let alloc_a = kubelet.allocate("memif-a", "tenant", "dpdk", MEMIF, 1)?;
+    let id_a = alloc_a.device_ids[0].clone();
+    let pod_sock_a = alloc_a.response.envs[MEMIF_ENV].clone();
+    ensure!(
+        pod_sock_a == format!("/run/heddle/devices/{id_a}/memif.sock"),
+        "{pod_sock_a}"
+    );
+    let conf_a = memif_conf(json!({"runtimeConfig": {"deviceID": id_a}}));
+    let cni_a = cni.clone().with_env("CNI_ARGS", &pod_args("memif-a"));
+    let a = cni_a.ok("ADD", "sandbox-a", "net1", "/run/netns/none", &conf_a)?;
+    let host_sock_a = device_root.join(&id_a).join("memif.sock");
+    ensure!(
+        a["interfaces"][0]["socketPath"] == host_sock_a.display().to_string()
+            && host_sock_a.exists(),
+        "the switch's memif socket is in the device directory: {a}"
+    );
+
+    // Pod B: no deviceID; heddle-cni asks the kubelet's PodResources API.
+    let alloc_b = kubelet.allocate("memif-b", "tenant", "dpdk", MEMIF, 1)?;
+    let id_b = alloc_b.device_ids[0].clone();
+    ensure!(id_b != id_a, "two pods, one device: {id_a}");
+    let conf_b = memif_conf(
+        json!({"resourceName": MEMIF, "podResourcesSocket": kubelet.pod_resources_socket()}),
+    );
+    let cni_b = cni.clone().with_env("CNI_ARGS", &pod_args("memif-b"));
+    let b = cni_b.ok("ADD", "sandbox-b", "net1", "/run/netns/none", &conf_b)?;
+    ensure!(
+        b["interfaces"][0]["socketPath"]
+            == device_root
+                .join(&id_b)
+                .join("memif.sock")
+                .display()
+                .to_string(),
+        "pod B's socket is in the device the kubelet gave it ({id_b}): {b}"
+    );
+
+    // The pods: each testpmd knows only its container path.
+    let mac = |r: &Value| r["interfaces"][0]["mac"].as_str().unwrap_or("").to_owned();
+    let (mac_a, mac_b) = (mac(&a), mac(&b));
+    let mut pod_b = pod_testpmd(
+        "memif-b",
+        pod_view(&alloc_b, &device_root),
+        PodPort::Memif,
+        &alloc_b.response.envs[MEMIF_ENV],
+        &mac_b,
+        &mac_a,
+    )?;
+    let mut pod_a = pod_testpmd(
+        "memif-a",
+        pod_view(&alloc_a, &device_root),
+        PodPort::Memif,
+        &pod_sock_a,
+        &mac_a,
+        &mac_b,
+    )?;
+    pod_b.start()?;
+    pod_a.start_tx_first()?;
+    let min_rx = 1_000;
+    wait_until(
+        "traffic both ways between the memif pods through the switch",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let (ra, rb) = (
+                pod_a.port_stats()?[&0].rx_packets,
+                pod_b.port_stats()?[&0].rx_packets,
+            );
+            Ok((ra > min_rx && rb > min_rx).then_some((ra, rb)))
+        },
+    )
+    .with_context(|| format!("switch log:\n{}", switch.log()))?;
+    pod_a.stop()?;
+    pod_b.stop()?;
+    let (ra, rb) = (
+        pod_a.port_stats()?[&0].rx_packets,
+        pod_b.port_stats()?[&0].rx_packets,
+    );
+    eprintln!("memif pod a received {ra}, memif pod b received {rb} through the switch");
+    pod_a.shutdown()?;
+    pod_b.shutdown()?;
+
+    for _ in 0..2 {
+        cni_a.ok("DEL", "sandbox-a", "net1", "", &conf_a)?;
+        cni_b.ok("DEL", "sandbox-b", "net1", "", &conf_b)?;
+    }
+    for id in [&id_a, &id_b] {
+        let d = device_root.join(id);
+        ensure!(
+            d.is_dir() && entries(&d).is_empty(),
+            "{}: {:?}",
+            d.display(),
+            entries(&d)
+        );
+    }
+    ensure!(
+        switch.port_names()?.is_empty(),
+        "{:?}",
+        switch.port_names()?
+    );
+    ensure!(entries(&dir.path().join("cni-state")).is_empty());
     Ok(())
 }

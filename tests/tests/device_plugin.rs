@@ -236,7 +236,46 @@ fn allocate_creates_the_device_dirs_and_names_the_container_sockets() -> Result<
 }
 
 #[test]
-fn switch_stop_and_start_reach_list_and_watch() -> Result<()> {
+fn a_request_for_more_devices_than_the_node_has_is_refused_and_creates_nothing() -> Result<()> {
+    let mut node = Node::start("")?;
+    node.registered(VHOST, 1)?;
+    let all: Vec<String> = (0..4).map(|i| format!("vhost-user-{i}")).collect();
+    // The kubelet offers all 4 and asks for 5: GetPreferredAllocation says it cannot.
+    let err = node
+        .kubelet
+        .preferred(VHOST, &all, &[], 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a preferred allocation of 5 cannot be made from 4 available devices"),
+        "{err}"
+    );
+    // Allocate of 5 ids names the one the plugin never listed, and creates no directory,
+    // not even for the 4 that exist.
+    let five: Vec<String> = (0..5).map(|i| format!("vhost-user-{i}")).collect();
+    let err = node
+        .kubelet
+        .allocate_raw(VHOST, &five)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("vhost-user-4 is not a device of heddle.dev/vhost-user"),
+        "{err}"
+    );
+    assert!(
+        !node.device_root().exists() || std::fs::read_dir(node.device_root())?.next().is_none(),
+        "a refused Allocate created {:?}",
+        std::fs::read_dir(node.device_root())?.collect::<Vec<_>>()
+    );
+    // The plugin still serves: a request that fits is answered.
+    node.plugin.check_running()?;
+    let a = node.kubelet.allocate("vnf-a", "telco", "dpdk", VHOST, 4)?;
+    assert_eq!(a.device_ids.len(), 4);
+    Ok(())
+}
+
+#[test]
+fn switch_stop_and_start_reach_list_and_watch_as_all_unhealthy_then_all_healthy() -> Result<()> {
     let mut node = Node::start("")?;
     node.registered(VHOST, 1)?;
     node.registered(MEMIF, 1)?;
@@ -292,22 +331,30 @@ fn port_limit_reached_marks_every_device_unhealthy() -> Result<()> {
     client.add_port(&port(1))?;
     let err = client.add_port(&port(2)).unwrap_err().to_string();
     assert!(err.contains("max_ports"), "{err}");
-    node.kubelet.wait_update(
+    let u = node.kubelet.wait_update(
         VHOST,
         since,
         Duration::from_secs(5),
         "all unhealthy at the port limit",
         |u| u.all_unhealthy(),
     )?;
+    println!(
+        "{VHOST}: unhealthy {:?} after the switch reached max_ports",
+        u.at - since
+    );
     let since = Instant::now();
     client.remove_port("p1")?;
-    node.kubelet.wait_update(
+    let u = node.kubelet.wait_update(
         VHOST,
         since,
         Duration::from_secs(5),
         "healthy below the limit",
         |u| u.healthy().len() == 4,
     )?;
+    println!(
+        "{VHOST}: healthy {:?} after a port was removed below max_ports",
+        u.at - since
+    );
     Ok(())
 }
 
@@ -341,8 +388,15 @@ fn kubelet_restart_is_followed_by_a_new_registration_within_two_seconds() -> Res
     Ok(())
 }
 
+/// The kubelet owns the allocation state (its device-manager checkpoint, which the test
+/// kubelet keeps too); the plugin keeps none and learns nothing of it after a restart. What
+/// the plugin must do is list the same device ids again (so the checkpoint still names the
+/// held devices and the kubelet leaves them out of what it offers) and leave the held
+/// devices' directories alone. This test crashes the plugin (SIGKILL, sockets left behind),
+/// restarts it, and checks both, and that a second pod gets only the free devices.
 #[test]
-fn plugin_restart_never_hands_a_held_device_to_a_second_pod() -> Result<()> {
+fn plugin_crash_and_restart_keep_device_ids_and_dirs_so_no_held_device_goes_to_a_second_pod(
+) -> Result<()> {
     let mut node = Node::start("")?;
     node.registered(VHOST, 1)?;
     let before: Vec<String> = node
@@ -469,7 +523,8 @@ fn check_accepts_a_good_config_and_names_the_fix_for_a_bad_one() -> Result<()> {
 }
 
 #[test]
-fn vf_pools_are_served_from_sysfs_with_pcidevice_env_and_follow_their_pf() -> Result<()> {
+fn vf_pools_are_served_from_sysfs_with_pcidevice_env_and_turn_unhealthy_when_their_pf_is_down_or_gone(
+) -> Result<()> {
     use heddle_manager::device_plugin::vf_pool::fixture::{self, FixtureVf, Pf};
     let dir = tempfile::tempdir()?;
     let sys = dir.path().join("sys");
@@ -579,5 +634,26 @@ fn vf_pools_are_served_from_sysfs_with_pcidevice_env_and_follow_their_pf() -> Re
         "VFs healthy again",
         |u| u.healthy().len() == 2,
     )?;
+
+    // The PF is gone (its driver unbound, the device removed): its VFs turn unhealthy and
+    // stay listed.
+    let since = Instant::now();
+    std::fs::rename(
+        sys.join("bus/pci/devices/0000:3b:00.0"),
+        dir.path().join("removed-pf"),
+    )?;
+    let u = kubelet.wait_update(
+        n3,
+        since,
+        Duration::from_secs(5),
+        "VFs of a removed PF unhealthy",
+        |u| u.all_unhealthy() && u.devices.len() == 2,
+    )?;
+    println!(
+        "{n3}: unhealthy {:?} after its PF was removed",
+        u.at - since
+    );
+    assert_eq!(kubelet.devices(n6).unwrap().healthy(), ["0000:5e:02.0"]);
+    plugin.check_running()?;
     Ok(())
 }

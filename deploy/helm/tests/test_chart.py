@@ -355,6 +355,9 @@ def test_node_group_overrides_are_deep_merged_into_both_configs(chart):
     assert [p["resourceName"] for p in dp["vfPools"]] == ["heddle.dev/sriov_n3", "heddle.dev/sriov_n6"], "core's VF pools"
     assert dp["kubeletDir"] == "/var/lib/kubelet/device-plugins", "device plugin defaults are kept under a group's overrides"
     assert yaml.safe_load(edge_cm["data"]["device-plugin.yaml"])["vfPools"] == [], "edge keeps the default: no VF pools"
+    counts = lambda cm: [(r["name"], r["count"]) for r in yaml.safe_load(cm["data"]["device-plugin.yaml"])["resources"]]
+    assert counts(core_cm) == [("heddle.dev/vhost-user", 128), ("heddle.dev/memif", 32)], "core's resource counts"
+    assert counts(edge_cm) == [("heddle.dev/vhost-user", 64), ("heddle.dev/memif", 64)], "edge keeps the default counts"
     pod = core_ds["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"node.example.com/type": "core", "kubernetes.io/os": "linux"}, "core's nodeSelector"
     assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "dataplane", "effect": "NoSchedule"}], \

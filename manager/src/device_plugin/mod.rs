@@ -24,6 +24,8 @@
 //! while another plugin answers on its socket, and removes only a stale socket file.
 
 pub mod config;
+#[cfg(test)]
+mod doc_example;
 pub mod resource;
 pub mod serve;
 pub mod service;

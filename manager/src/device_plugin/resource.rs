@@ -289,9 +289,11 @@ impl VfPoolResource {
             .clone()
     }
 
-    /// Replaces the pool's VFs with a fresh discovery's.
+    /// Replaces the pool's VFs with a fresh discovery's; VFs listed before that it no longer
+    /// finds stay listed, unhealthy ([`PoolDevices::keeping_gone`]).
     pub fn replace(&self, devices: PoolDevices) {
-        *self.devices.write().unwrap_or_else(|e| e.into_inner()) = devices;
+        let mut current = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        *current = devices.keeping_gone(&current);
     }
 
     fn devices(&self) -> Vec<Device> {
@@ -459,5 +461,128 @@ mod tests {
             .preferred(&ids(&["vhost-user-12"]), &[], 1, &up(&[0]))
             .unwrap_err();
         assert!(e.contains("vhost-user-12 is not a device"), "{e}");
+    }
+
+    /// A node with two PFs: `ens1f0` on NUMA node 0 (VFs `0000:3b:02.0`, `.1`) and `ens2f0`
+    /// on NUMA node 1 (VFs `0000:af:02.0`, `.1`), all on iavf; one pool takes every VF.
+    fn two_numa_pool() -> (tempfile::TempDir, Resource) {
+        use super::super::vf_pool::fixture::{self, FixtureVf, Pf};
+        let sys = tempfile::tempdir().unwrap();
+        for (pci, netdev, numa_node, vfs) in [
+            (
+                "0000:3b:00.0",
+                "ens1f0",
+                0,
+                ["0000:3b:02.0", "0000:3b:02.1"],
+            ),
+            (
+                "0000:af:00.0",
+                "ens2f0",
+                1,
+                ["0000:af:02.0", "0000:af:02.1"],
+            ),
+        ] {
+            let vfs = vfs
+                .iter()
+                .map(|&pci| FixtureVf {
+                    pci,
+                    netdev: None,
+                    driver: Some("iavf"),
+                    iommu_group: None,
+                })
+                .collect();
+            fixture::create(
+                sys.path(),
+                &Pf {
+                    pci,
+                    netdev,
+                    numa_node,
+                    vendor: "0x8086",
+                    vf_device: "0x154c",
+                    vfs,
+                },
+            )
+            .unwrap();
+        }
+        let pool: super::super::vf_pool::VfPool =
+            serde_yaml::from_str("resourceName: heddle.dev/sriov_n3").unwrap();
+        let found = super::super::vf_pool::discover_pools(&[pool], sys.path())
+            .unwrap()
+            .remove(0);
+        let r = Resource::VfPool(Box::new(VfPoolResource::new(found, sys.path())));
+        (sys, r)
+    }
+
+    #[test]
+    fn vf_preferred_allocation_takes_the_vfs_on_the_numa_node_of_the_switchs_pmd_cores() {
+        let (_sys, r) = two_numa_pool();
+        let all = ids(&[
+            "0000:3b:02.0",
+            "0000:3b:02.1",
+            "0000:af:02.0",
+            "0000:af:02.1",
+        ]);
+        assert_eq!(
+            r.preferred(&all, &[], 2, &up(&[1])).unwrap(),
+            ids(&["0000:af:02.0", "0000:af:02.1"])
+        );
+        assert_eq!(
+            r.preferred(&all, &[], 2, &up(&[0])).unwrap(),
+            ids(&["0000:3b:02.0", "0000:3b:02.1"])
+        );
+        // Node 1 has one VF left: it goes first, then the other node's.
+        let left = ids(&["0000:3b:02.0", "0000:3b:02.1", "0000:af:02.1"]);
+        assert_eq!(
+            r.preferred(&left, &[], 2, &up(&[1])).unwrap(),
+            ids(&["0000:af:02.1", "0000:3b:02.0"])
+        );
+    }
+
+    #[test]
+    fn vfs_whose_pf_is_gone_stay_listed_unhealthy_after_rediscovery() {
+        let (sys, r) = two_numa_pool();
+        let Resource::VfPool(pool) = &r else {
+            unreachable!()
+        };
+        let health = |r: &Resource| -> Vec<(String, String)> {
+            r.devices(&SwitchView::default())
+                .into_iter()
+                .map(|d| (d.id, d.health))
+                .collect()
+        };
+        let rediscover = || {
+            let found = super::super::vf_pool::discover_pools(&[pool.pool().clone()], sys.path())
+                .unwrap()
+                .remove(0);
+            pool.replace(found);
+        };
+        let pf_b = sys.path().join("bus/pci/devices/0000:af:00.0");
+        let saved = sys.path().join("saved-pf");
+        std::fs::rename(&pf_b, &saved).unwrap();
+        let want_gone = vec![
+            ("0000:3b:02.0".to_owned(), HEALTHY.to_owned()),
+            ("0000:3b:02.1".to_owned(), HEALTHY.to_owned()),
+            ("0000:af:02.0".to_owned(), UNHEALTHY.to_owned()),
+            ("0000:af:02.1".to_owned(), UNHEALTHY.to_owned()),
+        ];
+        assert_eq!(health(&r), want_gone, "before re-discovery");
+        rediscover();
+        assert_eq!(
+            health(&r),
+            want_gone,
+            "after re-discovery: listed, unhealthy"
+        );
+        assert!(
+            r.allocate(&ids(&["0000:af:02.0"])).is_ok(),
+            "Allocate still knows a VF that is listed"
+        );
+        // The PF comes back: its VFs are healthy again once discovery finds them.
+        std::fs::rename(&saved, &pf_b).unwrap();
+        rediscover();
+        assert!(
+            health(&r).iter().all(|(_, h)| h == HEALTHY),
+            "{:?}",
+            health(&r)
+        );
     }
 }

@@ -20,7 +20,7 @@ mod discovery;
 mod selector;
 mod types;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use heddle_kubelet_api::deviceplugin::{
@@ -216,6 +216,7 @@ pub fn discover_pools(pools: &[VfPool], sysfs_root: &Path) -> Result<Vec<PoolDev
         .map(|p| PoolDevices {
             pool: p.clone(),
             vfs: BTreeMap::new(),
+            gone: BTreeSet::new(),
         })
         .collect();
     for vf in discover_vfs(sysfs_root)? {
@@ -240,6 +241,9 @@ pub fn discover_pools(pools: &[VfPool], sysfs_root: &Path) -> Result<Vec<PoolDev
 pub struct PoolDevices {
     pool: VfPool,
     vfs: BTreeMap<String, Vf>,
+    /// VFs an earlier discovery found that the latest one did not (see
+    /// [`PoolDevices::keeping_gone`]): still listed, always unhealthy.
+    gone: BTreeSet<String>,
 }
 
 impl PoolDevices {
@@ -252,7 +256,23 @@ impl PoolDevices {
                 .into_iter()
                 .map(|vf| (vf.pci.clone(), vf))
                 .collect(),
+            gone: BTreeSet::new(),
         })
+    }
+
+    /// This (fresh) discovery, plus every VF `before` listed that it no longer finds (its PF
+    /// or the VF was removed, or it was re-bound or changed so the pool no longer selects
+    /// it). Those stay in the list as `Unhealthy` rather than vanish from it, so the kubelet
+    /// sees a VF whose PF is gone as unhealthy for as long as the plugin runs; one that
+    /// discovery finds again is listed as discovered, its health read from sysfs again.
+    pub fn keeping_gone(mut self, before: &PoolDevices) -> PoolDevices {
+        for (id, vf) in &before.vfs {
+            if !self.vfs.contains_key(id) {
+                self.vfs.insert(id.clone(), vf.clone());
+                self.gone.insert(id.clone());
+            }
+        }
+        self
     }
 
     /// The pool's config.
@@ -276,15 +296,20 @@ impl PoolDevices {
     }
 
     /// The `ListAndWatch` devices: id (PCI address), health read from sysfs now (see
-    /// [`health`]) and NUMA node (no topology when sysfs does not know it).
+    /// [`health`]; always unhealthy for a VF the latest discovery no longer found) and NUMA
+    /// node (no topology when sysfs does not know it).
     pub fn devices(&self, sysfs_root: &Path) -> Vec<Device> {
         self.vfs
             .values()
             .map(|vf| Device {
                 id: vf.pci.clone(),
-                health: health(sysfs_root, vf, self.pool.device_type)
-                    .as_str()
-                    .to_owned(),
+                health: if self.gone.contains(&vf.pci) {
+                    heddle_kubelet_api::deviceplugin::UNHEALTHY.to_owned()
+                } else {
+                    health(sysfs_root, vf, self.pool.device_type)
+                        .as_str()
+                        .to_owned()
+                },
                 topology: vf.numa_node.map(|n| TopologyInfo {
                     nodes: vec![NumaNode { id: i64::from(n) }],
                 }),
