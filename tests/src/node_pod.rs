@@ -58,6 +58,49 @@ pub fn require_image() -> Result<()> {
     Ok(())
 }
 
+/// The image of the dpdk-testpmd pods: `tests/src/testdata/testpmd.Containerfile`.
+pub const TESTPMD_IMAGE: &str = "localhost/heddle-testpmd:bookworm";
+
+/// Builds [`TESTPMD_IMAGE`] unless it exists (Debian's `dpdk` package on the base image of
+/// `deploy/image/build.sh`; run [`require_image`] first; about a minute once, then nothing).
+pub fn require_testpmd_image() -> Result<()> {
+    let conf = crate::podman::BASE_CONF;
+    let exists = Command::new("podman")
+        .env("CONTAINERS_CONF", conf)
+        .args(["image", "exists", TESTPMD_IMAGE])
+        .status()?;
+    if exists.success() {
+        return Ok(());
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/testpmd.Containerfile");
+    let out = Command::new("podman")
+        .env("CONTAINERS_CONF", conf)
+        .args([
+            "build",
+            "--pull=never",
+            "--network=host",
+            "--tag",
+            TESTPMD_IMAGE,
+            "--file",
+        ])
+        .arg(&file)
+        .arg(
+            file.parent()
+                .context("the Containerfile is in a directory")?,
+        )
+        .output()
+        .context("running podman build")?;
+    if !out.status.success() {
+        bail!(
+            "building {TESTPMD_IMAGE} from {} failed (it needs deploy/image/build.sh's base image and Debian's mirror):\n{}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Where the pod's host paths go in a test.
 #[derive(Debug, Clone, Default)]
 pub struct HostDirs {
