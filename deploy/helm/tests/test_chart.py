@@ -255,6 +255,44 @@ def test_values_switch_block_equals_heddle_switch_print_default_config():
         f"values: {values['switch']}\nprinted: {yaml.safe_load(printed.stdout)}")
 
 
+# Binaries of the image, by the name the chart's commands call them.
+CLAP_BINARIES = {"heddle-switch", "heddle-manager", "heddlectl"}
+
+
+@pytest.mark.parametrize("values_set", VALUE_SETS)
+def test_every_command_line_the_chart_writes_is_accepted_by_its_binary(chart, values_set):
+    """Each container's command + args, and each exec probe, parsed by the real binary (clap):
+    `--help` appended, so a flag the binary does not know fails, a known one exits 0."""
+    checked = 0
+    for obj in objects_of(render(chart, values_of(values_set))):
+        if obj["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            lines = [c["command"] + c.get("args", [])]
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                cmd = c.get(probe, {}).get("exec", {}).get("command")
+                if cmd and cmd[:2] == ["/bin/sh", "-c"]:
+                    cmd = cmd[2].split("|")[0].split()
+                if cmd:
+                    lines.append(cmd)
+            for line in lines:
+                if line[0] not in CLAP_BINARIES:
+                    assert line[0] == "/usr/local/share/heddle/install-cni.sh", f"unknown program {line}"
+                    continue
+                r = subprocess.run([binary(line[0]), *line[1:], "--help"], capture_output=True, text=True)
+                assert r.returncode == 0, (
+                    f"{values_set}: {obj['metadata']['name']}/{c['name']}: {line} is refused by {line[0]}:\n{r.stderr}")
+                checked += 1
+    assert checked >= 6, f"{values_set}: command lines checked: {checked}"
+
+
+def test_the_command_line_check_refuses_an_unknown_flag():
+    """Control: a flag heddle-manager does not know fails the check above."""
+    r = subprocess.run([binary("heddle-manager"), "run", "--leader-elect=true", "--help"], capture_output=True, text=True)
+    assert r.returncode != 0, "heddle-manager accepted an unknown flag"
+
+
 # ---------------------------------------------------------------- the node pod
 
 
