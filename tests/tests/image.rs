@@ -353,6 +353,34 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
     )
     .with_context(|| pod.logs("switch"))?;
 
+    // The chart's probes, run as the kubelet runs them (exec in the switch container), pass.
+    let switch_spec = node.pod["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "switch"))
+        .context("no switch container in the pod")?;
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let cmd: Vec<&str> = switch_spec[probe]["exec"]["command"]
+            .as_array()
+            .with_context(|| format!("the switch has no exec {probe}"))?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let switch_container = format!("{name}-switch");
+        let mut args = vec!["exec", switch_container.as_str()];
+        args.extend(&cmd);
+        // Probed every few seconds by the kubelet: allow the switch 30 s to pass each.
+        wait_until(
+            &format!("{probe} {cmd:?} passing in the running switch container"),
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            || Ok(podman.output(&args)?.status.success().then_some(())),
+        )
+        .with_context(|| {
+            let out = podman.output(&args);
+            format!("last try: {out:?}")
+        })?;
+    }
+
     // What the init container installed: copies, not links into the container.
     for b in ["heddle-cni", "heddle-ipam"] {
         let p = cni_bin.join(b);
