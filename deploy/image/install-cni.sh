@@ -7,16 +7,21 @@
 #                protocol under this name); a copy, because a link would point into the image
 # Each file is copied next to its destination and renamed over it, so the kubelet never runs
 # a half-written plugin. When the pod has a service-account token it also writes a kubeconfig
-# for heddle-ipam's cluster mode (docs/cni.md: "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig").
+# for heddle-ipam's cluster mode (docs/cni.md: "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig"),
+# naming this node in its context's `heddle.dev/node` extension: heddle-ipam claims address
+# blocks for that node, and the runtime that runs it on the host passes no node name.
 #
 # Usage: install-cni.sh [CNI bin dir]
-# Environment (all optional; the chart sets the first four):
+# Environment (all optional; the chart sets the first five):
 #   CNI_BIN_DIR         CNI bin dir when no argument is given (default /host/cni/bin)
 #   HEDDLE_KUBECONFIG   kubeconfig to write (default /host/cni/net.d/heddle.kubeconfig)
 #   HEDDLE_TOKEN_DIR    holds `token` and `ca.crt` of the node ServiceAccount
 #                       (default /var/run/secrets/kubernetes.io/serviceaccount)
 #   HEDDLE_API_SERVER   API server URL for the kubeconfig; empty: https://$KUBERNETES_SERVICE_HOST:
 #                       $KUBERNETES_SERVICE_PORT, as the kubelet sets them in every pod
+#   HEDDLE_NODE_NAME    the Kubernetes node name (the chart: fieldRef spec.nodeName); empty: no
+#                       node in the kubeconfig, heddle-ipam falls back to NODE_NAME, then the
+#                       host name
 #   HEDDLE_BIN_DIR      where the binaries are (default /usr/local/bin)
 set -euo pipefail
 
@@ -28,6 +33,10 @@ BIN=${HEDDLE_BIN_DIR:-/usr/local/bin}
 log() { echo "install-cni.sh: $*"; }
 die() { echo "install-cni.sh: $*" >&2; exit 1; }
 
+node=${HEDDLE_NODE_NAME:-}
+# A node name is a DNS subdomain: nothing in it needs quoting in YAML.
+[[ -z "$node" || "$node" =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$ ]] \
+    || die "HEDDLE_NODE_NAME '$node' is not a Kubernetes node name (lowercase DNS subdomain)"
 [[ -d "$DEST" ]] || die "CNI bin dir $DEST does not exist: mount the host's CNI bin dir there (hostPath, e.g. /opt/cni/bin) or pass its path as the first argument"
 [[ -w "$DEST" ]] || die "CNI bin dir $DEST is not writable: mount it read-write"
 
@@ -57,6 +66,15 @@ if [[ -z "$server" ]]; then
     [[ "$host" == *:* ]] && host="[$host]"   # IPv6 literal
     server="https://$host:${KUBERNETES_SERVICE_PORT:-443}"
 fi
+node_extension=""
+if [[ -n "$node" ]]; then
+    node_extension="
+      extensions:
+        - name: heddle.dev/node
+          extension: {nodeName: $node}"
+else
+    log "HEDDLE_NODE_NAME is empty: the kubeconfig names no node; heddle-ipam takes NODE_NAME or the host name"
+fi
 mkdir -p "$(dirname "$KUBECONFIG_OUT")"
 tmp="$KUBECONFIG_OUT.heddle-tmp.$$"
 (
@@ -76,9 +94,11 @@ users:
       token: $(cat "$SA_DIR/token")
 contexts:
   - name: heddle-ipam
-    context: {cluster: local, user: heddle-ipam}
+    context:
+      cluster: local
+      user: heddle-ipam$node_extension
 current-context: heddle-ipam
 KUBECONFIG
 )
 mv -f "$tmp" "$KUBECONFIG_OUT"
-log "wrote $KUBECONFIG_OUT for heddle-ipam (API server $server)"
+log "wrote $KUBECONFIG_OUT for heddle-ipam (API server $server${node:+, node $node})"

@@ -58,6 +58,63 @@ pub fn require_image() -> Result<()> {
     Ok(())
 }
 
+/// The image of the dpdk-testpmd pods: `tests/src/testdata/testpmd.Containerfile`.
+pub const TESTPMD_IMAGE: &str = "localhost/heddle-testpmd:bookworm";
+
+/// Builds [`TESTPMD_IMAGE`] unless it exists built from the present Containerfile (label
+/// `dev.heddle.containerfile-sha256`): Debian's dpdk-testpmd on the base image of
+/// `deploy/image/build.sh` (run [`require_image`] first); about a minute once, then nothing.
+pub fn require_testpmd_image() -> Result<()> {
+    let conf = crate::podman::BASE_CONF;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/testpmd.Containerfile");
+    let out = Command::new("sha256sum").arg(&file).output()?;
+    let hash = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .context("sha256sum printed nothing")?
+        .to_owned();
+    let present = Command::new("podman")
+        .env("CONTAINERS_CONF", conf)
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{index .Labels \"dev.heddle.containerfile-sha256\"}}",
+            TESTPMD_IMAGE,
+        ])
+        .output()?;
+    if present.status.success() && String::from_utf8_lossy(&present.stdout).trim() == hash {
+        return Ok(());
+    }
+    let out = Command::new("podman")
+        .env("CONTAINERS_CONF", conf)
+        .args([
+            "build",
+            "--pull=never",
+            "--network=host",
+            "--tag",
+            TESTPMD_IMAGE,
+        ])
+        .arg(format!("--label=dev.heddle.containerfile-sha256={hash}"))
+        .arg("--file")
+        .arg(&file)
+        .arg(
+            file.parent()
+                .context("the Containerfile is in a directory")?,
+        )
+        .output()
+        .context("running podman build")?;
+    if !out.status.success() {
+        bail!(
+            "building {TESTPMD_IMAGE} from {} failed (it needs deploy/image/build.sh's base image and Debian's mirror):\n{}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Where the pod's host paths go in a test.
 #[derive(Debug, Clone, Default)]
 pub struct HostDirs {

@@ -83,6 +83,11 @@ impl Podman {
         Ok(Podman { conf })
     }
 
+    /// The containers.conf this podman runs with (`CONTAINERS_CONF`).
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+
     /// A `podman` command with this config.
     pub fn command(&self) -> Command {
         let mut c = Command::new("podman");

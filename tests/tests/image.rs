@@ -3,9 +3,12 @@
 //! `heddle_tests::node_pod`; the node-agent and device-plugin containers need a Kubernetes API
 //! server and a kubelet and are left out), every host path pointed at the test's own
 //! directories. The install-cni init container puts heddle-cni and heddle-ipam into the test's
-//! CNI bin dir and writes heddle-ipam's kubeconfig; that heddle-cni, called as a kubelet would,
-//! attaches two vhost-user pods (dpdk-testpmd virtio-user peers) to one VLAN of the switch
-//! container, traffic passes, and DEL plus the pod's removal leave nothing behind.
+//! CNI bin dir and writes heddle-ipam's kubeconfig (naming the node, from `spec.nodeName`);
+//! that heddle-cni, called as a kubelet would, attaches two vhost-user interfaces to one VLAN
+//! of the switch container, a dpdk-testpmd pod (a container of its own from
+//! `tests/src/testdata/testpmd.Containerfile`: no network, its own hugetlbfs, only the socket
+//! directory shared) passes traffic through them, and DEL plus the pods' removal leave
+//! nothing behind.
 //!
 //! Needs root, about 800 MiB of free 2 MiB hugepages, dpdk-testpmd, openssl, the venv of
 //! `deploy/scripts/install-py.sh` (Helm's engine), and what `deploy/scripts/podman-setup.sh` installs; the test runs that script and
@@ -21,7 +24,8 @@ use anyhow::{bail, ensure, Context, Result};
 use heddle_api::Client;
 use heddle_tests::cni::CniPlugin;
 use heddle_tests::node_pod::{
-    bounding_set, node_pod, render_chart, require_image, HostDirs, Hugetlbfs, HEDDLE_IMAGE,
+    bounding_set, node_pod, render_chart, require_image, require_testpmd_image, HostDirs,
+    Hugetlbfs, HEDDLE_IMAGE, TESTPMD_IMAGE,
 };
 use heddle_tests::podman::{require_podman, Podman};
 use heddle_tests::{
@@ -29,6 +33,20 @@ use heddle_tests::{
     ForwardMode, Testpmd,
 };
 use serde_json::{json, Value};
+
+/// A container that `podman rm -f` removes on drop (the testpmd pod, if the test fails).
+struct ContainerGuard {
+    podman: Podman,
+    name: String,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .podman
+            .output(&["rm", "-f", "-t", "0", "--ignore", &self.name]);
+    }
+}
 
 /// The node pod running under podman; `podman pod rm -f` on drop.
 struct PodGuard {
@@ -76,23 +94,128 @@ fn sha256(out: &str) -> Result<String> {
         .context("sha256sum printed nothing")
 }
 
-/// A self-signed CA certificate standing in for the cluster's (`ca.crt` of the token Secret).
-fn write_ca(dir: &Path) -> Result<()> {
+fn openssl(args: &[&str], dir: &Path) -> Result<()> {
     let out = Command::new(require_tool("openssl")?)
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=heddle-test-ca", "-keyout"])
-        .arg(dir.join("ca.key"))
-        .arg("-out")
-        .arg(dir.join("ca.crt"))
+        .args(args)
+        .current_dir(dir)
         .output()?;
     ensure!(
         out.status.success(),
-        "openssl: {}",
+        "openssl {}: {}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::remove_file(dir.join("ca.key"))?;
     Ok(())
+}
+
+/// A CA standing in for the cluster's (its certificate goes to `ca.crt` of the token Secret)
+/// and a serving certificate it signed for 127.0.0.1, all in `dir`: `ca.crt`, `server.crt`,
+/// `server.key`.
+fn write_ca_and_server_cert(dir: &Path) -> Result<()> {
+    const EC: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(EC);
+    ca.extend(["-nodes", "-days", "1", "-subj", "/CN=heddle-test-ca"]);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(&ca, dir)?;
+    let mut csr = vec!["req", "-new"];
+    csr.extend(EC);
+    csr.extend(["-nodes", "-subj", "/CN=127.0.0.1"]);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&csr, dir)?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+        dir,
+    )
+}
+
+/// An HTTPS server standing in for the Kubernetes API server: every GET is answered 404 with
+/// a Kubernetes `Status` (reason NotFound), and its request line and Authorization header are
+/// appended to `log`. Killed on drop.
+struct ApiServerStandIn {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+const API_SERVER_STAND_IN: &str = r#"
+import http.server, json, ssl, sys
+port, cert, key, log = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        with open(log, "a") as f:
+            f.write(f"{self.command} {self.path} {self.headers.get('Authorization', '')}\n")
+        name = self.path.split("?")[0].rstrip("/").split("/")[-1]
+        body = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": f"{name} not found", "reason": "NotFound",
+            "details": {"name": name}, "code": 404}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+impl ApiServerStandIn {
+    fn start(port: u16, certs: &Path) -> Result<ApiServerStandIn> {
+        use std::io::BufRead;
+        let log = certs.join("requests.log");
+        let mut child = Command::new(require_tool("python3")?)
+            .arg("-c")
+            .arg(API_SERVER_STAND_IN)
+            .arg(port.to_string())
+            .arg(certs.join("server.crt"))
+            .arg(certs.join("server.key"))
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        ensure!(
+            line.trim() == "ready",
+            "the API server stand-in did not start: {line:?}"
+        );
+        Ok(ApiServerStandIn { child, log })
+    }
+
+    fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ApiServerStandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Every file (not directory) under `dir`, recursively.
@@ -116,6 +239,7 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
     require_dpdk_peers(800)?;
     require_podman()?;
     require_image()?;
+    require_testpmd_image()?;
     let _cpus = exclusive_cpus();
     let dir = tempfile::tempdir()?;
     let d = dir.path();
@@ -133,12 +257,15 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
     let (vfio, secrets, cni_state) = (sub("dev-vfio")?, sub("secrets")?, sub("cni-state")?);
     let token_dir = sub("secrets/heddle-node-token")?;
     std::fs::write(token_dir.join("token"), "test-token")?;
-    write_ca(&token_dir)?;
+    let certs = sub("certs")?;
+    write_ca_and_server_cert(&certs)?;
+    std::fs::copy(certs.join("ca.crt"), token_dir.join("ca.crt"))?;
     let huge = Hugetlbfs::mount(&d.join("hugepages"))?;
-    // An API server address where nothing listens: heddle-ipam must get as far as connecting.
+    // The "API server": HTTPS on 127.0.0.1 with a certificate of the token's CA.
     let api_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let api_server = ApiServerStandIn::start(api_port, &certs)?;
 
     // The chart's defaults, rendered by Helm's engine (one node group, "default"): `pmd: 1`,
     // a count the switch takes from its affinity mask (here the host's CPUs 0-1, as podman
@@ -226,6 +353,34 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
     )
     .with_context(|| pod.logs("switch"))?;
 
+    // The chart's probes, run as the kubelet runs them (exec in the switch container), pass.
+    let switch_spec = node.pod["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "switch"))
+        .context("no switch container in the pod")?;
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let cmd: Vec<&str> = switch_spec[probe]["exec"]["command"]
+            .as_array()
+            .with_context(|| format!("the switch has no exec {probe}"))?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let switch_container = format!("{name}-switch");
+        let mut args = vec!["exec", switch_container.as_str()];
+        args.extend(&cmd);
+        // Probed every few seconds by the kubelet: allow the switch 30 s to pass each.
+        wait_until(
+            &format!("{probe} {cmd:?} passing in the running switch container"),
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            || Ok(podman.output(&args)?.status.success().then_some(())),
+        )
+        .with_context(|| {
+            let out = podman.output(&args);
+            format!("last try: {out:?}")
+        })?;
+    }
+
     // What the init container installed: copies, not links into the container.
     for b in ["heddle-cni", "heddle-ipam"] {
         let p = cni_bin.join(b);
@@ -276,6 +431,16 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
             && text.contains("token: test-token"),
         "{text}"
     );
+    // The node's name, from the downward API's spec.nodeName (here the host name, see
+    // node_pod), in the extension heddle-ipam reads when the CNI config names no node.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    let kc: Value = serde_yaml::from_str(&text)?;
+    ensure!(
+        kc["contexts"][0]["context"]["extensions"]
+            == json!([{"name": "heddle.dev/node", "extension": {"nodeName": host.trim()}}]),
+        "the kubeconfig does not name node {}: {text}",
+        host.trim()
+    );
     let ipam = CniPlugin {
         binary: cni_bin.join("heddle-ipam"),
         cni_path: cni_bin.display().to_string(),
@@ -289,12 +454,21 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
         &json!({"cniVersion": "1.0.0", "name": "red", "ipam": {"type": "heddle-ipam",
             "network": "red", "namespace": "tenant-a", "kubeconfig": kubeconfig}}),
     )?;
+    // heddle-ipam (the copy on the "host") with that kubeconfig: TLS to the API server verified
+    // by the kubeconfig's CA, the token sent, the answer read ("no such Network").
     let msg = reply.json.to_string();
     ensure!(
-        !reply.ok && msg.contains("not reachable") && !msg.contains("cannot be read") && !msg.contains("not usable"),
-        "heddle-ipam with the written kubeconfig should fail only at the unreachable API server: {msg} {}",
+        !reply.ok && msg.contains("network tenant-a/red does not exist"),
+        "heddle-ipam with the written kubeconfig should reach the API server and be told the network does not exist: {msg} {}",
         reply.stderr
     );
+    let requests = api_server.requests();
+    ensure!(
+        requests
+            == "GET /apis/heddle.dev/v1alpha1/namespaces/tenant-a/networks/red Bearer test-token\n",
+        "the API server stand-in saw: {requests:?}"
+    );
+    drop(api_server);
 
     // Two vhost-user pods on VLAN 100 through the installed heddle-cni, as a kubelet calls it.
     let cni = CniPlugin {
@@ -316,8 +490,44 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
     let ports: Vec<String> = client.ports()?.into_iter().map(|p| p.spec.name).collect();
     ensure!(ports.len() == 2, "switch ports: {ports:?}");
 
+    // The pods: dpdk-testpmd in a container of its own (TESTPMD_IMAGE), no network, its own
+    // hugetlbfs (a pod's HugePages emptyDir), and only the directory of the sockets heddle-cni
+    // handed out mounted from the host, as the device plugin mounts it into a pod.
+    let pods_dir = run.join("pods");
+    let testpmd_huge = Hugetlbfs::mount(&d.join("testpmd-hugepages"))?;
+    let testpmd_name = format!("{name}-testpmd");
+    let _testpmd_guard = ContainerGuard {
+        podman: podman.clone(),
+        name: testpmd_name.clone(),
+    };
+    let wrapper: Vec<String> = [
+        "env",
+        &format!("CONTAINERS_CONF={}", podman.conf().display()),
+        "podman",
+        "run",
+        "--rm",
+        "-i",
+        "--name",
+        &testpmd_name,
+        "--network",
+        "none",
+        "--pull",
+        "never",
+        "--cap-add",
+        "IPC_LOCK",
+        "-v",
+        &format!("{}:/dev/hugepages", testpmd_huge.path().display()),
+        "-v",
+        &format!("{0}:{0}", pods_dir.display()),
+        TESTPMD_IMAGE,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
     let mut gen = Testpmd::builder("image-pods")
         .cpu(0)
+        .wrapper(&wrapper)
+        .binary("dpdk-testpmd")
         .virtio_user(&sa, &ma, false)
         .virtio_user(&sb, &mb, false)
         .forward_mode(ForwardMode::Mac)
@@ -334,6 +544,14 @@ fn node_pod_from_the_image_installs_heddle_cni_whose_vhost_user_pods_pass_traffi
         stats[&0].rx_packets, stats[&1].rx_packets
     );
     gen.shutdown()?;
+    ensure!(
+        !podman
+            .output(&["container", "exists", &testpmd_name])?
+            .status
+            .success(),
+        "the testpmd container {testpmd_name} is still there after testpmd quit"
+    );
+    testpmd_huge.unmount()?;
 
     // The switch counted them, as heddlectl inside the switch container reports.
     let ctl = podman.run(&[

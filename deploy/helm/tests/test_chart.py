@@ -170,7 +170,10 @@ def test_helm_lint_reports_no_errors_or_warnings(values_set):
 
 
 @pytest.mark.parametrize("values_set", VALUE_SETS)
-def test_every_rendered_object_validates_strictly_against_kubernetes(chart, values_set):
+def test_every_rendered_object_validates_strictly_against_kubernetes_or_its_operators_subset_schema(chart, values_set):
+    """Kubernetes kinds: kubernetes-validate --strict. cert-manager Certificate/Issuer and the
+    Prometheus Operator ServiceMonitor: schemas/*.json, the fields this chart uses typed as
+    those projects' CRDs type them (written here; the upstream CRDs are not vendored)."""
     objects = objects_of(render(chart, values_of(values_set)))
     assert len(objects) >= 15, f"{values_set} renders the whole release ({len(objects)} objects)"
     for obj in objects:
@@ -184,6 +187,20 @@ def test_every_rendered_object_validates_strictly_against_kubernetes(chart, valu
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             pytest.fail(f"{what} is not a valid Kubernetes {K8S_VERSION} object (strict): {e.message} at {list(e.path)}")
+
+
+def test_the_charts_crds_validate_strictly_against_kubernetes():
+    """crds/ is installed by Helm as is (not rendered): each CustomResourceDefinition must be a
+    valid apiextensions.k8s.io/v1 object of the same Kubernetes version."""
+    crds = [d for d in yaml.safe_load_all((CHART / "crds/heddle.dev.yaml").read_text()) if d]
+    kinds = {c["spec"]["names"]["kind"] for c in crds}
+    assert {"Network", "ClusterNetwork", "ProviderNetwork", "NetworkAddressBlock"} <= kinds, f"the CRDs: {kinds}"
+    for crd in crds:
+        try:
+            kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"CRD {crd['metadata']['name']} is not a valid Kubernetes {K8S_VERSION} object (strict): "
+                        f"{e.message} at {list(e.path)}")
 
 
 def test_the_kubernetes_validation_refuses_an_unknown_field(chart):
@@ -236,6 +253,44 @@ def test_values_switch_block_equals_heddle_switch_print_default_config():
     assert values["switch"] == yaml.safe_load(printed.stdout), (
         "values.yaml `switch:` equals `heddle-switch --print-default-config` (parsed YAML); "
         f"values: {values['switch']}\nprinted: {yaml.safe_load(printed.stdout)}")
+
+
+# Binaries of the image, by the name the chart's commands call them.
+CLAP_BINARIES = {"heddle-switch", "heddle-manager", "heddlectl"}
+
+
+@pytest.mark.parametrize("values_set", VALUE_SETS)
+def test_every_command_line_the_chart_writes_is_accepted_by_its_binary(chart, values_set):
+    """Each container's command + args, and each exec probe, parsed by the real binary (clap):
+    `--help` appended, so a flag the binary does not know fails, a known one exits 0."""
+    checked = 0
+    for obj in objects_of(render(chart, values_of(values_set))):
+        if obj["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            lines = [c["command"] + c.get("args", [])]
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                cmd = c.get(probe, {}).get("exec", {}).get("command")
+                if cmd and cmd[:2] == ["/bin/sh", "-c"]:
+                    cmd = cmd[2].split("|")[0].split()
+                if cmd:
+                    lines.append(cmd)
+            for line in lines:
+                if line[0] not in CLAP_BINARIES:
+                    assert line[0] == "/usr/local/share/heddle/install-cni.sh", f"unknown program {line}"
+                    continue
+                r = subprocess.run([binary(line[0]), *line[1:], "--help"], capture_output=True, text=True)
+                assert r.returncode == 0, (
+                    f"{values_set}: {obj['metadata']['name']}/{c['name']}: {line} is refused by {line[0]}:\n{r.stderr}")
+                checked += 1
+    assert checked >= 6, f"{values_set}: command lines checked: {checked}"
+
+
+def test_the_command_line_check_refuses_an_unknown_flag():
+    """Control: a flag heddle-manager does not know fails the check above."""
+    r = subprocess.run([binary("heddle-manager"), "run", "--leader-elect=true", "--help"], capture_output=True, text=True)
+    assert r.returncode != 0, "heddle-manager accepted an unknown flag"
 
 
 # ---------------------------------------------------------------- the node pod
@@ -322,6 +377,11 @@ def test_node_pod_has_what_the_common_contract_names(chart):
     for name in ("node-agent", "device-plugin"):
         env = {e["name"]: e for e in container(pod, name)["env"]}
         assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName", f"{name} gets NODE_NAME"
+    env = {e["name"]: e for e in container(pod, "install-cni")["env"]}
+    assert env["HEDDLE_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName", \
+        "install-cni writes the node's name into heddle-ipam's kubeconfig (downward API spec.nodeName)"
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}, \
+        "one node's dataplane restarts at a time"
     cni = container(pod, "install-cni")
     assert cni["command"] == ["/usr/local/share/heddle/install-cni.sh"], "the init container runs the image's install-cni.sh"
     assert {m["mountPath"] for m in cni["volumeMounts"]} == {"/host/cni/bin", "/host/cni/net.d", "/var/run/secrets/heddle/node"}, \
@@ -364,10 +424,12 @@ def test_node_group_overrides_are_deep_merged_into_both_configs(chart):
         "a group's tolerations replace the default"
 
 
-def test_an_override_can_turn_a_default_off_and_a_cpu_list_string_becomes_ids(chart):
+def test_an_override_can_turn_a_default_off_a_cpu_list_string_becomes_ids_and_a_group_sets_its_update_strategy(chart):
     values = {"switch": {"api": {"metrics_listen": "127.0.0.1:9109"}},
-              "nodeGroups": [{"name": "a", "switch": {"api": {"metrics_listen": None}, "cores": {"pmd": "2-4,8"}}}]}
-    cm, _ = group_objects(objects_of(render(chart, values)), "a")
+              "nodeGroups": [{"name": "a", "switch": {"api": {"metrics_listen": None}, "cores": {"pmd": "2-4,8"}},
+                              "updateStrategy": {"type": "OnDelete"}}]}
+    cm, ds = group_objects(objects_of(render(chart, values)), "a")
+    assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}, "a group's updateStrategy replaces the default"
     cfg = yaml.safe_load(cm["data"]["switch.yaml"])
     assert cfg["api"]["metrics_listen"] is None, "a null override wins over the default"
     assert cfg["cores"]["pmd"] == [2, 3, 4, 8], "the CPU list 2-4,8 is rendered as CPU ids"
@@ -448,10 +510,16 @@ def test_manager_runs_two_replicas_with_leader_election(chart):
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "POD_NAMESPACE holds the Lease"
     role = one(objects, "Role", f"{RELEASE}-manager-leader")
     assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["heddle-manager"],
-            "verbs": ["get", "update", "patch"]} in role["rules"], "the manager may change only its own Lease"
+            "verbs": ["get", "update"]} in role["rules"], "the manager may read and renew only its own Lease"
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]} in role["rules"], \
+        "the manager may create the Lease (RBAC cannot name an object before it exists)"
+    assert len(role["rules"]) == 2, f"the leader Role grants nothing else: {role['rules']}"
 
 
-def test_rbac_grants_each_component_only_what_its_code_uses(chart):
+def test_rbac_grants_each_component_exactly_the_verbs_audited_against_its_code(chart):
+    """The verb sets below were checked call by call against the Api calls in manager/src
+    (node_agent.rs, cni_ipam/cluster.rs, controller/{mod,blocks,gc}.rs, webhook.rs, leader.rs);
+    templates/rbac.yaml names the code beside each rule. A rule added or widened fails here."""
     objects = objects_of(render(chart, {}))
 
     def verbs(role):
@@ -471,6 +539,18 @@ def test_rbac_grants_each_component_only_what_its_code_uses(chart):
     webhook = verbs(one(objects, "ClusterRole", f"{RELEASE}-webhook"))
     assert webhook == {("heddle.dev", "providernetworks", "get")}, f"the webhook only reads provider networks: {webhook}"
     manager = verbs(one(objects, "ClusterRole", f"{RELEASE}-manager"))
+    h = "heddle.dev"
+    assert manager == {
+        *{(h, r, v) for r in ("networks", "clusternetworks", "providernetworks") for v in ("get", "list", "watch")},
+        (h, "networks/status", "patch"), (h, "clusternetworks/status", "patch"),
+        (h, "providernetworks/status", "update"),
+        (h, "networks/finalizers", "update"), (h, "clusternetworks/finalizers", "update"),
+        *{(h, "networkallocations", v) for v in ("get", "list", "update", "delete")},
+        *{(h, "networkaddressblocks", v) for v in ("get", "list", "create", "update", "delete")},
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "create"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "patch"),
+        ("", "pods", "list"), ("", "nodes", "list"),
+    }, f"manager verbs: {sorted(manager)}"
     for v in manager:
         assert v[2] not in ("deletecollection", "*") and v[1] != "*", f"the manager never wildcards: {v}"
     # It deletes only what IPAM retires, always with a resourceVersion precondition: a migrated

@@ -84,9 +84,38 @@ fn allocator_error(e: ControllerError) -> CniError {
     }
 }
 
-/// A client from the kubeconfig file, or the in-cluster configuration without one.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, CniError> {
-    let config = match kubeconfig {
+/// The kubeconfig extension (of the current context) naming the node: Heddle's chart writes
+/// it from the pod's `spec.nodeName` (`deploy/image/install-cni.sh`), because the runtime
+/// that runs heddle-ipam on the host passes no node name and the host name is not always the
+/// kubelet's node name.
+pub const NODE_EXTENSION: &str = "heddle.dev/node";
+
+/// The node named by the current context's [`NODE_EXTENSION`] extension
+/// (`extension: {nodeName: <node>}`), if any.
+pub fn kubeconfig_node(kc: &Kubeconfig) -> Option<String> {
+    let current = kc.current_context.as_deref()?;
+    let context = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == current)?
+        .context
+        .as_ref()?;
+    context
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.name == NODE_EXTENSION)?
+        .extension
+        .get("nodeName")?
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+}
+
+/// A client from the kubeconfig file, or the in-cluster configuration without one; and the
+/// node the kubeconfig names ([`kubeconfig_node`]).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<(Client, Option<String>), CniError> {
+    let (config, node) = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| {
                 CniError::config(
@@ -94,23 +123,41 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, CniError> {
                     e.to_string(),
                 )
             })?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            let node = kubeconfig_node(&kc);
+            let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| {
                     CniError::config(
                         format!("ipam.kubeconfig {} is not usable", path.display()),
                         e.to_string(),
                     )
-                })?
+                })?;
+            (config, node)
         }
-        None => kube::Config::incluster().map_err(|e| {
-            CniError::config(
-                "no ipam.kubeconfig and no in-cluster configuration: name a kubeconfig file",
-                e.to_string(),
-            )
-        })?,
+        None => (
+            kube::Config::incluster().map_err(|e| {
+                CniError::config(
+                    "no ipam.kubeconfig and no in-cluster configuration: name a kubeconfig file",
+                    e.to_string(),
+                )
+            })?,
+            None,
+        ),
     };
-    Client::try_from(config).map_err(|e| unreachable_api("building the API client", e))
+    let client =
+        Client::try_from(config).map_err(|e| unreachable_api("building the API client", e))?;
+    Ok((client, node))
+}
+
+/// `req` with `ipam.node` taken from the kubeconfig when the config names none.
+fn with_kubeconfig_node(req: &Request, kubeconfig_node: Option<String>) -> Request {
+    let mut req = req.clone();
+    if let Mode::Cluster { node, .. } = &mut req.ipam.mode {
+        if node.as_deref().is_none_or(str::is_empty) {
+            *node = kubeconfig_node;
+        }
+    }
+    req
 }
 
 /// Runs one call on a runtime of its own (the plugin is a short-lived process).
@@ -133,13 +180,13 @@ pub fn run(req: &Request, inv: &Invocation) -> Result<Option<Value>, CniError> {
             )
         })?;
     rt.block_on(async {
-        let client = client(kubeconfig.as_deref()).await?;
-        run_with(client, req, inv).await
+        let (client, node) = client(kubeconfig.as_deref()).await?;
+        run_with(client, &with_kubeconfig_node(req, node), inv).await
     })
 }
 
-/// The node this call runs on: `ipam.node`, else `NODE_NAME`, else the host name (the
-/// kubelet's default node name).
+/// The node this call runs on: `ipam.node` (or, when absent, the node the kubeconfig names,
+/// see [`run`]), else `NODE_NAME`, else the host name (the kubelet's default node name).
 pub fn node_name(configured: Option<&str>) -> Result<String, CniError> {
     if let Some(n) = configured.filter(|n| !n.is_empty()) {
         return Ok(n.to_string());
@@ -278,5 +325,131 @@ pub async fn run_with(
             Ok(None)
         }
         Command::Gc | Command::Version => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use super::*;
+
+    /// Runs the image's `deploy/image/install-cni.sh` with stand-in binaries (it only copies
+    /// them) and a service-account token; returns its exit status, stderr and the kubeconfig
+    /// path.
+    fn install_cni(dir: &Path, node: &str) -> (std::process::ExitStatus, String, PathBuf) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/image/install-cni.sh");
+        let (bin, cni_bin, token) = (dir.join("bin"), dir.join("cni-bin"), dir.join("token"));
+        for d in [&bin, &cni_bin, &token] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for b in ["heddle-cni", "heddle-manager"] {
+            std::fs::write(bin.join(b), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(bin.join(b), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(token.join("token"), "t0k3n").unwrap();
+        std::fs::write(token.join("ca.crt"), "not a real CA\n").unwrap();
+        let kubeconfig = dir.join("net.d/heddle.kubeconfig");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&cni_bin)
+            .env("HEDDLE_BIN_DIR", &bin)
+            .env("HEDDLE_TOKEN_DIR", &token)
+            .env("HEDDLE_KUBECONFIG", &kubeconfig)
+            .env("HEDDLE_API_SERVER", "https://10.96.0.1:443")
+            .env("HEDDLE_NODE_NAME", node)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status, err, kubeconfig)
+    }
+
+    fn request(node: Option<&str>) -> Request {
+        let mut ipam = serde_json::json!({"type": "heddle-ipam", "network": "red",
+            "namespace": "tenant-a", "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig"});
+        if let Some(n) = node {
+            ipam["node"] = n.into();
+        }
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "ipam": ipam});
+        Request::parse(&serde_json::to_vec(&conf).unwrap()).unwrap()
+    }
+
+    fn node_of(req: &Request) -> Option<&str> {
+        match &req.ipam.mode {
+            Mode::Cluster { node, .. } => node.as_deref(),
+            Mode::Embedded { .. } => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_kubeconfig_install_cni_writes_names_the_node_and_is_a_usable_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, err, path) = install_cni(dir.path(), "worker-7.example.com");
+        assert!(status.success(), "install-cni.sh failed: {err}");
+        let kc = Kubeconfig::read_from(&path).unwrap();
+        assert_eq!(
+            kubeconfig_node(&kc).as_deref(),
+            Some("worker-7.example.com")
+        );
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            config
+                .cluster_url
+                .to_string()
+                .starts_with("https://10.96.0.1"),
+            "{}",
+            config.cluster_url
+        );
+
+        // The kubeconfig's node stands in for a missing ipam.node, never over a given one.
+        let (_, node) = client(Some(&path)).await.unwrap();
+        assert_eq!(node.as_deref(), Some("worker-7.example.com"));
+        let from_kc = with_kubeconfig_node(&request(None), node.clone());
+        assert_eq!(node_of(&from_kc), Some("worker-7.example.com"));
+        assert_eq!(
+            node_name(node_of(&from_kc)).unwrap(),
+            "worker-7.example.com"
+        );
+        let given = with_kubeconfig_node(&request(Some("node-a")), node);
+        assert_eq!(node_of(&given), Some("node-a"));
+    }
+
+    #[test]
+    fn without_a_node_name_the_kubeconfig_names_none_and_a_bad_one_is_refused_before_installing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, err, path) = install_cni(dir.path(), "");
+        assert!(status.success(), "install-cni.sh failed: {err}");
+        assert_eq!(
+            kubeconfig_node(&Kubeconfig::read_from(&path).unwrap()),
+            None
+        );
+        assert_eq!(
+            node_of(&with_kubeconfig_node(&request(None), None)),
+            None,
+            "no node anywhere: node_name falls back to NODE_NAME, then the host name"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (status, err, path) = install_cni(dir.path(), "Worker 7");
+        assert!(!status.success());
+        assert!(
+            err.contains("HEDDLE_NODE_NAME 'Worker 7' is not a Kubernetes node name"),
+            "{err}"
+        );
+        assert!(
+            !path.exists(),
+            "a kubeconfig was written for a bad node name"
+        );
+        assert!(
+            std::fs::read_dir(dir.path().join("cni-bin"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "plugins were installed although the node name was refused"
+        );
     }
 }
