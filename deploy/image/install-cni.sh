@@ -7,7 +7,9 @@
 #                protocol under this name); a copy, because a link would point into the image
 # Each file is copied next to its destination and renamed over it, so the kubelet never runs
 # a half-written plugin. When the pod has a service-account token it also writes a kubeconfig
-# for heddle-ipam's cluster mode (docs/cni.md: "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig").
+# for heddle-ipam's cluster mode (docs/cni.md: "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig")
+# and, from NODE_NAME, the file heddle-node-name next to it: heddle-ipam runs on the host in the
+# container runtime's environment (no NODE_NAME there) and claims address blocks for that node.
 #
 # Usage: install-cni.sh [CNI bin dir]
 # Environment (all optional; the chart sets the first four):
@@ -18,6 +20,8 @@
 #   HEDDLE_API_SERVER   API server URL for the kubeconfig; empty: https://$KUBERNETES_SERVICE_HOST:
 #                       $KUBERNETES_SERVICE_PORT, as the kubelet sets them in every pod
 #   HEDDLE_BIN_DIR      where the binaries are (default /usr/local/bin)
+#   NODE_NAME           the Kubernetes node name (the chart sets it from spec.nodeName);
+#                       written to heddle-node-name next to the kubeconfig
 set -euo pipefail
 
 DEST=${1:-${CNI_BIN_DIR:-/host/cni/bin}}
@@ -82,3 +86,12 @@ KUBECONFIG
 )
 mv -f "$tmp" "$KUBECONFIG_OUT"
 log "wrote $KUBECONFIG_OUT for heddle-ipam (API server $server)"
+
+node_file="$(dirname "$KUBECONFIG_OUT")/heddle-node-name"
+if [[ -z "${NODE_NAME:-}" ]]; then
+    log "WARNING: NODE_NAME is not set: no $node_file written; heddle-ipam cluster mode will refuse ADD until the node name is given (set NODE_NAME from spec.nodeName on this container, or ipam.node)"
+    exit 0
+fi
+printf '%s\n' "$NODE_NAME" >"$node_file.heddle-tmp.$$"
+mv -f "$node_file.heddle-tmp.$$" "$node_file"
+log "wrote $node_file ($NODE_NAME) for heddle-ipam"

@@ -138,25 +138,72 @@ pub fn run(req: &Request, inv: &Invocation) -> Result<Option<Value>, CniError> {
     })
 }
 
-/// The node this call runs on: `ipam.node`, else `NODE_NAME`, else the host name (the
-/// kubelet's default node name).
-pub fn node_name(configured: Option<&str>) -> Result<String, CniError> {
-    if let Some(n) = configured.filter(|n| !n.is_empty()) {
-        return Ok(n.to_string());
-    }
-    if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
-        return Ok(n);
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_lowercase())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            CniError::config(
-                "cannot tell which node this is: set ipam.node to the Kubernetes node name",
-                "no NODE_NAME and no host name",
-            )
+/// The file, next to `ipam.kubeconfig`, that names the node: the chart's `install-cni` init
+/// container writes it (from its `NODE_NAME`, set from `spec.nodeName`) with the kubeconfig,
+/// because heddle-ipam runs on the host, in the container runtime's environment, where no
+/// `NODE_NAME` is set.
+pub const NODE_NAME_FILE: &str = "heddle-node-name";
+
+/// Whether `n` can be a Kubernetes node name (an RFC 1123 subdomain).
+fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
         })
+}
+
+/// The Kubernetes node this call runs on, which its address blocks are claimed for:
+/// `ipam.node`, else `env_node` (`NODE_NAME`), else the [`NODE_NAME_FILE`] next to
+/// `kubeconfig`. Never guessed from the host name (the kubelet's `--hostname-override` and
+/// cloud providers name nodes otherwise, and a wrong name claims blocks for a node that does
+/// not exist): without one of the three the call fails with a message naming them.
+pub fn node_name(
+    configured: Option<&str>,
+    env_node: Option<&str>,
+    kubeconfig: Option<&Path>,
+) -> Result<String, CniError> {
+    let file = kubeconfig.map(|k| k.with_file_name(NODE_NAME_FILE));
+    let (name, source) = if let Some(n) = configured.filter(|n| !n.is_empty()) {
+        (n.to_string(), "ipam.node".to_string())
+    } else if let Some(n) = env_node.filter(|n| !n.is_empty()) {
+        (n.to_string(), "NODE_NAME".to_string())
+    } else {
+        let read = file
+            .as_deref()
+            .map(|f| (f, std::fs::read_to_string(f)))
+            .and_then(|(f, r)| match r {
+                Ok(s) if !s.trim().is_empty() => Some(Ok((s.trim().to_string(), f))),
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => Some(Err(CniError::io("reading the node name", f, e))),
+            })
+            .transpose()?;
+        let Some((n, f)) = read else {
+            let where_file = match &file {
+                Some(f) => format!("write it to {}", f.display()),
+                None => format!(
+                    "or give ipam.kubeconfig and write it to {NODE_NAME_FILE} next to that file"
+                ),
+            };
+            return Err(CniError::config(
+                format!("heddle-ipam cluster mode cannot tell which Kubernetes node this is: set ipam.node, or the NODE_NAME environment variable, or {where_file} (the chart's install-cni init container writes it from its NODE_NAME environment variable, set from the pod's spec.nodeName)"),
+                "no ipam.node, no NODE_NAME, no node name file; the host name is not used: it need not be the node name",
+            ));
+        };
+        (n, f.display().to_string())
+    };
+    if !valid_node_name(&name) {
+        return Err(CniError::config(
+            format!("{source} gives {name:?}, which is not a Kubernetes node name (lowercase letters, digits, '-' and '.'): give the node's metadata.name"),
+            "heddle-ipam cluster mode",
+        ));
+    }
+    Ok(name)
 }
 
 /// Runs one call with `client` (the tests pass a fake API server).
@@ -165,11 +212,21 @@ pub async fn run_with(
     req: &Request,
     inv: &Invocation,
 ) -> Result<Option<Value>, CniError> {
+    run_on(client, req, inv, std::env::var("NODE_NAME").ok().as_deref()).await
+}
+
+/// [`run_with`], with `env_node` for the `NODE_NAME` environment variable.
+pub async fn run_on(
+    client: Client,
+    req: &Request,
+    inv: &Invocation,
+    env_node: Option<&str>,
+) -> Result<Option<Value>, CniError> {
     let Mode::Cluster {
         namespace,
         system_namespace,
         node,
-        ..
+        kubeconfig,
     } = &req.ipam.mode
     else {
         unreachable!("cluster::run_with is only called in cluster mode");
@@ -212,7 +269,14 @@ pub async fn run_with(
             "is heddle-manager running?",
         )
     };
-    let node = node_name(node.as_deref())?;
+    let node =
+        node_name(node.as_deref(), env_node, kubeconfig.as_deref()).map_err(|e| {
+            match inv.command {
+                // STATUS reports "not available" (50) whatever the cause.
+                Command::Status => CniError::new(code::NOT_AVAILABLE, e.msg, e.details),
+                _ => e,
+            }
+        })?;
     let allocator = BlockAllocator::new(
         Api::<NetworkAddressBlock>::namespaced(client, &alloc_ns),
         &alloc_name,

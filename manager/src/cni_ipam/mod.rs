@@ -89,7 +89,8 @@ pub enum Mode {
         /// Namespace of `ClusterNetwork` allocation objects.
         system_namespace: String,
         /// The Kubernetes node name this plugin runs on (`ipam.node`); when absent, the
-        /// `NODE_NAME` environment variable, else the host name.
+        /// `NODE_NAME` environment variable, else the `heddle-node-name` file next to the
+        /// kubeconfig (see [`cluster::node_name`]).
         node: Option<String>,
     },
 }

@@ -426,3 +426,87 @@ async fn cluster_static_request_and_gc_touches_nothing() {
     let r = cluster::run(&req, &inv("GC", "", "")).unwrap();
     assert_eq!(r, None);
 }
+
+#[test]
+fn cluster_node_name_comes_from_config_env_or_the_file_next_to_the_kubeconfig_never_the_host_name()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("heddle.kubeconfig");
+    let k = Some(kubeconfig.as_path());
+    assert_eq!(
+        cluster::node_name(Some("node-a"), Some("node-b"), k).unwrap(),
+        "node-a"
+    );
+    assert_eq!(
+        cluster::node_name(None, Some("node-b"), k).unwrap(),
+        "node-b"
+    );
+    assert_eq!(
+        cluster::node_name(Some(""), Some(""), k).unwrap_err().code,
+        code::INVALID_CONFIG
+    );
+    // Nothing configured: the error names every way to give it, the file's path included.
+    let e = cluster::node_name(None, None, k).unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    let file = dir.path().join(cluster::NODE_NAME_FILE);
+    for part in [
+        "ipam.node",
+        "NODE_NAME",
+        &file.display().to_string(),
+        "spec.nodeName",
+    ] {
+        assert!(e.msg.contains(part), "{part} missing from: {}", e.msg);
+    }
+    let e = cluster::node_name(None, None, None).unwrap_err();
+    assert!(e.msg.contains("ipam.kubeconfig"), "{}", e.msg);
+    // What install-cni.sh writes (a trailing newline is fine).
+    std::fs::write(&file, "worker-7.example\n").unwrap();
+    assert_eq!(
+        cluster::node_name(None, None, k).unwrap(),
+        "worker-7.example"
+    );
+    assert_eq!(
+        cluster::node_name(None, Some("node-b"), k).unwrap(),
+        "node-b"
+    );
+    // Not a node name: refused with the source named.
+    std::fs::write(&file, "Worker_7").unwrap();
+    let e = cluster::node_name(None, None, k).unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert!(
+        e.msg.contains(&file.display().to_string()) && e.msg.contains("\"Worker_7\""),
+        "{}",
+        e.msg
+    );
+}
+
+#[tokio::test]
+async fn cluster_add_without_a_node_name_fails_clearly_and_writes_nothing() {
+    let fake = FakeApi::new();
+    network_object(&fake, "10.10.0.0/24", true);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("heddle.kubeconfig");
+    let c = json!({"cniVersion": "1.0.0", "ipam": {"type": "heddle-ipam", "network": "red",
+        "namespace": "tenant-a", "kubeconfig": kubeconfig}});
+    let req = Request::parse(&serde_json::to_vec(&c).unwrap()).unwrap();
+    let run = |command: &'static str, container: &'static str| {
+        let (fake, req) = (fake.clone(), req.clone());
+        async move { cluster::run_on(fake.client(), &req, &inv(command, container, ""), None).await }
+    };
+    let e = run("ADD", "ctr-a").await.unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert!(
+        e.msg.contains("cannot tell which Kubernetes node"),
+        "{}",
+        e.msg
+    );
+    assert!(fake.objects(BLOCKS).is_empty(), "nothing written");
+    assert_eq!(
+        run("STATUS", "").await.unwrap_err().code,
+        code::NOT_AVAILABLE
+    );
+    // The file the init container writes names the node the block is claimed for.
+    std::fs::write(dir.path().join(cluster::NODE_NAME_FILE), "node-f\n").unwrap();
+    run("ADD", "ctr-a").await.unwrap();
+    assert_eq!(fake.objects(BLOCKS)[0]["spec"]["node"], "node-f");
+}
