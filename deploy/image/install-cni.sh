@@ -20,8 +20,7 @@
 #   HEDDLE_API_SERVER   API server URL for the kubeconfig; empty: https://$KUBERNETES_SERVICE_HOST:
 #                       $KUBERNETES_SERVICE_PORT, as the kubelet sets them in every pod
 #   HEDDLE_NODE_NAME    the Kubernetes node name (the chart: fieldRef spec.nodeName); empty: no
-#                       node in the kubeconfig, heddle-ipam falls back to NODE_NAME, then the
-#                       host name
+#                       node in the kubeconfig, and heddle-ipam needs ipam.node or NODE_NAME
 #   HEDDLE_BIN_DIR      where the binaries are (default /usr/local/bin)
 set -euo pipefail
 
@@ -73,7 +72,7 @@ if [[ -n "$node" ]]; then
         - name: heddle.dev/node
           extension: {nodeName: $node}"
 else
-    log "HEDDLE_NODE_NAME is empty: the kubeconfig names no node; heddle-ipam takes NODE_NAME or the host name"
+    log "HEDDLE_NODE_NAME is empty: the kubeconfig names no node; heddle-ipam cluster mode refuses ADD until ipam.node or NODE_NAME names the node (set HEDDLE_NODE_NAME from spec.nodeName)"
 fi
 mkdir -p "$(dirname "$KUBECONFIG_OUT")"
 tmp="$KUBECONFIG_OUT.heddle-tmp.$$"

@@ -119,6 +119,7 @@ pub struct VlanAssignment {
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
     printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".status.vlan"}"#,
     printcolumn = r#"{"name":"Blocks","type":"integer","jsonPath":".status.addressBlocks.blocks"}"#,
+    printcolumn = r#"{"name":"Claimed","type":"integer","jsonPath":".status.addressBlocks.claimed"}"#,
     printcolumn = r#"{"name":"Leases","type":"integer","jsonPath":".status.addressBlocks.leases"}"#,
     printcolumn = r#"{"name":"Free IPv4","type":"integer","jsonPath":".status.ipv4.free"}"#,
     printcolumn = r#"{"name":"Free IPv6","type":"integer","jsonPath":".status.ipv6.free","priority":1}"#
@@ -209,6 +210,7 @@ impl NetworkSpec {
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
     printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".status.vlan"}"#,
     printcolumn = r#"{"name":"Blocks","type":"integer","jsonPath":".status.addressBlocks.blocks"}"#,
+    printcolumn = r#"{"name":"Claimed","type":"integer","jsonPath":".status.addressBlocks.claimed"}"#,
     printcolumn = r#"{"name":"Leases","type":"integer","jsonPath":".status.addressBlocks.leases"}"#,
     printcolumn = r#"{"name":"Free IPv4","type":"integer","jsonPath":".status.ipv4.free"}"#,
     printcolumn = r#"{"name":"Free IPv6","type":"integer","jsonPath":".status.ipv6.free","priority":1}"#

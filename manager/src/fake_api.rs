@@ -214,6 +214,21 @@ impl FakeApi {
             .collect()
     }
 
+    /// Call `f` on every stored object of `resource`, without copying the store.
+    pub fn visit(&self, resource: &str, mut f: impl FnMut(&Value)) {
+        let st = self.state.lock().expect("fake API state");
+        st.objects
+            .iter()
+            .filter(|((r, _, _), _)| r == resource)
+            .for_each(|(_, v)| f(v));
+    }
+
+    /// How many objects of `resource` are stored.
+    pub fn count(&self, resource: &str) -> usize {
+        let st = self.state.lock().expect("fake API state");
+        st.objects.keys().filter(|(r, _, _)| r == resource).count()
+    }
+
     /// Store `obj` directly (test setup), under `resource`; returns it with its metadata.
     pub fn insert(&self, resource: &str, mut obj: Value) -> Value {
         let mut st = self.state.lock().expect("fake API state");

@@ -66,3 +66,104 @@ fn crds_name_every_kind_with_the_right_scope() {
     assert!(yaml.contains("maximum: 4094.0"));
     assert!(yaml.contains("spec.vlan cannot change once set"));
 }
+
+/// Resolves a printer column's `jsonPath` (`.a.b.c`) in `obj`.
+fn at<'a>(obj: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    path.trim_start_matches('.')
+        .split('.')
+        .fold(obj, |v, k| &v[k])
+}
+
+#[test]
+fn kubectl_get_columns_show_fields_the_manager_writes() {
+    use heddle_manager::crd::*;
+    let status = NetworkStatus {
+        vlan: Some(100),
+        observed_generation: Some(1),
+        conditions: vec![],
+        ipv4: Some(AddressCounts {
+            total: 254,
+            allocated: 4,
+            free: 250,
+        }),
+        ipv6: Some(AddressCounts {
+            total: 1 << 24,
+            allocated: 4,
+            free: (1 << 24) - 4,
+        }),
+        address_blocks: Some(AddressBlockCounts {
+            blocks: 3,
+            claimed: 2,
+            leases: 4,
+        }),
+    };
+    let spec: NetworkSpec = serde_json::from_value(serde_json::json!({
+        "kind": "vhost-user", "provider": "uplink0",
+        "ipv4": {"cidr": "10.3.0.0/24"}, "ipv6": {"cidr": "fd00:3::/64"}
+    }))
+    .unwrap();
+    let mut n = Network::new("n3", spec.clone());
+    n.status = Some(status.clone());
+    let mut cn = ClusterNetwork::new("c3", ClusterNetworkSpec { network: spec });
+    cn.status = Some(status);
+    let block = NetworkAddressBlock::new(
+        "network.n3.10-3-0-0-28",
+        NetworkAddressBlockSpec {
+            network: "ns1/n3".into(),
+            cidr: "10.3.0.0/28".into(),
+            node: Some("node-a".into()),
+            leases: [("p/eth1".to_string(), vec!["10.3.0.1".to_string()])].into(),
+            borrowed: Default::default(),
+            used: 1,
+        },
+    );
+    let objects = [
+        ("networks.heddle.dev", serde_json::to_value(&n).unwrap()),
+        (
+            "clusternetworks.heddle.dev",
+            serde_json::to_value(&cn).unwrap(),
+        ),
+        (
+            "networkaddressblocks.heddle.dev",
+            serde_json::to_value(&block).unwrap(),
+        ),
+    ];
+    let yaml = heddle_manager::crd::crds_yaml();
+    for d in yaml.split("---\n").filter(|d| !d.trim().is_empty()) {
+        let d: serde_json::Value = serde_yaml::from_str(d).unwrap();
+        let Some((_, obj)) = objects
+            .iter()
+            .find(|(name, _)| d["metadata"]["name"] == *name)
+        else {
+            continue;
+        };
+        let columns: Vec<(String, String)> = d["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["jsonPath"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (name, path) in &columns {
+            assert!(
+                !at(obj, path).is_null(),
+                "{}: column {name} ({path}) shows nothing",
+                d["metadata"]["name"]
+            );
+        }
+        if d["metadata"]["name"] != "networkaddressblocks.heddle.dev" {
+            let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+            for want in ["Blocks", "Claimed", "Leases", "Free IPv4", "Free IPv6"] {
+                assert!(
+                    names.contains(&want),
+                    "{}: no {want} column",
+                    d["metadata"]["name"]
+                );
+            }
+        }
+    }
+}

@@ -112,10 +112,9 @@ pub fn kubeconfig_node(kc: &Kubeconfig) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A client from the kubeconfig file, or the in-cluster configuration without one; and the
-/// node the kubeconfig names ([`kubeconfig_node`]).
-pub async fn client(kubeconfig: Option<&Path>) -> Result<(Client, Option<String>), CniError> {
-    let (config, node) = match kubeconfig {
+/// A client from the kubeconfig file, or the in-cluster configuration without one.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, CniError> {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| {
                 CniError::config(
@@ -123,41 +122,23 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<(Client, Option<String>
                     e.to_string(),
                 )
             })?;
-            let node = kubeconfig_node(&kc);
-            let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| {
                     CniError::config(
                         format!("ipam.kubeconfig {} is not usable", path.display()),
                         e.to_string(),
                     )
-                })?;
-            (config, node)
+                })?
         }
-        None => (
-            kube::Config::incluster().map_err(|e| {
-                CniError::config(
-                    "no ipam.kubeconfig and no in-cluster configuration: name a kubeconfig file",
-                    e.to_string(),
-                )
-            })?,
-            None,
-        ),
+        None => kube::Config::incluster().map_err(|e| {
+            CniError::config(
+                "no ipam.kubeconfig and no in-cluster configuration: name a kubeconfig file",
+                e.to_string(),
+            )
+        })?,
     };
-    let client =
-        Client::try_from(config).map_err(|e| unreachable_api("building the API client", e))?;
-    Ok((client, node))
-}
-
-/// `req` with `ipam.node` taken from the kubeconfig when the config names none.
-fn with_kubeconfig_node(req: &Request, kubeconfig_node: Option<String>) -> Request {
-    let mut req = req.clone();
-    if let Mode::Cluster { node, .. } = &mut req.ipam.mode {
-        if node.as_deref().is_none_or(str::is_empty) {
-            *node = kubeconfig_node;
-        }
-    }
-    req
+    Client::try_from(config).map_err(|e| unreachable_api("building the API client", e))
 }
 
 /// Runs one call on a runtime of its own (the plugin is a short-lived process).
@@ -180,30 +161,70 @@ pub fn run(req: &Request, inv: &Invocation) -> Result<Option<Value>, CniError> {
             )
         })?;
     rt.block_on(async {
-        let (client, node) = client(kubeconfig.as_deref()).await?;
-        run_with(client, &with_kubeconfig_node(req, node), inv).await
+        run_with(client(kubeconfig.as_deref()).await?, req, inv).await
     })
 }
 
-/// The node this call runs on: `ipam.node` (or, when absent, the node the kubeconfig names,
-/// see [`run`]), else `NODE_NAME`, else the host name (the kubelet's default node name).
-pub fn node_name(configured: Option<&str>) -> Result<String, CniError> {
-    if let Some(n) = configured.filter(|n| !n.is_empty()) {
-        return Ok(n.to_string());
-    }
-    if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
-        return Ok(n);
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_lowercase())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            CniError::config(
-                "cannot tell which node this is: set ipam.node to the Kubernetes node name",
-                "no NODE_NAME and no host name",
-            )
+/// Whether `n` can be a Kubernetes node name (an RFC 1123 subdomain).
+fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
         })
+}
+
+/// The Kubernetes node this call runs on, which its address blocks are claimed for:
+/// `ipam.node`, else `env_node` (`NODE_NAME`), else the node the kubeconfig at `kubeconfig`
+/// names ([`NODE_EXTENSION`], which the chart's install-cni writes from `spec.nodeName`).
+/// Never guessed from the host name (the kubelet's `--hostname-override` and cloud providers
+/// name nodes otherwise, and a wrong name claims blocks for a node that does not exist):
+/// without one of the three the call fails with a message naming them.
+pub fn node_name(
+    configured: Option<&str>,
+    env_node: Option<&str>,
+    kubeconfig: Option<&Path>,
+) -> Result<String, CniError> {
+    let (name, source) = if let Some(n) = configured.filter(|n| !n.is_empty()) {
+        (n.to_string(), "ipam.node".to_string())
+    } else if let Some(n) = env_node.filter(|n| !n.is_empty()) {
+        (n.to_string(), "NODE_NAME".to_string())
+    } else {
+        let from_kubeconfig = match kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| {
+                    CniError::config(
+                        format!("ipam.kubeconfig {} cannot be read", path.display()),
+                        e.to_string(),
+                    )
+                })?;
+                kubeconfig_node(&kc).map(|n| (n, path))
+            }
+            None => None,
+        };
+        let Some((n, path)) = from_kubeconfig else {
+            let where_kc = match kubeconfig {
+                Some(k) => format!("the {NODE_EXTENSION} extension of {}'s current context", k.display()),
+                None => format!("an ipam.kubeconfig whose current context has the {NODE_EXTENSION} extension"),
+            };
+            return Err(CniError::config(
+                format!("heddle-ipam cluster mode cannot tell which Kubernetes node this is: set ipam.node, or the NODE_NAME environment variable, or {where_kc} (extension: {{nodeName: <node>}}; the chart's install-cni init container writes it from the pod's spec.nodeName)"),
+                "no ipam.node, no NODE_NAME, no node in the kubeconfig; the host name is not used: it need not be the node name",
+            ));
+        };
+        (n, format!("{} ({NODE_EXTENSION})", path.display()))
+    };
+    if !valid_node_name(&name) {
+        return Err(CniError::config(
+            format!("{source} gives {name:?}, which is not a Kubernetes node name (lowercase letters, digits, '-' and '.'): give the node's metadata.name"),
+            "heddle-ipam cluster mode",
+        ));
+    }
+    Ok(name)
 }
 
 /// Runs one call with `client` (the tests pass a fake API server).
@@ -212,11 +233,21 @@ pub async fn run_with(
     req: &Request,
     inv: &Invocation,
 ) -> Result<Option<Value>, CniError> {
+    run_on(client, req, inv, std::env::var("NODE_NAME").ok().as_deref()).await
+}
+
+/// [`run_with`], with `env_node` for the `NODE_NAME` environment variable.
+pub async fn run_on(
+    client: Client,
+    req: &Request,
+    inv: &Invocation,
+    env_node: Option<&str>,
+) -> Result<Option<Value>, CniError> {
     let Mode::Cluster {
         namespace,
         system_namespace,
         node,
-        ..
+        kubeconfig,
     } = &req.ipam.mode
     else {
         unreachable!("cluster::run_with is only called in cluster mode");
@@ -259,7 +290,14 @@ pub async fn run_with(
             "is heddle-manager running?",
         )
     };
-    let node = node_name(node.as_deref())?;
+    let node =
+        node_name(node.as_deref(), env_node, kubeconfig.as_deref()).map_err(|e| {
+            match inv.command {
+                // STATUS reports "not available" (50) whatever the cause.
+                Command::Status => CniError::new(code::NOT_AVAILABLE, e.msg, e.details),
+                _ => e,
+            }
+        })?;
     let allocator = BlockAllocator::new(
         Api::<NetworkAddressBlock>::namespaced(client, &alloc_ns),
         &alloc_name,
@@ -366,22 +404,7 @@ mod node_tests {
         (out.status, err, kubeconfig)
     }
 
-    fn request(node: Option<&str>) -> Request {
-        let mut ipam = serde_json::json!({"type": "heddle-ipam", "network": "red",
-            "namespace": "tenant-a", "kubeconfig": "/etc/cni/net.d/heddle.kubeconfig"});
-        if let Some(n) = node {
-            ipam["node"] = n.into();
-        }
-        let conf = serde_json::json!({"cniVersion": "1.0.0", "ipam": ipam});
-        Request::parse(&serde_json::to_vec(&conf).unwrap()).unwrap()
-    }
 
-    fn node_of(req: &Request) -> Option<&str> {
-        match &req.ipam.mode {
-            Mode::Cluster { node, .. } => node.as_deref(),
-            Mode::Embedded { .. } => None,
-        }
-    }
 
     #[tokio::test]
     async fn the_kubeconfig_install_cni_writes_names_the_node_and_is_a_usable_kubeconfig() {
@@ -405,17 +428,15 @@ mod node_tests {
             config.cluster_url
         );
 
-        // The kubeconfig's node stands in for a missing ipam.node, never over a given one.
-        let (_, node) = client(Some(&path)).await.unwrap();
-        assert_eq!(node.as_deref(), Some("worker-7.example.com"));
-        let from_kc = with_kubeconfig_node(&request(None), node.clone());
-        assert_eq!(node_of(&from_kc), Some("worker-7.example.com"));
+        // The kubeconfig's node stands in for a missing ipam.node and NODE_NAME, never over
+        // either.
+        client(Some(&path)).await.unwrap();
         assert_eq!(
-            node_name(node_of(&from_kc)).unwrap(),
+            node_name(None, None, Some(&path)).unwrap(),
             "worker-7.example.com"
         );
-        let given = with_kubeconfig_node(&request(Some("node-a")), node);
-        assert_eq!(node_of(&given), Some("node-a"));
+        assert_eq!(node_name(Some("node-a"), None, Some(&path)).unwrap(), "node-a");
+        assert_eq!(node_name(None, Some("node-b"), Some(&path)).unwrap(), "node-b");
     }
 
     #[test]
@@ -427,10 +448,11 @@ mod node_tests {
             kubeconfig_node(&Kubeconfig::read_from(&path).unwrap()),
             None
         );
-        assert_eq!(
-            node_of(&with_kubeconfig_node(&request(None), None)),
-            None,
-            "no node anywhere: node_name falls back to NODE_NAME, then the host name"
+        let e = node_name(None, None, Some(&path)).unwrap_err();
+        assert!(
+            e.msg.contains("cannot tell which Kubernetes node") && e.msg.contains(NODE_EXTENSION),
+            "no node anywhere, and the host name is not used: {}",
+            e.msg
         );
 
         let dir = tempfile::tempdir().unwrap();

@@ -88,10 +88,10 @@ pub enum Mode {
         kubeconfig: Option<PathBuf>,
         /// Namespace of `ClusterNetwork` allocation objects.
         system_namespace: String,
-        /// The Kubernetes node name this plugin runs on (`ipam.node`); when absent, the node
-        /// the kubeconfig's current context names (`heddle.dev/node` extension, written by
-        /// the chart's install-cni), else the `NODE_NAME` environment variable, else the host
-        /// name.
+        /// The Kubernetes node this plugin runs on (`ipam.node`); when absent, the
+        /// `NODE_NAME` environment variable, else the node the kubeconfig's current context
+        /// names (`heddle.dev/node` extension, written by the chart's install-cni; see
+        /// [`cluster::node_name`]). Never the host name.
         node: Option<String>,
     },
 }

@@ -426,3 +426,103 @@ async fn cluster_static_request_and_gc_touches_nothing() {
     let r = cluster::run(&req, &inv("GC", "", "")).unwrap();
     assert_eq!(r, None);
 }
+
+/// A kubeconfig whose current context names `node` in its `heddle.dev/node` extension, as the
+/// chart's install-cni writes it (`None`: no extension).
+fn kubeconfig_naming(path: &std::path::Path, node: Option<&str>) {
+    let ext = node.map_or(String::new(), |n| {
+        format!("\n    extensions:\n    - name: heddle.dev/node\n      extension: {{nodeName: {n}}}")
+    });
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: https://10.96.0.1:443}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: heddle-ipam\n  context:\n    cluster: c\n    user: u{ext}\ncurrent-context: heddle-ipam\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn cluster_node_name_comes_from_config_env_or_the_kubeconfig_never_the_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("heddle.kubeconfig");
+    let k = Some(kubeconfig.as_path());
+    kubeconfig_naming(&kubeconfig, None);
+    assert_eq!(
+        cluster::node_name(Some("node-a"), Some("node-b"), k).unwrap(),
+        "node-a"
+    );
+    assert_eq!(
+        cluster::node_name(None, Some("node-b"), k).unwrap(),
+        "node-b"
+    );
+    assert_eq!(
+        cluster::node_name(Some(""), Some(""), k).unwrap_err().code,
+        code::INVALID_CONFIG
+    );
+    // Nothing configured: the error names every way to give it, the kubeconfig included.
+    let e = cluster::node_name(None, None, k).unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    for part in [
+        "ipam.node",
+        "NODE_NAME",
+        &kubeconfig.display().to_string(),
+        cluster::NODE_EXTENSION,
+        "spec.nodeName",
+    ] {
+        assert!(e.msg.contains(part), "{part} missing from: {}", e.msg);
+    }
+    let e = cluster::node_name(None, None, None).unwrap_err();
+    assert!(e.msg.contains("ipam.kubeconfig"), "{}", e.msg);
+    // What install-cni.sh writes.
+    kubeconfig_naming(&kubeconfig, Some("worker-7.example"));
+    assert_eq!(
+        cluster::node_name(None, None, k).unwrap(),
+        "worker-7.example"
+    );
+    assert_eq!(
+        cluster::node_name(None, Some("node-b"), k).unwrap(),
+        "node-b"
+    );
+    // Not a node name: refused with the source named.
+    kubeconfig_naming(&kubeconfig, Some("Worker_7"));
+    let e = cluster::node_name(None, None, k).unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert!(
+        e.msg.contains(&kubeconfig.display().to_string()) && e.msg.contains("\"Worker_7\""),
+        "{}",
+        e.msg
+    );
+}
+
+#[tokio::test]
+async fn cluster_add_without_a_node_name_fails_clearly_and_writes_nothing() {
+    let fake = FakeApi::new();
+    network_object(&fake, "10.10.0.0/24", true);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("heddle.kubeconfig");
+    kubeconfig_naming(&kubeconfig, None);
+    let c = json!({"cniVersion": "1.0.0", "ipam": {"type": "heddle-ipam", "network": "red",
+        "namespace": "tenant-a", "kubeconfig": kubeconfig}});
+    let req = Request::parse(&serde_json::to_vec(&c).unwrap()).unwrap();
+    let run = |command: &'static str, container: &'static str| {
+        let (fake, req) = (fake.clone(), req.clone());
+        async move { cluster::run_on(fake.client(), &req, &inv(command, container, ""), None).await }
+    };
+    let e = run("ADD", "ctr-a").await.unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG);
+    assert!(
+        e.msg.contains("cannot tell which Kubernetes node"),
+        "{}",
+        e.msg
+    );
+    assert!(fake.objects(BLOCKS).is_empty(), "nothing written");
+    assert_eq!(
+        run("STATUS", "").await.unwrap_err().code,
+        code::NOT_AVAILABLE
+    );
+    // The kubeconfig the init container writes names the node the block is claimed for.
+    kubeconfig_naming(&kubeconfig, Some("node-f"));
+    run("ADD", "ctr-a").await.unwrap();
+    assert_eq!(fake.objects(BLOCKS)[0]["spec"]["node"], "node-f");
+}

@@ -519,6 +519,9 @@ impl BlockAllocator {
                     return Ok(None); // someone else claimed it first
                 }
                 b.spec.node = Some(self.node.clone());
+                // This node's static leases in the block are its own now, no longer borrowed.
+                let me = self.node.as_str();
+                b.spec.borrowed.retain(|_, n| n != me);
                 b.labels_mut()
                     .insert(node_label(&self.node), AFFINITY.into());
             }
@@ -847,10 +850,31 @@ impl BlockAllocator {
     }
 }
 
+/// Tidy one block after leases were dropped: forget `borrowed` entries without a lease,
+/// and drop the membership label of every node that no longer borrows from it (a label
+/// left behind would keep listing the block among that node's blocks, forever).
+fn tidy_membership(b: &mut NetworkAddressBlock) {
+    let leases = &b.spec.leases;
+    b.spec.borrowed.retain(|o, _| leases.contains_key(o));
+    let keep: BTreeSet<String> = b
+        .spec
+        .borrowed
+        .values()
+        .chain(b.spec.node.as_ref())
+        .map(|n| node_label(n))
+        .collect();
+    b.labels_mut()
+        .retain(|k, _| !k.starts_with(NODE_LABEL_PREFIX) || keep.contains(k));
+}
+
 /// Leak collection and node departure over every block: drop leases `dead` names (pods that
-/// are gone), and delete a block whose affinity node is not in `nodes` once it holds no
-/// lease (with a `resourceVersion` precondition, so a lease written meanwhile keeps it).
-/// Returns (leases dropped, blocks deleted).
+/// are gone) with their `borrowed` entries and stale membership labels. A block whose
+/// affinity node is not in `nodes` (the node left) loses that affinity once none of the
+/// node's own leases is left: it is deleted when it holds no lease at all (with a
+/// `resourceVersion` precondition, so a lease written meanwhile keeps it), else it becomes
+/// unclaimed (`spec.node` and the node's label removed), keeping the leases other nodes
+/// borrowed in it, and any node may claim it again. Returns (leases dropped, blocks
+/// deleted).
 pub async fn collect(
     api: &Api<NetworkAddressBlock>,
     listed: Vec<NetworkAddressBlock>,
@@ -869,45 +893,59 @@ pub async fn collect(
                 done = true;
                 break;
             };
+            let (spec_before, labels_before) = (b.spec.clone(), b.labels().clone());
             let before = b.spec.leases.len();
             b.spec.leases.retain(|o, _| !dead(o));
-            b.spec.borrowed.retain(|o, _| !dead(o));
             let n = before - b.spec.leases.len();
-            let orphan = b.spec.node.as_ref().is_some_and(|n| !nodes.contains(n));
-            if orphan && b.spec.leases.is_empty() {
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        resource_version: b.metadata.resource_version.clone(),
-                        uid: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete(&name, &dp).await {
-                    Ok(_) => {
-                        dropped += n;
-                        deleted += 1;
-                        done = true;
-                        break;
+            tidy_membership(&mut b);
+            let departed = b.spec.node.clone().filter(|n| !nodes.contains(n));
+            if let Some(gone) = departed {
+                let borrowed = &b.spec.borrowed;
+                let own_left = b.spec.leases.keys().any(|o| !borrowed.contains_key(o));
+                if b.spec.leases.is_empty() {
+                    let dp = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            resource_version: b.metadata.resource_version.clone(),
+                            uid: None,
+                        }),
+                        ..DeleteParams::default()
+                    };
+                    match api.delete(&name, &dp).await {
+                        Ok(_) => {
+                            dropped += n;
+                            deleted += 1;
+                            done = true;
+                            break;
+                        }
+                        Err(e) if lost_race(&e) => {
+                            cur = api.get_opt(&name).await?;
+                            continue;
+                        }
+                        Err(e) if is_not_found(&e) => {
+                            done = true;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) if lost_race(&e) => {
-                        cur = api.get_opt(&name).await?;
-                        continue;
-                    }
-                    Err(e) if is_not_found(&e) => {
-                        done = true;
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
+                } else if !own_left {
+                    b.spec.node = None;
+                    b.labels_mut().remove(&node_label(&gone));
+                    tidy_membership(&mut b);
                 }
             }
-            if n == 0 {
+            if b.spec == spec_before && *b.labels() == labels_before {
                 done = true;
                 break;
             }
             b.spec.used = b.spec.leases.values().map(|v| v.len() as u32).sum();
             match api.replace(&name, &PostParams::default(), &b).await {
                 Ok(_) => {
-                    tracing::info!(block = %format!("{ns}/{name}"), leases = n, "collected leases of deleted pods");
+                    if n > 0 {
+                        tracing::info!(block = %format!("{ns}/{name}"), leases = n, "collected leases of deleted pods");
+                    }
+                    if spec_before.node.is_some() && b.spec.node.is_none() {
+                        tracing::info!(block = %format!("{ns}/{name}"), node = ?spec_before.node, "released the address block of a node that left");
+                    }
                     dropped += n;
                     done = true;
                     break;

@@ -76,8 +76,43 @@ fn stored(fake: &FakeApi) -> BTreeMap<IpAddr, String> {
                 "borrowed entry without lease"
             );
         }
+        assert_eq!(
+            membership(&b),
+            expected_membership(&b),
+            "block {cidr}: membership labels"
+        );
     }
     all
+}
+
+/// The block's membership labels (`nodes.heddle.dev/<node>` -> `affinity` / `borrowed`).
+fn membership(b: &NetworkAddressBlock) -> BTreeMap<String, String> {
+    b.labels()
+        .iter()
+        .filter(|(k, _)| k.starts_with(NODE_LABEL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// What they must be: the affinity node, and every node that borrows an address in it.
+fn expected_membership(b: &NetworkAddressBlock) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = b
+        .spec
+        .borrowed
+        .values()
+        .map(|n| (node_label(n), BORROWED.to_string()))
+        .collect();
+    if let Some(n) = &b.spec.node {
+        m.insert(node_label(n), AFFINITY.to_string());
+    }
+    m
+}
+
+fn blocks_of(fake: &FakeApi) -> Vec<NetworkAddressBlock> {
+    fake.objects(BLOCKS)
+        .into_iter()
+        .map(|b| serde_json::from_value(b).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -452,6 +487,92 @@ async fn an_interrupted_migration_resumes_and_a_double_holder_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn a_migration_racing_an_old_allocator_loses_and_duplicates_nothing() {
+    let fake = FakeApi::interleaving();
+    let s = spec("10.3.0.0/22", None);
+    let leases: BTreeMap<String, Vec<String>> = (1..=300)
+        .map(|i| {
+            (
+                format!("pod-{i}/eth1"),
+                vec![format!("10.3.{}.{}", i / 256, i % 256)],
+            )
+        })
+        .collect();
+    fake.insert("heddle.dev/v1alpha1/networkallocations", legacy(&leases));
+    let allocs: Api<NetworkAllocation> = Api::namespaced(fake.client(), "ns1");
+    // An old allocator keeps allocating and releasing on the single object until the
+    // migration deletes it; `acked` is what it was told succeeded.
+    let old = {
+        let (allocs, s) = (allocs.clone(), s.clone());
+        let mut acked: BTreeMap<String, Vec<IpAddr>> = leases
+            .iter()
+            .map(|(o, a)| (o.clone(), vec![a[0].parse().unwrap()]))
+            .collect();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let r = if i % 3 == 2 {
+                    let owner = format!("pod-{}/eth1", i + 1);
+                    super::super::ipam::release(&allocs, "network.n3", &s, &owner)
+                        .await
+                        .map(|_| {
+                            acked.remove(&owner);
+                        })
+                } else {
+                    let owner = format!("old-{i}/eth1");
+                    super::super::ipam::allocate(&allocs, "network.n3", &s, &owner, &[])
+                        .await
+                        .map(|a| {
+                            acked.insert(owner, a);
+                        })
+                };
+                match r {
+                    Ok(()) | Err(ControllerError::Contention(_)) => {}
+                    Err(e) if is_not_found_error(&e) => return (i, acked),
+                    Err(e) => panic!("{e}"),
+                }
+                // Every request yields once (single-threaded runtime): the first write lands
+                // during the migration's first pass; the pause lets a later pass finish.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            unreachable!()
+        })
+    };
+    let m = allocator(&fake, FIELD_MANAGER_NODE, &s);
+    let moved = loop {
+        match m.migrate(&allocs, "network.n3").await {
+            Ok(n) => break n,
+            Err(ControllerError::Contention(_)) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (ops, acked) = old.await.unwrap();
+    assert!(
+        ops > 0,
+        "the old allocator never wrote during the migration"
+    );
+    assert!(
+        fake.stats().conflicts > 0,
+        "the migration never had to start over"
+    );
+    let expected: BTreeMap<IpAddr, String> = acked
+        .iter()
+        .flat_map(|(o, a)| a.iter().map(move |a| (*a, o.clone())))
+        .collect();
+    assert_eq!(moved, acked.len());
+    assert_eq!(
+        stored(&fake),
+        expected,
+        "the blocks hold exactly what the old allocator acknowledged"
+    );
+}
+
+fn is_not_found_error(e: &ControllerError) -> bool {
+    matches!(e, ControllerError::Kube(k) if is_not_found(k))
+}
+
 const FIELD_MANAGER_NODE: &str = super::super::FIELD_MANAGER;
 
 #[tokio::test]
@@ -496,6 +617,256 @@ async fn collection_drops_dead_leases_and_the_empty_blocks_of_departed_nodes() {
     assert_eq!(deleted, 0);
     assert_eq!(stored(&fake).len(), 1);
     let _ = PostParams::default();
+}
+
+#[tokio::test]
+async fn collection_clears_stale_borrowed_labels_and_unclaims_the_block_of_a_departed_node() {
+    let fake = FakeApi::new();
+    let s = spec("10.3.0.0/24", None);
+    let a = allocator(&fake, "node-a", &s);
+    let b = allocator(&fake, "node-b", &s);
+    let c = allocator(&fake, "node-c", &s);
+    let api: Api<NetworkAddressBlock> = Api::all(fake.client());
+    let all_nodes: BTreeSet<String> = ["node-a", "node-b", "node-c"].map(String::from).into();
+    // node-a claims a block of 16; node-b borrows two addresses in it (static requests).
+    let own = a.allocate("a-pod/eth1", &[]).await.unwrap();
+    let IpAddr::V4(first) = own[0] else {
+        panic!("{own:?}")
+    };
+    let in_a = |i: u32| IpAddr::V4((u32::from(first) & !15 | i).into());
+    b.allocate("b-dead/eth1", &[in_a(8)]).await.unwrap();
+    b.allocate("b-live/eth1", &[in_a(9)]).await.unwrap();
+    let blk = blocks_of(&fake).pop().unwrap();
+    assert_eq!(blk.labels()[&node_label("node-b")], BORROWED);
+
+    // b-dead's pod is gone: its lease, its borrowed entry go; node-b still borrows b-live.
+    let listed = api.list(&Default::default()).await.unwrap().items;
+    let (dropped, _) = collect(&api, listed, |o| o == "b-dead/eth1", &all_nodes)
+        .await
+        .unwrap();
+    assert_eq!(dropped, 1);
+    stored(&fake); // checks the membership labels
+    assert_eq!(
+        blocks_of(&fake)[0].labels()[&node_label("node-b")],
+        BORROWED
+    );
+
+    // b-live's pod is gone too: node-b borrows nothing here any more, and its label goes
+    // (it used to stay, so node-b kept listing node-a's block as one of its own).
+    let listed = api.list(&Default::default()).await.unwrap().items;
+    collect(&api, listed, |o| o == "b-live/eth1", &all_nodes)
+        .await
+        .unwrap();
+    let blk = blocks_of(&fake).pop().unwrap();
+    assert!(
+        !blk.labels().contains_key(&node_label("node-b")),
+        "stale borrowed label: {:?}",
+        blk.labels()
+    );
+    assert!(blk.spec.borrowed.is_empty());
+    assert!(b.my_blocks().await.unwrap().is_empty());
+    stored(&fake);
+
+    // node-b borrows again; then node-a leaves and its own pod is gone. The block still
+    // holds node-b's lease, so it stays, but without node-a's affinity: unclaimed.
+    b.allocate("b-2/eth1", &[in_a(10)]).await.unwrap();
+    let listed = api.list(&Default::default()).await.unwrap().items;
+    let without_a: BTreeSet<String> = ["node-b", "node-c"].map(String::from).into();
+    let (dropped, deleted) = collect(&api, listed, |o| o == "a-pod/eth1", &without_a)
+        .await
+        .unwrap();
+    assert_eq!((dropped, deleted), (1, 0));
+    let blk = blocks_of(&fake).pop().unwrap();
+    assert_eq!(
+        blk.spec.node, None,
+        "the departed node's affinity is released"
+    );
+    assert!(!blk.labels().contains_key(&node_label("node-a")));
+    assert_eq!(
+        stored(&fake).into_values().collect::<Vec<_>>(),
+        ["b-2/eth1"]
+    );
+    // A collection with nothing to do writes nothing.
+    let writes = fake.stats().writes;
+    let listed = api.list(&Default::default()).await.unwrap().items;
+    assert_eq!(
+        collect(&api, listed, |_| false, &without_a).await.unwrap(),
+        (0, 0)
+    );
+    assert_eq!(fake.stats().writes, writes);
+
+    // Any node may claim the block again: node-c's first allocation takes it over.
+    let got = c.allocate("c-pod/eth1", &[]).await.unwrap();
+    let blk = blocks_of(&fake).pop().unwrap();
+    assert_eq!(blk.spec.node.as_deref(), Some("node-c"));
+    assert!(blk.spec.cidr.parse::<IpNet>().unwrap().contains(&got[0]));
+    // node-b's release still finds its borrowed lease, and drops its label.
+    assert_eq!(b.release("b-2/eth1").await.unwrap(), vec![in_a(10)]);
+    let blk = blocks_of(&fake).pop().unwrap();
+    assert!(!blk.labels().contains_key(&node_label("node-b")));
+    stored(&fake);
+}
+
+#[tokio::test]
+async fn claiming_a_block_turns_the_claimers_own_borrowed_entries_into_leases_of_its_own() {
+    let fake = FakeApi::new();
+    let s = spec("10.3.0.0/28", None); // 14 addresses in 4-address blocks
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let a = allocator(&fake, "node-a", &s);
+    // A static address in a block nobody claims: borrowed (from nobody) by node-a.
+    a.allocate("st/eth1", &[ip("10.3.0.13")]).await.unwrap();
+    let blk = blocks_of(&fake).pop().unwrap();
+    assert_eq!(blk.spec.node, None);
+    assert_eq!(blk.labels()[&node_label("node-a")], BORROWED);
+    // node-a fills the other blocks, then claims that one.
+    for i in 0..12 {
+        a.allocate(&format!("p{i}/eth1"), &[]).await.unwrap();
+    }
+    let blk = blocks_of(&fake)
+        .into_iter()
+        .find(|b| b.spec.cidr == "10.3.0.12/30")
+        .unwrap();
+    assert_eq!(blk.spec.node.as_deref(), Some("node-a"));
+    assert!(blk.spec.borrowed.is_empty(), "{:?}", blk.spec.borrowed);
+    assert_eq!(blk.labels()[&node_label("node-a")], AFFINITY);
+    stored(&fake);
+}
+
+/// Two node names whose searches start at the same block of a 16-block network.
+fn colliding_nodes() -> (String, String) {
+    let names: Vec<String> = (0..100).map(|i| format!("node-{i}")).collect();
+    for a in &names {
+        for b in &names {
+            if a < b && fnv(a) % 16 == fnv(b) % 16 {
+                return (a.clone(), b.clone());
+            }
+        }
+    }
+    unreachable!("100 names over 16 start blocks always collide")
+}
+
+#[tokio::test]
+async fn two_nodes_racing_for_one_new_block_one_wins_and_the_other_claims_another() {
+    // The fake server yields before each request, so both nodes read (nothing) before
+    // either writes, then both create the same block.
+    let fake = FakeApi::interleaving();
+    let s = spec("10.3.0.0/24", None);
+    let (n1, n2) = colliding_nodes();
+    let (a, b) = (allocator(&fake, &n1, &s), allocator(&fake, &n2, &s));
+    let (ra, rb) = tokio::join!(a.allocate("pa/eth1", &[]), b.allocate("pb/eth1", &[]));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_ne!(ra, rb);
+    assert_eq!(
+        fake.stats().conflicts,
+        1,
+        "the loser's create got 409 AlreadyExists"
+    );
+    let blocks = blocks_of(&fake);
+    assert_eq!(blocks.len(), 2, "the loser claimed another block");
+    for (node, addr) in [(&n1, ra[0]), (&n2, rb[0])] {
+        let mine: Vec<_> = blocks
+            .iter()
+            .filter(|b| b.spec.node.as_deref() == Some(node.as_str()))
+            .collect();
+        assert_eq!(mine.len(), 1, "{node}");
+        assert!(mine[0].spec.cidr.parse::<IpNet>().unwrap().contains(&addr));
+        assert!(mine[0].spec.borrowed.is_empty(), "nobody borrowed");
+    }
+    stored(&fake);
+}
+
+#[tokio::test]
+async fn two_nodes_racing_for_one_unclaimed_block_one_claims_it() {
+    let fake = FakeApi::interleaving();
+    let s = spec("10.3.0.0/24", None);
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    // A static address makes the unclaimed block 10.3.0.16/28.
+    allocator(&fake, "node-x", &s)
+        .allocate("st/eth1", &[ip("10.3.0.20")])
+        .await
+        .unwrap();
+    let (a, b) = (
+        allocator(&fake, "node-a", &s),
+        allocator(&fake, "node-b", &s),
+    );
+    let (ra, rb) = tokio::join!(a.allocate("pa/eth1", &[]), b.allocate("pb/eth1", &[]));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(fake.stats().conflicts >= 1, "the second claim was refused");
+    let blocks = blocks_of(&fake);
+    let unclaimed = blocks
+        .iter()
+        .find(|b| b.spec.cidr == "10.3.0.16/28")
+        .unwrap();
+    let winner = unclaimed.spec.node.clone().expect("claimed");
+    let (won, lost) = if winner == "node-a" {
+        (ra[0], rb[0])
+    } else {
+        (rb[0], ra[0])
+    };
+    let cidr: IpNet = "10.3.0.16/28".parse().unwrap();
+    assert!(
+        cidr.contains(&won),
+        "the winner allocated in the block it claimed"
+    );
+    assert!(
+        !cidr.contains(&lost),
+        "the loser went elsewhere, it did not borrow"
+    );
+    assert_eq!(blocks.len(), 2);
+    stored(&fake);
+}
+
+#[tokio::test]
+async fn nodes_borrow_only_when_every_block_is_claimed_and_retry_a_borrow_on_409() {
+    let fake = FakeApi::interleaving();
+    // 14 addresses in 4 blocks of 4 (.1-.3, .4-.7, .8-.11, .12-.14).
+    let s = spec("10.3.0.0/28", None);
+    let a = allocator(&fake, "node-a", &s);
+    for i in 0..12 {
+        a.allocate(&format!("a{i}/eth1"), &[]).await.unwrap();
+    }
+    let blocks = blocks_of(&fake);
+    assert_eq!(blocks.len(), 4);
+    assert!(blocks
+        .iter()
+        .all(|b| b.spec.node.as_deref() == Some("node-a")));
+    let before = fake.stats().conflicts;
+    // Every block is claimed: node-b and node-c borrow the last two addresses, at once, in
+    // the same block of node-a's: one write wins, the other is refused, re-read, retried.
+    let (b, c) = (
+        allocator(&fake, "node-b", &s),
+        allocator(&fake, "node-c", &s),
+    );
+    let (rb, rc) = tokio::join!(b.allocate("b/eth1", &[]), c.allocate("c/eth1", &[]));
+    let (rb, rc) = (rb.unwrap(), rc.unwrap());
+    assert_ne!(rb, rc);
+    assert!(fake.stats().conflicts > before, "no borrow conflicted");
+    let blocks = blocks_of(&fake);
+    assert_eq!(blocks.len(), 4, "nobody created or claimed a block");
+    let borrowed: BTreeMap<String, String> = blocks
+        .iter()
+        .flat_map(|b| b.spec.borrowed.clone())
+        .collect();
+    assert_eq!(
+        borrowed,
+        BTreeMap::from([
+            ("b/eth1".to_string(), "node-b".to_string()),
+            ("c/eth1".to_string(), "node-c".to_string())
+        ])
+    );
+    assert_eq!(stored(&fake).len(), 14);
+    // The network is full now.
+    let e = b.allocate("b2/eth1", &[]).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ControllerError::Ipam {
+                source: IpamError::Exhausted { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[derive(Clone, Debug)]
@@ -589,7 +960,9 @@ proptest! {
                     collect(&api, listed, |o| gone.contains(o), &live_nodes).await.unwrap();
                     model.retain(|o, _| !gone.contains(o));
                     let left: Vec<NetworkAddressBlock> = fake.objects(BLOCKS).into_iter().map(|b| serde_json::from_value(b).unwrap()).collect();
-                    assert!(left.iter().all(|b| b.spec.node.as_deref() != Some(&format!("node-{node}")) || !b.spec.leases.is_empty()), "an empty block of the departed node was kept");
+                    // Its pods' leases are gone, so none of its blocks keeps its affinity:
+                    // each was deleted (empty) or left unclaimed (other nodes borrow in it).
+                    assert!(left.iter().all(|b| b.spec.node.as_deref() != Some(&format!("node-{node}"))), "a block kept the departed node's affinity");
                 }
                 let st = stored(&fake); // panics on an address held twice
                 let mut expected = BTreeMap::new();
