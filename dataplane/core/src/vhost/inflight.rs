@@ -284,7 +284,7 @@ impl InflightRegion {
         }
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let page = 4096u64;
-        if mmap_offset % page != 0
+        if !mmap_offset.is_multiple_of(page)
             || mmap_offset
                 .checked_add(needed)
                 .is_none_or(|end| end > file_len)

@@ -127,7 +127,7 @@ fn tx_run<D: TestDriver>(mut d: D, features: u64, fresh_base: u16, kill_at: Opti
     let mut next = 0u32;
     let mut killed = false;
     let mut rounds = 0;
-    while used.iter().any(|&u| u == 0) {
+    while used.contains(&0) {
         rounds += 1;
         assert!(
             rounds < 10_000,
