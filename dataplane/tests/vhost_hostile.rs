@@ -428,14 +428,23 @@ fn hostile_inflight_regions_are_refused_or_break_only_their_ring() {
     let mut small = g.info;
     small.mmap_size -= 1;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&g.region);
-    assert!(g.frontend.set_inflight_fd(&small, fd).is_err(), "short region");
+    assert!(
+        g.frontend.set_inflight_fd(&small, fd).is_err(),
+        "short region"
+    );
     let mut many = g.info;
     many.num_queues = 64;
     many.mmap_size *= 32;
-    assert!(g.frontend.set_inflight_fd(&many, fd).is_err(), "past the file");
+    assert!(
+        g.frontend.set_inflight_fd(&many, fd).is_err(),
+        "past the file"
+    );
     let mut odd = g.info;
     odd.mmap_offset = 1;
-    assert!(g.frontend.set_inflight_fd(&odd, fd).is_err(), "unaligned offset");
+    assert!(
+        g.frontend.set_inflight_fd(&odd, fd).is_err(),
+        "unaligned offset"
+    );
     drop(g);
     good_caught_up("after refused regions");
 

@@ -237,7 +237,8 @@ impl Guest {
         } else {
             self.mem.write(off + 12, flags);
             self.mem.write(off + 14, 0u16);
-            self.mem.write(AVAIL + 4 + 2 * usize::from(self.avail % SIZE), d);
+            self.mem
+                .write(AVAIL + 4 + 2 * usize::from(self.avail % SIZE), d);
             self.avail = self.avail.wrapping_add(1);
             fence(Ordering::Release);
             self.mem.write(AVAIL + 2, self.avail);
@@ -292,7 +293,11 @@ impl Guest {
         };
         let stride = (info.mmap_size / u64::from(info.num_queues)) as usize;
         let q = stride * self.vring;
-        let (hdr, entry, id_at) = if self.packed { (32, 32, Some(16)) } else { (16, 16, None) };
+        let (hdr, entry, id_at) = if self.packed {
+            (32, 32, Some(16))
+        } else {
+            (16, 16, None)
+        };
         (0..SIZE)
             .filter(|&i| shm.read::<u8>(q + hdr + entry * usize::from(i)) == 1)
             .map(|i| match id_at {
@@ -345,6 +350,34 @@ impl World {
             self.next += 1;
         }
         Ok(())
+    }
+}
+
+/// Waits until every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`), so
+/// nothing the switch does can change the rings or the region while the test reads them.
+fn wait_stopped(pid: libc::pid_t) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let mut all = true;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if !matches!(state, Some("T") | Some("t") | None) {
+                all = false;
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(5),
+            "the switch did not stop"
+        );
+        std::thread::sleep(Duration::from_micros(50));
     }
 }
 
@@ -407,20 +440,22 @@ fn run(packed: bool) -> Result<()> {
     let mut tries = 0u32;
     let in_flight = loop {
         tries += 1;
-        ensure!(tries < 20_000, "never caught the switch with descriptors in flight");
+        ensure!(
+            tries < 20_000,
+            "never caught the switch with descriptors in flight"
+        );
         // SAFETY: signals to our own child process.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
-        std::thread::sleep(Duration::from_micros(300));
+        wait_stopped(pid)?;
         let mut w = world.lock().unwrap();
         // What the switch returned before it stopped is reaped now, so `posted` holds only
         // what it has not returned.
         w.step()?;
-        let flying: Vec<(u16, u32)> = w
-            .a
-            .in_flight()
-            .into_iter()
-            .filter_map(|d| w.a.posted.get(&d).map(|&p| (d, p)))
-            .collect();
+        let flying: Vec<(u16, u32)> =
+            w.a.in_flight()
+                .into_iter()
+                .filter_map(|d| w.a.posted.get(&d).map(|&p| (d, p)))
+                .collect();
         if !flying.is_empty() && w.next < FRAMES - 500 {
             switch.kill9()?;
             break flying;
@@ -508,7 +543,11 @@ fn run(packed: bool) -> Result<()> {
     let stats = switch.client().stats()?;
     for p in &stats.ports {
         let v = p.vhost.as_ref().context("vhost stats")?;
-        ensure!(v.broken_rings == 0 && v.bad_chains == 0, "{}: {v:?}", p.name);
+        ensure!(
+            v.broken_rings == 0 && v.bad_chains == 0,
+            "{}: {v:?}",
+            p.name
+        );
     }
     switch.stop()?;
     Ok(())
