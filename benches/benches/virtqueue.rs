@@ -10,12 +10,18 @@
 //! heap pool; only the `dequeue`/`enqueue` call itself is timed (`iter_custom`), so the
 //! figures are the device side's copy and ring cost per packet (one `Instant` pair per
 //! burst of 32 is included: under 1 ns per packet).
+//!
+//! `HEDDLE_BENCH_INFLIGHT=1` runs every case with in-flight tracking on (a region attached to
+//! the queue as after `SET_INFLIGHT_FD`), under the same names: alternate runs with it unset
+//! and set to compare (see `docs/vhost-user.md`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use heddle_dataplane::switch::io::{Burst, BURST};
 use heddle_dataplane::switch::testing::{frame, mac, TestPacket};
+use heddle_dataplane::vhost::inflight::{attach, GuestRing, InflightRegion, Tracker};
 use heddle_dataplane::vhost::memory::GuestMemory;
 use heddle_dataplane::vhost::packed::PackedQueue;
 use heddle_dataplane::vhost::packed_testing::PackedDriver;
@@ -37,7 +43,8 @@ trait Layout: Sized {
     const GROUP: &'static str;
     /// A driver with 2 KiB slots at the layout's initial ring position.
     fn driver(features: u64) -> Self;
-    fn device(&self) -> Self::Queue;
+    /// The device side, with in-flight tracking when `HEDDLE_BENCH_INFLIGHT=1`.
+    fn device(&self, features: u64) -> Self::Queue;
     fn mem(&self) -> &GuestMemory;
     fn post_tx(&mut self, frame: &[u8], layout: TxLayout);
     fn post_rx(&mut self, len: u32);
@@ -59,16 +66,28 @@ trait Layout: Sized {
 
 /// Implements [`Layout`] for a driver type and its queue type.
 macro_rules! layout {
-    ($driver:ty, $queue:ty, $group:literal, $base:expr) => {
+    ($driver:ty, $queue:ty, $group:literal, $base:expr, $tracker:ident, $layout_bit:expr) => {
         impl Layout for $driver {
             type Queue = $queue;
             const GROUP: &'static str = $group;
             fn driver(features: u64) -> Self {
                 <$driver>::with(QUEUE, features, $base, 2048)
             }
-            fn device(&self) -> $queue {
+            fn device(&self, features: u64) -> $queue {
                 let mut q = self.queue();
                 q.suppress_notifications();
+                if std::env::var("HEDDLE_BENCH_INFLIGHT").is_ok_and(|v| v == "1") {
+                    let (region, _file) = InflightRegion::allocate(1, QUEUE, 1).expect("region");
+                    let view = GuestRing {
+                        mem: &self.mem,
+                        addrs: self.addrs(),
+                    };
+                    let f = features | $layout_bit;
+                    match attach(&Arc::new(region), 0, QUEUE, f, $base, &view) {
+                        Ok(Some((Tracker::$tracker(t), _))) => q.set_inflight(t),
+                        _ => panic!("in-flight region not attached"),
+                    }
+                }
                 q
             }
             fn mem(&self) -> &GuestMemory {
@@ -107,8 +126,15 @@ macro_rules! layout {
     };
 }
 
-layout!(Driver, SplitQueue, "virtq", 0);
-layout!(PackedDriver, PackedQueue, "virtq_packed", 0x8000);
+layout!(Driver, SplitQueue, "virtq", 0, Split, 0);
+layout!(
+    PackedDriver,
+    PackedQueue,
+    "virtq_packed",
+    0x8000,
+    Packed,
+    feature::RING_PACKED
+);
 
 fn dequeue<L: Layout>(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("{}_dequeue", L::GROUP));
@@ -125,7 +151,7 @@ fn dequeue<L: Layout>(c: &mut Criterion) {
                 let name = format!("{len}B/{}/{lname}", if mrg { "mrg" } else { "nomrg" });
                 g.bench_function(name, |b| {
                     let mut d = L::driver(features(mrg));
-                    let mut q = d.device();
+                    let mut q = d.device(features(mrg));
                     let f = frame(mac(1), mac(2), None, len);
                     for _ in 0..4 * BURST {
                         d.post_tx(&f, layout);
@@ -160,7 +186,7 @@ fn enqueue<L: Layout>(c: &mut Criterion) {
             let name = format!("{len}B/{}", if mrg { "mrg" } else { "nomrg" });
             g.bench_function(name, |b| {
                 let mut d = L::driver(features(mrg));
-                let mut q = d.device();
+                let mut q = d.device(features(mrg));
                 for _ in 0..4 * BURST {
                     d.post_rx(2048);
                 }

@@ -21,7 +21,8 @@ use common::{
 };
 use heddle_dataplane::vhost::port::VhostPort;
 use heddle_dataplane::vhost::virtq::feature;
-use vhost::vhost_user::Frontend;
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vmm_sys_util::eventfd::EventFd;
 
 const AVAIL: usize = 0x1000;
@@ -324,5 +325,191 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
     wait("the reconnected guest's frame", || {
         bad_rx.load(Ordering::Relaxed) == b0 + 1
     });
+    drop(worker);
+}
+
+/// A frontend that negotiated in-flight tracking (`INFLIGHT_SHMFD`) on `port`: its memory,
+/// and the region `GET_INFLIGHT_FD` gave it, mapped (2 queues of `SIZE`).
+struct TrackedGuest {
+    frontend: Frontend,
+    file: std::fs::File,
+    base: *mut u8,
+    region: std::fs::File,
+    info: VhostUserInflight,
+    map: *mut u8,
+    _kick: EventFd,
+}
+
+impl TrackedGuest {
+    fn connect(port: &VhostPort) -> TrackedGuest {
+        let (file, base) = guest_memory(c"inflight-guest");
+        let (mut frontend, _) = negotiate(port, feature::VERSION_1);
+        frontend
+            .set_protocol_features(
+                VhostUserProtocolFeatures::MQ
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::INFLIGHT_SHMFD,
+            )
+            .unwrap();
+        let (info, region) = frontend
+            .get_inflight_fd(&VhostUserInflight::new(0, 0, 2, SIZE))
+            .expect("GET_INFLIGHT_FD");
+        // SAFETY: a shared mapping of the region the switch sized (`mmap_size` bytes of its
+        // memfd), kept until the process ends.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                info.mmap_size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&region),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        TrackedGuest {
+            frontend,
+            file,
+            base,
+            region,
+            info,
+            map: map.cast(),
+            _kick: EventFd::new(0).unwrap(),
+        }
+    }
+
+    /// Writes `v` at `off` of vring 1's queue region.
+    fn poke<T: Copy>(&self, off: usize, v: T) {
+        let q = (self.info.mmap_size / u64::from(self.info.num_queues)) as usize;
+        assert!(q + off + std::mem::size_of::<T>() <= self.info.mmap_size as usize);
+        // SAFETY: inside the mapping (checked above); the switch reads it only with volatile
+        // reads.
+        unsafe { std::ptr::write_volatile(self.map.add(q + off).cast::<T>(), v) }
+    }
+
+    /// Sends the region back and sets the TX ring up on it.
+    fn start(&mut self) {
+        self.frontend
+            .set_inflight_fd(&self.info, std::os::fd::AsRawFd::as_raw_fd(&self.region))
+            .expect("SET_INFLIGHT_FD");
+        send_mem_table(&mut self.frontend, &self.file, self.base);
+        set_up_tx_ring(&mut self.frontend, self.base, AVAIL, USED, 0, &self._kick);
+    }
+}
+
+#[test]
+fn hostile_inflight_regions_are_refused_or_break_only_their_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let iterations = Arc::new(AtomicU64::new(0));
+    let quiesce = quiesce(&iterations);
+    let start = |name: &str| start_port(dir.path(), name, "", quiesce.clone());
+    let (good_port, bad_port) = (start("good"), start("bad"));
+    let worker = Worker::start(
+        vec![good_port.rings().clone(), bad_port.rings().clone()],
+        iterations.clone(),
+    );
+    let pump = Pump::start(Guest::connect(&good_port));
+    let sent = pump.sent.clone();
+    let good_rx = worker.received[0].clone();
+    let good_caught_up = |what: &str| {
+        let s = sent.load(Ordering::Relaxed);
+        wait(what, || good_rx.load(Ordering::Relaxed) >= s);
+    };
+    let broken = || {
+        bad_port
+            .rings()
+            .counters
+            .broken_rings
+            .load(Ordering::Relaxed)
+    };
+
+    // Regions that do not fit their claim: the message is refused, nothing changes.
+    let mut g = TrackedGuest::connect(&bad_port);
+    let mut small = g.info;
+    small.mmap_size -= 1;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&g.region);
+    assert!(
+        g.frontend.set_inflight_fd(&small, fd).is_err(),
+        "short region"
+    );
+    let mut many = g.info;
+    many.num_queues = 64;
+    many.mmap_size *= 32;
+    assert!(
+        g.frontend.set_inflight_fd(&many, fd).is_err(),
+        "past the file"
+    );
+    let mut odd = g.info;
+    odd.mmap_offset = 1;
+    assert!(
+        g.frontend.set_inflight_fd(&odd, fd).is_err(),
+        "unaligned offset"
+    );
+    drop(g);
+    good_caught_up("after refused regions");
+
+    // Region states no switch writes (offsets: split queue region, 16-byte header, 16-byte
+    // entries with `inflight` at 0, `next` at 6, `counter` at 8): the ring is refused and
+    // counted, the good port forwards on.
+    let corrupt: Vec<(&str, Box<dyn Fn(&TrackedGuest)>)> = vec![
+        ("an inflight flag of 7", Box::new(|g| g.poke(16, 7u8))),
+        (
+            "two descriptors in flight with one counter",
+            Box::new(|g| {
+                for i in [3usize, 9] {
+                    g.poke(16 + 16 * i, 1u8);
+                    g.poke(16 + 16 * i + 8, 42u64);
+                }
+            }),
+        ),
+        (
+            "a descriptor in flight the ring never offered",
+            Box::new(|g| g.poke(16 + 16 * 5, 1u8)),
+        ),
+        (
+            "a last batch whose next links loop",
+            Box::new(|g| {
+                g.poke(14, 0xfff0u16);
+                g.poke(12, 2u16);
+                g.poke(16 + 16 * 2 + 6, 2u16);
+            }),
+        ),
+        (
+            "a next link out of range",
+            Box::new(|g| {
+                g.poke(14, 0xfff0u16);
+                g.poke(12, 2u16);
+                g.poke(16 + 16 * 2 + 6, 60000u16);
+            }),
+        ),
+        ("garbage desc_num", Box::new(|g| g.poke(10, 3u16))),
+        ("an unknown version", Box::new(|g| g.poke(8, 9u16))),
+    ];
+    for (what, make) in &corrupt {
+        let before = broken();
+        let mut g = TrackedGuest::connect(&bad_port);
+        // As a switch that ran the ring left it: version 1, desc_num = SIZE.
+        g.poke(8, 1u16);
+        g.poke(10, SIZE);
+        make(&g);
+        g.start();
+        wait(what, || broken() > before);
+        good_caught_up(what);
+        drop(g);
+    }
+
+    // A clean region: the ring runs on it, tracked.
+    let mut g = TrackedGuest::connect(&bad_port);
+    g.start();
+    wait("the tracked ring to run", || {
+        bad_port.rings().up.load(Ordering::Relaxed)
+    });
+    let s0 = sent.load(Ordering::Relaxed);
+    wait("more good traffic", || {
+        good_rx.load(Ordering::Relaxed) >= s0 + 500
+    });
+    assert_eq!(broken(), corrupt.len() as u64);
+    drop(g);
+    drop(pump.finish());
     drop(worker);
 }

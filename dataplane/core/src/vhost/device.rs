@@ -20,6 +20,7 @@ use vhost::vhost_user::message::{
 use vhost::vhost_user::{Backend, Error, GpuBackend, VhostUserBackendReqHandlerMut};
 use vhost::VhostUserMemoryRegionBase;
 
+use super::inflight::{self, GuestRing, InflightRegion};
 use super::memory::{GuestMemory, RegionSpec};
 use super::queue::Virtqueue;
 use super::ring::{ActiveRing, PortRings};
@@ -84,6 +85,9 @@ pub struct VhostDevice {
     pairs_wanted: u16,
     /// Features offered: `VIRTIO_FEATURES`, with `RING_PACKED` when the port says so.
     offered: u64,
+    /// The in-flight region the frontend shared (`SET_INFLIGHT_FD`), or the one this
+    /// connection allocated (`GET_INFLIGHT_FD`).
+    inflight: Option<Arc<InflightRegion>>,
 }
 
 /// Why a frontend could not use the port: it wants more queue pairs than offered.
@@ -156,6 +160,7 @@ impl VhostDevice {
             setup_started: false,
             pairs_wanted: 0,
             offered: VIRTIO_FEATURES,
+            inflight: None,
         }
     }
 
@@ -279,6 +284,30 @@ impl VhostDevice {
                 base = used_idx;
             }
         }
+        // With an in-flight region the resume point comes from it (packed rings have no
+        // index in memory to read it from), checked against the ring.
+        let mut tracker = None;
+        if let Some(region) = &self.inflight {
+            let view = GuestRing { mem: &mem, addrs };
+            match inflight::attach(region, i, addrs.size, self.features, base, &view) {
+                Ok(Some((t, b))) => {
+                    if b != base {
+                        tracing::info!(port = %self.name, vring = i, base, resume = b, "resuming the vring where the in-flight region says");
+                    }
+                    base = b;
+                    tracker = Some(t);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(port = %self.name, vring = i, error = %e, "vring refused");
+                    self.rings
+                        .counters
+                        .broken_rings
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
         let mut queue = match Virtqueue::new(&mem, &addrs, base, self.features) {
             Ok(q) => q,
             Err(e) => {
@@ -291,6 +320,9 @@ impl VhostDevice {
             }
         };
         queue.suppress_notifications();
+        if let Some(t) = tracker {
+            queue.set_inflight(t);
+        }
         let call = v.call.as_ref().and_then(|f| f.try_clone().ok());
         let ring = Box::new(ActiveRing::new(queue, mem, call));
         if let Some(slot) = self.rings.slot(i) {
@@ -333,6 +365,7 @@ impl VhostDevice {
             *v = Vring::default();
         }
         self.mem = None;
+        self.inflight = None;
         self.features = 0;
         self.protocol = 0;
         self.queue_num_read = false;
@@ -536,10 +569,13 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
     }
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
-        Ok(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK)
+        Ok(VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
+        tracing::debug!(port = %self.name, features = format_args!("{features:#x}"), "SET_PROTOCOL_FEATURES");
         self.protocol = features;
         Ok(())
     }
@@ -583,19 +619,42 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
         ))
     }
 
-    fn get_inflight_fd(
-        &mut self,
-        _inflight: &VhostUserInflight,
-    ) -> Result<(VhostUserInflight, File)> {
-        Err(Error::InactiveOperation(
-            VhostUserProtocolFeatures::INFLIGHT_SHMFD,
+    fn get_inflight_fd(&mut self, msg: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        let max = self.vrings.len() as u16;
+        let (region, file) = InflightRegion::allocate(msg.num_queues, msg.queue_size, max)
+            .map_err(|e| {
+                tracing::warn!(port = %self.name, error = %e, "GET_INFLIGHT_FD refused");
+                invalid("in-flight region refused")
+            })?;
+        let size = region.mapped_len() as u64;
+        tracing::debug!(port = %self.name, queues = msg.num_queues, queue_size = msg.queue_size, size, "GET_INFLIGHT_FD");
+        // The frontend sends it back with SET_INFLIGHT_FD; until then nothing uses it.
+        Ok((
+            VhostUserInflight::new(size, 0, msg.num_queues, msg.queue_size),
+            file,
         ))
     }
 
-    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
-        Err(Error::InactiveOperation(
-            VhostUserProtocolFeatures::INFLIGHT_SHMFD,
-        ))
+    fn set_inflight_fd(&mut self, msg: &VhostUserInflight, file: File) -> Result<()> {
+        let max = self.vrings.len() as u16;
+        let region = InflightRegion::open(
+            &file,
+            msg.mmap_size,
+            msg.mmap_offset,
+            msg.num_queues,
+            msg.queue_size,
+            max,
+        )
+        .map_err(|e| {
+            tracing::warn!(port = %self.name, error = %e, "SET_INFLIGHT_FD refused");
+            invalid("in-flight region refused")
+        })?;
+        tracing::debug!(port = %self.name, queues = msg.num_queues, queue_size = msg.queue_size, "SET_INFLIGHT_FD");
+        // Running rings were started without (or with another) region: restart them on it.
+        self.stop_all();
+        self.inflight = Some(Arc::new(region));
+        self.refresh_all();
+        Ok(())
     }
 
     fn get_max_mem_slots(&mut self) -> Result<u64> {

@@ -9,6 +9,8 @@
 //!   [`queue`]: one running queue in either layout.
 //! - [`device`]: the vhost-user protocol state (messages parsed and validated by the `vhost`
 //!   crate): features, memory table, when each vring starts and stops.
+//! - [`inflight`]: in-flight tracking (`INFLIGHT_SHMFD`): the shared record of descriptors
+//!   taken and not yet returned, and how a restarted switch resumes from it.
 //! - [`ring`]: how a running vring passes to the PMD workers without a lock on their side.
 //! - [`port`]: a port's socket in server or client role, with reconnect, one thread each.
 //! - `testing` (feature `testing`): an in-process virtio driver, a heap packet pool and the
@@ -18,6 +20,7 @@
 pub mod device;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
+pub mod inflight;
 pub mod memory;
 pub mod packed;
 #[cfg(any(test, feature = "testing"))]

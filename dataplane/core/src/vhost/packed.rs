@@ -44,6 +44,7 @@
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
+use super::inflight::PackedTrack;
 use super::memory::GuestMemory;
 use super::virtq::{
     feature, fill_seg, gather, gather_one, rx_header, take_frame, QueueStats, RingAddrs, RingError,
@@ -137,6 +138,8 @@ pub struct PackedQueue {
     hint: usize,
     /// Used entries of the guest RX frame being written (`MRG_RXBUF`).
     shadow: Box<[Pending]>,
+    /// In-flight tracking (`INFLIGHT_SHMFD`), when the frontend shared a region.
+    inflight: Option<PackedTrack>,
 }
 
 // SAFETY: the raw pointers point into guest memory that the queue only touches while the
@@ -251,9 +254,57 @@ impl PackedQueue {
             broken: false,
             hint: 0,
             shadow: vec![Pending::default(); MAX_FRAME_BUFFERS].into_boxed_slice(),
+            inflight: None,
         };
         q.signalled = q.used_position();
         Ok(q)
+    }
+
+    /// Records in-flight chains in `track` from now on (see [`super::inflight`]).
+    pub fn set_inflight(&mut self, track: PackedTrack) {
+        self.inflight = Some(track);
+    }
+
+    /// In-flight tracking: the chain of `ndesc` descriptors at the avail position is taken
+    /// (recorded before it is used). False when the region's free list ran out (a corrupt
+    /// region): the caller breaks the ring.
+    #[inline(always)]
+    fn track_take(&mut self, ndesc: u16) -> bool {
+        let Some(t) = &mut self.inflight else {
+            return true;
+        };
+        let (desc, idx, size) = (self.desc, self.avail_idx, self.size);
+        t.take(ndesc, |k| {
+            let slot = ((u32::from(idx) + u32::from(k)) % u32::from(size)) as usize;
+            // SAFETY: `slot < size`: inside the mapped, aligned ring (checked in `new`); a
+            // volatile read copies the descriptor the walk just validated.
+            let d = unsafe { ptr::read_volatile(desc.add(slot)) };
+            (
+                u64::from_le(d.addr),
+                u32::from_le(d.len),
+                u16::from_le(d.id),
+                u16::from_le(d.flags),
+            )
+        })
+    }
+
+    /// [`Self::take`] of a guest RX chain, recorded in flight first (after it was filled:
+    /// until its used entry is written the buffer is still the device's, so a crash before
+    /// this leaves nothing the driver would see). A corrupt region breaks the queue.
+    #[inline(always)]
+    fn take_tracked(&mut self, ndesc: u16) {
+        if !self.track_take(ndesc) {
+            self.broken = true;
+        }
+        self.take(ndesc);
+    }
+
+    /// In-flight tracking: the last `count` chains taken stay in the ring after all.
+    #[inline(always)]
+    fn track_untake(&mut self, count: usize) {
+        if let Some(t) = &mut self.inflight {
+            t.untake(count);
+        }
     }
 
     /// Queue size.
@@ -488,6 +539,7 @@ impl PackedQueue {
         if len > 0 {
             flags |= DESC_F_WRITE;
         }
+        let tracked = self.inflight.as_mut().and_then(PackedTrack::before_used);
         // SAFETY: `used_idx < size`: the descriptor is inside the mapped, aligned ring
         // (checked in `new`); the slot belongs to the device until these flags say used
         // (the chain started there and was taken by this queue).
@@ -497,6 +549,9 @@ impl PackedQueue {
             ptr::write_volatile(ptr::addr_of_mut!((*d).len), len.to_le());
             AtomicU16::from_ptr(ptr::addr_of_mut!((*d).flags))
                 .store(flags.to_le(), Ordering::Release);
+        }
+        if let Some(t) = &mut self.inflight {
+            t.after_used(tracked);
         }
         Self::advance(self.size, &mut self.used_idx, &mut self.used_wrap, ndesc);
     }
@@ -589,6 +644,10 @@ impl PackedQueue {
                 }
                 Walk::Chain { id, ndesc, bad } => (id, ndesc, bad),
             };
+            if !self.track_take(ndesc) {
+                self.broken = true;
+                break;
+            }
             let outcome = if bad {
                 Err(&mut stats.bad_chains)
             } else if total > limit {
@@ -625,6 +684,7 @@ impl PackedQueue {
                         }
                     };
                     if !take_frame(pool, len, out, stats, &mut got, copy) {
+                        self.track_untake(1);
                         break;
                     }
                 }
@@ -681,13 +741,14 @@ impl PackedQueue {
                     if nbufs == MAX_FRAME_BUFFERS {
                         // A frame spread over this many buffers: drop it, leave them.
                         (self.avail_idx, self.avail_wrap) = (start_idx, start_wrap);
+                        self.track_untake(nbufs);
                         stats.oversize += 1;
                         done += 1;
                         continue 'pkts;
                     }
                     match self.fill(mem, &hdr, frame, written, &mut num_buffers) {
                         (Walk::Chain { id, ndesc, bad }, n) if !bad && n > 0 => {
-                            self.take(ndesc);
+                            self.take_tracked(ndesc);
                             self.shadow[nbufs] = Pending {
                                 id,
                                 ndesc,
@@ -700,7 +761,7 @@ impl PackedQueue {
                             // A bad (or empty) chain inside the frame's buffers: the buffers
                             // it took so far go back empty with it (used entries are in
                             // order), and the frame starts again after it.
-                            self.take(ndesc);
+                            self.take_tracked(ndesc);
                             for k in 0..nbufs {
                                 let p = self.shadow[k];
                                 self.put_used(p.id, p.ndesc, 0);
@@ -720,6 +781,7 @@ impl PackedQueue {
                             // took; it wrote into them, harmlessly, they are still the
                             // device's.
                             (self.avail_idx, self.avail_wrap) = (start_idx, start_wrap);
+                            self.track_untake(nbufs);
                             if walk == Walk::Broken {
                                 self.broken = true;
                             }
@@ -759,7 +821,7 @@ impl PackedQueue {
                             },
                             n,
                         ) => {
-                            self.take(ndesc);
+                            self.take_tracked(ndesc);
                             self.put_used(id, ndesc, n as u32);
                             break;
                         }
@@ -771,7 +833,7 @@ impl PackedQueue {
                             },
                             _,
                         ) => {
-                            self.take(ndesc);
+                            self.take_tracked(ndesc);
                             self.put_used(id, ndesc, 0);
                             stats.bad_chains += 1;
                             if stats.bad_chains >= bad_limit {

@@ -3,6 +3,7 @@
 //! call it through [`super::ring::ActiveRing`]; each call is one match on the layout, then
 //! the layout's own burst code.
 
+use super::inflight::Tracker;
 use super::memory::GuestMemory;
 use super::packed::PackedQueue;
 use super::virtq::{feature, QueueStats, RingAddrs, RingError, RxPool, SplitQueue};
@@ -30,6 +31,16 @@ impl Virtqueue {
             PackedQueue::new(mem, addrs, base, features).map(Virtqueue::Packed)
         } else {
             SplitQueue::new(mem, addrs, base, features).map(Virtqueue::Split)
+        }
+    }
+
+    /// Records in-flight descriptors from now on (`track` is in this queue's layout, as
+    /// [`super::inflight::attach`] built it for the same features; another is ignored).
+    pub fn set_inflight(&mut self, track: Tracker) {
+        match (self, track) {
+            (Virtqueue::Split(q), Tracker::Split(t)) => q.set_inflight(t),
+            (Virtqueue::Packed(q), Tracker::Packed(t)) => q.set_inflight(t),
+            _ => {}
         }
     }
 

@@ -40,6 +40,7 @@
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
+use super::inflight::SplitTrack;
 use super::memory::GuestMemory;
 use crate::prefetch;
 use crate::switch::io::{Burst, Packet};
@@ -320,6 +321,8 @@ pub struct SplitQueue {
     broken: bool,
     /// Last memory region a buffer was found in.
     hint: usize,
+    /// In-flight tracking (`INFLIGHT_SHMFD`), when the frontend shared a region.
+    inflight: Option<SplitTrack>,
 }
 
 // SAFETY: the raw pointers point into guest memory that the queue only touches while the
@@ -435,7 +438,21 @@ impl SplitQueue {
             suppress: false,
             broken: false,
             hint: 0,
+            inflight: None,
         })
+    }
+
+    /// Records in-flight descriptors in `track` from now on (see [`super::inflight`]).
+    pub fn set_inflight(&mut self, track: SplitTrack) {
+        self.inflight = Some(track);
+    }
+
+    /// In-flight tracking: `head` is taken from the avail ring (before its chain is read).
+    #[inline(always)]
+    fn track_take(&mut self, head: u16) {
+        if let Some(t) = &mut self.inflight {
+            t.take(head);
+        }
     }
 
     /// Queue size.
@@ -520,6 +537,7 @@ impl SplitQueue {
                 stats.bad_chains += 1;
                 continue;
             }
+            self.track_take(head);
             let mut total = 0u64;
             let mut nsegs = 0usize;
             let walked = self.table.walk(mem, &mut self.hint, head, false, |s| {
@@ -653,6 +671,7 @@ impl SplitQueue {
         let need = self.hdr_len + frame.len();
         // Where this frame (re)starts: after the last bad chain it met.
         let (mut start_avail, mut start_used) = (self.last_avail, *used);
+        let mut start_batch = self.inflight.as_ref().map(SplitTrack::mark);
         let mut written = 0usize;
         let mut nbufs = 0u16;
         let mut num_buffers = [ptr::null_mut(); 2];
@@ -662,11 +681,15 @@ impl SplitQueue {
                 // them, harmlessly: they are still the device's).
                 self.last_avail = start_avail;
                 *used = start_used;
+                if let (Some(t), Some(m)) = (&mut self.inflight, start_batch) {
+                    t.rollback(m);
+                }
                 return Placed::Stop;
             }
             let head = self.avail_entry(self.last_avail);
             self.last_avail = self.last_avail.wrapping_add(1);
             let filled = if head < self.table.size {
+                self.track_take(head);
                 self.fill(mem, head, hdr, frame, written, &mut num_buffers)
             } else {
                 Err(BadChain)
@@ -693,6 +716,7 @@ impl SplitQueue {
                     }
                     stats.bad_chains += 1;
                     (start_avail, start_used) = (self.last_avail, *used);
+                    start_batch = self.inflight.as_ref().map(SplitTrack::mark);
                     written = 0;
                     nbufs = 0;
                     if stats.bad_chains >= bad_limit {
@@ -734,6 +758,7 @@ impl SplitQueue {
             }
             let head = self.avail_entry(self.last_avail);
             let filled = if head < self.table.size {
+                self.track_take(head);
                 let mut unused = [ptr::null_mut(); 2];
                 self.fill(mem, head, hdr, frame, 0, &mut unused)
             } else {
@@ -822,7 +847,10 @@ impl SplitQueue {
 
     /// Writes used ring slot `idx & mask` (not yet published).
     #[inline(always)]
-    fn put_used(&self, idx: u16, id: u16, len: u32) {
+    fn put_used(&mut self, idx: u16, id: u16, len: u32) {
+        if let Some(t) = &mut self.inflight {
+            t.used(id);
+        }
         let slot = usize::from(idx & self.mask);
         // SAFETY: the used ring holds `size` 8-byte elements from offset 4, 4-aligned (checked
         // in `new`), and `slot < size`; the memory table is lent for the call.
@@ -889,6 +917,9 @@ impl SplitQueue {
         // The notification protocol: our used.idx store must be visible before we read the
         // driver's flags, as its flag/event write is before it rechecks used.idx.
         fence(Ordering::SeqCst);
+        if let Some(t) = &mut self.inflight {
+            t.published(used);
+        }
         let n = usize::from(self.table.size);
         // SAFETY: `flags` is at offset 0 and `used_event` at 4 + 2*size of the mapped
         // available ring (6 + 2*size bytes, 2-aligned); volatile reads copy them once.
