@@ -39,6 +39,12 @@ pub trait Packet {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// True when the frame spans several buffers (`data()` is then only its first part):
+    /// the pipeline drops such frames. Packets built by the switch never are.
+    #[inline(always)]
+    fn segmented(&self) -> bool {
+        false
+    }
     /// Asks the CPU to start loading the frame's first cache line (its Ethernet header),
     /// which the pipeline reads soon. Only a hint.
     #[inline(always)]
