@@ -551,6 +551,8 @@ mod tests {
             ("  - {name: a, devargs: net_null0, mode: access, vlan: 5}\n  - {name: a, devargs: net_null1, mode: access, vlan: 5}", "duplicate port \"a\""),
             ("  - {name: a, devargs: net_null0, mode: access, vlan: 5}\n  - {name: b, devargs: net_null0, mode: access, vlan: 5}", "duplicate port device"),
             ("  - {name: a, devargs: net_null0, mode: access, vlan: 5, color: red}", "unknown field"),
+            ("  - {name: a, devargs: net_null0, mode: access, vlan: 5, mtu: 9217}", "mtu 9217 is above the switch's maximum of 9216 (frames of 9216 bytes after the Ethernet header): set mtu to 9216 or less"),
+            ("  - {name: a, devargs: net_null0, mode: access, vlan: 5, mtu: 67}", "mtu 67 is below IPv4's minimum of 68"),
         ];
         for (ports, want) in cases {
             let err = DaemonConfig::parse(&format!("{base}{ports}"), "t")
