@@ -153,13 +153,6 @@ impl Packet for Mbuf {
     }
 
     #[inline(always)]
-    fn segmented(&self) -> bool {
-        // SAFETY: valid owned mbuf; `nb_segs` is in the first cache line, next to the
-        // lengths `data` reads.
-        unsafe { (*self.0.as_ptr()).nb_segs != 1 }
-    }
-
-    #[inline(always)]
     fn len(&self) -> usize {
         // Whole frame length (all segments), for byte counters.
         // SAFETY: valid owned mbuf.

@@ -39,11 +39,13 @@ pub trait Packet {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// True when the frame spans several buffers (`data()` is then only its first part):
-    /// the pipeline drops such frames. Packets built by the switch never are.
+    /// True when the frame spans several buffers: `data()` is then only its first part, and
+    /// `len()` (the whole frame) is longer. The pipeline drops such frames; packets built by
+    /// the switch never are. Both lengths are read by the parse anyway, so this costs no
+    /// memory access.
     #[inline(always)]
     fn segmented(&self) -> bool {
-        false
+        self.len() != self.data().len()
     }
     /// Asks the CPU to start loading the frame's first cache line (its Ethernet header),
     /// which the pipeline reads soon. Only a hint.
