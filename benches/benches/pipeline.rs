@@ -22,6 +22,7 @@ fn vlan(n: u16) -> Vlan {
 
 fn access(index: u16, v: u16) -> SwitchPort {
     SwitchPort {
+        mtu: 1500,
         index,
         name: String::new(),
         mode: PortMode::Access { vlan: vlan(v) },
@@ -32,6 +33,7 @@ fn trunk(index: u16, v: u16) -> SwitchPort {
     let mut allowed = VlanSet::new();
     allowed.insert(vlan(v));
     SwitchPort {
+        mtu: 1500,
         index,
         name: String::new(),
         mode: PortMode::Trunk {

@@ -64,8 +64,12 @@ pub enum VhostBackend {
     Native,
 }
 
+/// The largest MTU a switch port takes (the switch's `MAX_MTU`).
+pub const SWITCH_MAX_MTU: u32 = 9216;
+
 /// What kind of interface the pod gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
+
 pub enum Kind {
     /// A vhost-user socket in the pod's socket directory.
     VhostUser {
@@ -458,6 +462,14 @@ impl NetConf {
                     format!("got {mtu}"),
                 ));
             }
+            // A switch port (every kind but sriov) carries frames up to 9216 bytes after
+            // the Ethernet header.
+            if !is_sriov && mtu > SWITCH_MAX_MTU {
+                return Err(CniError::config(
+                    "mtu above 9216, the switch's largest: set mtu to 9216 or less (only sriov VFs take more, up to 9702)",
+                    format!("got {mtu}"),
+                ));
+            }
         }
         let socket_dir = devargs_path(
             "socketDir",
@@ -708,6 +720,7 @@ mod tests {
             r#","vhostMode":"both""#,
             r#","queues":0"#,
             r#","mtu":20"#,
+            r#","mtu":9217"#,
             r#","socketMode":"0999""#,
             r#","socketMode":"rw""#,
             r#","socketOwner":"no-such-user-heddle""#,
@@ -733,6 +746,17 @@ mod tests {
             let e = NetConf::parse(conf(extra).as_bytes(), true).unwrap_err();
             assert_eq!(e.code, 7, "{extra}: {e}");
         }
+        // The switch's kinds stop at 9216; an sriov VF takes up to 9702.
+        for kind in ["memif", "kernel"] {
+            let input = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","kind":"{kind}","vlan":1,"mtu":9300}}"#
+            );
+            let e = NetConf::parse(input.as_bytes(), true).unwrap_err();
+            assert_eq!(e.code, 7, "{kind}: {e}");
+            assert!(e.to_string().contains("9216"), "{kind}: {e}");
+        }
+        let ok = NetConf::parse(conf(r#","mtu":9216"#).as_bytes(), true).unwrap();
+        assert_eq!(ok.mtu, Some(9216));
         let e = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"../x","kind":"kernel","vlan":1}"#,
             true,

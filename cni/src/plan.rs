@@ -84,6 +84,8 @@ impl Basis {
             mode: PortMode::Access { vlan: conf.vlan },
             mac: Some(MacText(self.mac).to_string()),
             queues,
+            // Checked against the switch's 9216 when the config was read.
+            mtu: conf.mtu.and_then(|m| u16::try_from(m).ok()),
         }
     }
 

@@ -90,8 +90,10 @@ fn eal_mempool_mbuf_ethport_and_io_work_together() {
             tx_ring: 256,
         },
         &pool,
+        1500,
     )
     .expect("start");
+    assert!(info.max_mtu >= 1500, "net_ring takes a 1500 MTU: {info:?}");
     let mut paths = empty_paths();
     paths[3] = Some(PortPath::Eth {
         eth: port.id(),

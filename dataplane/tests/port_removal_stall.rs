@@ -55,6 +55,7 @@ fn removing_a_port_under_a_stalled_worker_returns_and_frees_only_after_the_worke
     .collect();
     let eal = Eal::init(&args).expect("EAL starts without hugepages");
     let pool = Arc::new(Mempool::create("uaf_test", 255, 0, 2176, None).expect("pool"));
+    let jumbo = Arc::new(Mempool::create("uaf_jumbo", 63, 0, 9472, None).expect("jumbo pool"));
     let dir = tempfile::tempdir().unwrap();
     let mut shared = Shared::new(1, SwitchCtl::empty_dataplane(1), 64);
     shared.stall_report = Duration::from_millis(50);
@@ -63,6 +64,7 @@ fn removing_a_port_under_a_stalled_worker_returns_and_frees_only_after_the_worke
         shared.clone(),
         eal,
         pool,
+        jumbo,
         vec![WorkerPlace { lcore: 0, cpu: 0 }],
         PortStore::open(&dir.path().join("state")).unwrap(),
         (256, 256),
@@ -106,6 +108,7 @@ fn removing_a_port_under_a_stalled_worker_returns_and_frees_only_after_the_worke
         mode: PortMode::Access { vlan: 10 },
         mac: None,
         queues: None,
+        mtu: None,
     };
     ctl.add_port(spec.clone(), PortOrigin::Api)
         .expect("port added");

@@ -19,6 +19,7 @@ use common::{
     guest_memory, negotiate, quiesce, send_mem_table, set_up_tx_ring, start_port, wait, Worker,
     BUFS, DESC, HDR, SIZE,
 };
+use heddle_dataplane::switch::config::MAX_FRAME;
 use heddle_dataplane::vhost::port::VhostPort;
 use heddle_dataplane::vhost::virtq::feature;
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
@@ -95,10 +96,42 @@ impl Guest {
         self.publish(i);
     }
 
+    /// A frame of `len` bytes (header not counted) in three chained descriptors at
+    /// `JUMBO`: how a guest with a 9000-byte MTU sends.
+    fn send_long(&mut self, len: usize) {
+        let i = self.avail % SIZE;
+        let total = HDR + len;
+        for k in 0..total {
+            let b = if k < HDR {
+                0
+            } else if k < HDR + 6 {
+                0xff
+            } else {
+                k as u8
+            };
+            self.write::<u8>(JUMBO + k, b);
+        }
+        let third = total / 3;
+        let (a, b) = ((i + 1) % SIZE, (i + 2) % SIZE);
+        self.desc(i, JUMBO as u64, third as u32, 1, a);
+        self.desc(a, (JUMBO + third) as u64, third as u32, 1, b);
+        self.desc(
+            b,
+            (JUMBO + 2 * third) as u64,
+            (total - 2 * third) as u32,
+            0,
+            0,
+        );
+        self.publish(i);
+    }
+
     fn used_idx(&self) -> u16 {
         self.read_u16(USED + 2)
     }
 }
+
+/// Where `send_long` builds its frames (past the 2 KiB buffers `send_good` uses).
+const JUMBO: usize = 0x100000;
 
 // SAFETY: `base` points into a MAP_SHARED mapping that is never unmapped (it lives until the
 // process ends), so the pointer stays valid on any thread; the guest is used by one thread
@@ -243,6 +276,37 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
             "shorter than the header",
             Box::new(|g, i| g.desc(i, BUFS as u64, 4, 0, 0)),
         ),
+        (
+            "one byte longer than the largest frame (9234 bytes)",
+            Box::new(|g, i| {
+                let (a, b) = ((i + 1) % SIZE, (i + 2) % SIZE);
+                g.desc(i, JUMBO as u64, 4000, 1, a);
+                g.desc(a, JUMBO as u64 + 4000, 4000, 1, b);
+                g.desc(
+                    b,
+                    JUMBO as u64 + 8000,
+                    (HDR + MAX_FRAME + 1 - 8000) as u32,
+                    0,
+                    0,
+                );
+            }),
+        ),
+        (
+            "every descriptor of the ring chained (longer than any frame)",
+            Box::new(|g, i| {
+                for k in 0..SIZE {
+                    let d = (i + k) % SIZE;
+                    let last = k == SIZE - 1;
+                    g.desc(
+                        d,
+                        JUMBO as u64,
+                        64,
+                        if last { 0 } else { 1 },
+                        (d + 1) % SIZE,
+                    );
+                }
+            }),
+        ),
     ];
     for (what, make) in &hostile {
         let before = bad_chains();
@@ -258,6 +322,14 @@ fn a_hostile_guest_is_contained_while_a_good_one_keeps_forwarding() {
         let b0 = bad_rx.load(Ordering::Relaxed);
         bad.send_good();
         wait(what, || bad_rx.load(Ordering::Relaxed) == b0 + 1);
+    }
+
+    // The largest frame the switch carries, and a 9000-byte-MTU guest's frame, in three
+    // descriptors each: taken whole.
+    for len in [MAX_FRAME, 9014] {
+        let b0 = bad_rx.load(Ordering::Relaxed);
+        bad.send_long(len);
+        wait("a jumbo frame", || bad_rx.load(Ordering::Relaxed) == b0 + 1);
     }
 
     // Memory table swapped under traffic: the rings stop, remap and resume where they were.

@@ -19,6 +19,7 @@ use common::{
     BUFS, DESC, HDR, SIZE,
 };
 use heddle_dataplane::vhost::packed::{DESC_F_AVAIL, DESC_F_USED};
+use heddle_dataplane::switch::config::MAX_FRAME;
 use heddle_dataplane::vhost::port::VhostPort;
 use heddle_dataplane::vhost::virtq::feature;
 use vhost::vhost_user::Frontend;
@@ -245,7 +246,30 @@ fn a_hostile_packed_guest_is_contained_while_a_good_one_keeps_forwarding() {
             "second buffer outside memory",
             Box::new(move |g| g.post(&[(buf, 12, F_NEXT), (1 << 40, 60, 0)], 7, None)),
         ),
+        (
+            "one byte longer than the largest frame (9234 bytes)",
+            Box::new(move |g| {
+                let last = (HDR + MAX_FRAME + 1 - 8000) as u32;
+                g.post(
+                    &[(buf, 4000, F_NEXT), (buf + 4000, 4000, F_NEXT), (buf + 8000, last, 0)],
+                    8,
+                    None,
+                )
+            }),
+        ),
     ];
+    // The largest frame the switch carries, in three descriptors: taken whole.
+    {
+        let b0 = bad_rx.load(Ordering::Relaxed);
+        let last = (HDR + MAX_FRAME - 8000) as u32;
+        bad.post(
+            &[(buf, 4000, F_NEXT), (buf + 4000, 4000, F_NEXT), (buf + 8000, last, 0)],
+            9,
+            None,
+        );
+        wait("a jumbo frame", || bad_rx.load(Ordering::Relaxed) == b0 + 1);
+        wait("the jumbo frame's chain", || bad.reap());
+    }
     for (what, make) in &hostile {
         let before = bad_chains();
         make(&mut bad);

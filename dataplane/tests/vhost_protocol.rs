@@ -303,3 +303,114 @@ fn protocol_fuzz_reads_the_replies_of_a_get_features_flood() {
     rx.recv_timeout(Duration::from_secs(10))
         .expect("the flood is handled within 10 s");
 }
+
+/// One request on `s` and, when `reply`, its answer's payload.
+fn request(s: &mut UnixStream, code: u32, flags: u32, body: &[u8], reply: bool) -> Vec<u8> {
+    let mut m = header(code, 0x1 | flags, body.len() as u32);
+    m.extend_from_slice(body);
+    s.write_all(&m).unwrap();
+    if !reply {
+        return Vec::new();
+    }
+    let mut h = [0u8; 12];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(u32::from_le_bytes(h[0..4].try_into().unwrap()), code);
+    let size = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+    let mut p = vec![0u8; size];
+    s.read_exact(&mut p).unwrap();
+    p
+}
+
+fn u64_of(p: &[u8]) -> u64 {
+    u64::from_le_bytes(p[..8].try_into().unwrap())
+}
+
+#[test]
+fn mtu_is_in_the_config_space_and_net_set_mtu_is_bounded_by_the_port_mtu() {
+    const GET_FEATURES: u32 = 1;
+    const SET_FEATURES: u32 = 2;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const SET_PROTOCOL_FEATURES: u32 = 16;
+    const NET_SET_MTU: u32 = 20;
+    const GET_CONFIG: u32 = 24;
+    const NEED_REPLY: u32 = 0x8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = VhostConfig::parse(
+        &format!("vhost-user0,iface={}/m.sock", dir.path().display()),
+        None,
+    )
+    .unwrap();
+    cfg.mtu = 9000;
+    let port = VhostPort::start("m", cfg, 1, Arc::new(|| {})).unwrap();
+    let mut s = UnixStream::connect(&port.config().path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    let features = u64_of(&request(&mut s, GET_FEATURES, 0, &[], true));
+    assert_ne!(features & (1 << 3), 0, "VIRTIO_NET_F_MTU is offered");
+    request(&mut s, SET_FEATURES, 0, &features.to_le_bytes(), false);
+    let pf = u64_of(&request(&mut s, GET_PROTOCOL_FEATURES, 0, &[], true));
+    let want = VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MTU
+        | VhostUserProtocolFeatures::REPLY_ACK;
+    assert_eq!(
+        pf & want.bits(),
+        want.bits(),
+        "CONFIG, NET_MTU and REPLY_ACK offered"
+    );
+    request(
+        &mut s,
+        SET_PROTOCOL_FEATURES,
+        0,
+        &want.bits().to_le_bytes(),
+        false,
+    );
+
+    // GET_CONFIG of struct virtio_net_config's first 12 bytes: the MTU at offset 10, the
+    // queue pairs at 8; and of the MTU alone.
+    let config = |s: &mut UnixStream, offset: u32, size: u32| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&offset.to_le_bytes());
+        body.extend_from_slice(&size.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend(std::iter::repeat(0u8).take(size as usize));
+        let r = request(s, GET_CONFIG, 0, &body, true);
+        assert_eq!(u32::from_le_bytes(r[4..8].try_into().unwrap()), size);
+        r[12..].to_vec()
+    };
+    let whole = config(&mut s, 0, 12);
+    assert_eq!(u16::from_le_bytes([whole[10], whole[11]]), 9000);
+    assert_eq!(u16::from_le_bytes([whole[8], whole[9]]), 1);
+    assert_eq!(config(&mut s, 10, 2), 9000u16.to_le_bytes());
+
+    // NET_SET_MTU: up to the port's MTU it is acked (0) and shown; above it, refused (1)
+    // and counted, and the connection stays.
+    let errors = || port.link().protocol_errors.load(Ordering::Relaxed);
+    let set = |s: &mut UnixStream, mtu: u64| {
+        u64_of(&request(
+            s,
+            NET_SET_MTU,
+            NEED_REPLY,
+            &mtu.to_le_bytes(),
+            true,
+        ))
+    };
+    assert_eq!(set(&mut s, 9000), 0);
+    assert_eq!(port.link().frontend_mtu.load(Ordering::Relaxed), 9000);
+    assert_eq!(errors(), 0);
+    assert_eq!(set(&mut s, 9001), 1);
+    assert_eq!(errors(), 1);
+    assert_eq!(set(&mut s, 67), 1);
+    assert_eq!(errors(), 2);
+    assert_eq!(port.link().frontend_mtu.load(Ordering::Relaxed), 9000);
+    assert_eq!(set(&mut s, 1500), 0);
+    assert_eq!(port.link().frontend_mtu.load(Ordering::Relaxed), 1500);
+    // Still the same connection, still answering.
+    assert_eq!(
+        u64_of(&request(&mut s, GET_FEATURES, 0, &[], true)),
+        features
+    );
+    assert_eq!(port.link().connects.load(Ordering::Relaxed), 1);
+    drop(s);
+    wait_disconnected(&port, 1);
+    assert_eq!(port.link().frontend_mtu.load(Ordering::Relaxed), 0);
+}

@@ -198,6 +198,7 @@ mod tests {
                 mode,
                 mac: None,
                 queues: None,
+                mtu: None,
             },
             index: 0,
             dpdk_port: Some(0),

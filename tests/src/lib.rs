@@ -121,8 +121,8 @@ pub use env::{
 pub use kubelet::{Allocation, DeviceUpdate, Registration, TestKubelet};
 pub use netns::{Netns, VethPair};
 pub use qemu::{
-    Guest, GuestConfig, GuestImage, GuestRole, SocketMode, VhostKind, MARK_PING_FAIL,
-    MARK_PING_PASS, MARK_UP,
+    Guest, GuestConfig, GuestImage, GuestRole, SocketMode, VhostKind, MARK_BIG_PING,
+    MARK_PING_FAIL, MARK_PING_PASS, MARK_UP,
 };
 pub use raw::{ethernet_frame, frame_vlan, Frame, RawSocket};
 pub use stats::{latest_port_stats, parse_port_stats_blocks, PortStats};

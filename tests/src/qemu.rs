@@ -58,6 +58,9 @@ pub const MARK_PING_PASS: &str = "HEDDLE-PING-PASS";
 pub const MARK_PING_FAIL: &str = "HEDDLE-PING-FAIL";
 /// Printed by `/init` right before it powers the guest off.
 pub const MARK_POWEROFF: &str = "HEDDLE-GUEST-POWEROFF";
+/// Printed by a ping guest with `oversize` set after its second run, with ping's exit code
+/// and summary line.
+pub const MARK_BIG_PING: &str = "HEDDLE-BIG-PING";
 
 /// Kernel modules for virtio-net, in load order (the initramfs has no `modules.dep`).
 pub const MODULES: [&str; 8] = [
@@ -74,7 +77,10 @@ pub const MODULES: [&str; 8] = [
 /// The guest's `/init`. Parameters come from the kernel command line (the kernel hands
 /// `key=value` words it does not know to init as environment variables):
 /// `h_role` (`ping` | `idle`), `h_ip` (CIDR), `h_peer`, `h_count`, `h_interval`, `h_probes`,
-/// `h_time` (seconds to stay up: after the ping run, or in total for `idle`).
+/// `h_time` (seconds to stay up: after the ping run, or in total for `idle`), and for `ping`
+/// optionally `h_size` (ICMP payload bytes of the measured run) and `h_big` (payload of a
+/// second run that is expected to get no answer: its verdict line starts with
+/// [`MARK_BIG_PING`]).
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin; export PATH=/bin
 mount -t proc p /proc; mount -t sysfs s /sys; mount -t devtmpfs d /dev 2>/dev/null
@@ -91,19 +97,25 @@ fi
 ip link set lo up; ip addr add $h_ip dev eth0; ip link set eth0 up
 d=$(readlink /sys/class/net/eth0/device/driver)
 say "HEDDLE-GUEST-UP mac=$(cat /sys/class/net/eth0/address) drv=${d##*/} carrier=$(cat /sys/class/net/eth0/carrier)"
+say "eth0 mtu $(cat /sys/class/net/eth0/mtu)"
 case "$h_role" in
 ping)
   n=0; ok=0
   while [ $n -lt $h_probes ]; do ping -c1 -W1 $h_peer >/dev/null 2>&1 && { ok=1; break; }; n=$((n+1)); done
   if [ $ok = 1 ]; then say "peer $h_peer answered after $n failed probes"
   else say "peer $h_peer did not answer $n probes"; fi
-  ping -c $h_count -i $h_interval -W 2 $h_peer >/tmp/ping.out 2>&1; rc=$?
+  ping -c $h_count -i $h_interval -W 2 ${h_size:+-s $h_size} $h_peer >/tmp/ping.out 2>&1; rc=$?
   cat /tmp/ping.out
   loss=$(grep 'packet loss' /tmp/ping.out)
   if [ $rc = 0 ] && echo "$loss" | grep -q ' 0% packet loss'; then
     say "HEDDLE-PING-PASS $loss"
   else
     say "HEDDLE-PING-FAIL rc=$rc ${loss:-no summary line}"
+  fi
+  if [ -n "$h_big" ]; then
+    ping -c $h_count -i $h_interval -W 1 -s $h_big $h_peer >/tmp/big.out 2>&1; rc=$?
+    cat /tmp/big.out
+    say "HEDDLE-BIG-PING rc=$rc $(grep 'packet loss' /tmp/big.out)"
   fi
   say "eth0 counters: $(grep eth0 /proc/net/dev)"
   say "staying up for $h_time s"; sleep $h_time ;;
@@ -584,6 +596,11 @@ pub enum GuestRole {
         probes: u32,
         /// Time to stay up after the run.
         linger: Duration,
+        /// ICMP payload bytes of the measured run (ping's default 56 when `None`).
+        size: Option<u32>,
+        /// A second run of `count` requests with this payload, expected to go unanswered
+        /// (reported after [`MARK_BIG_PING`], not in the verdict).
+        oversize: Option<u32>,
     },
     /// Answer pings (the kernel does) for `time`, then power off.
     Idle {
@@ -601,6 +618,8 @@ impl GuestRole {
             interval_ms: 200,
             probes: 60,
             linger: Duration::from_secs(60),
+            size: None,
+            oversize: None,
         }
     }
 
@@ -612,12 +631,23 @@ impl GuestRole {
                 interval_ms,
                 probes,
                 linger,
-            } => format!(
-                "h_role=ping h_peer={peer} h_count={count} h_interval={}.{:03} h_probes={probes} h_time={}",
-                interval_ms / 1000,
-                interval_ms % 1000,
-                linger.as_secs()
-            ),
+                size,
+                oversize,
+            } => {
+                let mut c = format!(
+                    "h_role=ping h_peer={peer} h_count={count} h_interval={}.{:03} h_probes={probes} h_time={}",
+                    interval_ms / 1000,
+                    interval_ms % 1000,
+                    linger.as_secs()
+                );
+                if let Some(s) = size {
+                    c += &format!(" h_size={s}");
+                }
+                if let Some(s) = oversize {
+                    c += &format!(" h_big={s}");
+                }
+                c
+            }
             GuestRole::Idle { time } => format!("h_role=idle h_time={}", time.as_secs()),
         }
     }
@@ -713,6 +743,9 @@ pub struct GuestConfig {
     /// switch goes away (`reconnect=` on the chardev), as a server-mode pod must; `None`: a
     /// lost switch leaves the NIC dead until QEMU restarts.
     pub reconnect_secs: Option<u32>,
+    /// The NIC's `host_mtu=` (QEMU offers `VIRTIO_NET_F_MTU` to the guest, whose MTU then
+    /// starts there, and sends `VHOST_USER_NET_SET_MTU` to the switch); `None`: not set.
+    pub host_mtu: Option<u16>,
 }
 
 /// A running QEMU guest, killed on drop.
@@ -775,9 +808,12 @@ impl Guest {
             .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
             .arg("-device")
             .arg(format!(
-                "virtio-net-pci,netdev=n0,mac={},romfile={nic_extra}{}",
+                "virtio-net-pci,netdev=n0,mac={},romfile={nic_extra}{}{}",
                 cfg.mac,
-                if cfg.packed { ",packed=on" } else { "" }
+                if cfg.packed { ",packed=on" } else { "" },
+                cfg.host_mtu
+                    .map(|m| format!(",host_mtu={m}"))
+                    .unwrap_or_default()
             ))
             .args(["-serial", "stdio"])
             .stdin(Stdio::null())

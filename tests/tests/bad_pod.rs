@@ -57,6 +57,7 @@ fn native(name: &str, sock: &Path, vlan: u16, mac: Option<&str>) -> PortSpec {
         mode: PortMode::Access { vlan },
         mac: mac.map(str::to_owned),
         queues: None,
+        mtu: None,
     }
 }
 

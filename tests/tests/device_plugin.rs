@@ -325,6 +325,7 @@ fn port_limit_reached_marks_every_device_unhealthy() -> Result<()> {
         mode: PortMode::Access { vlan: 10 },
         mac: None,
         queues: None,
+        mtu: None,
     };
     client.add_port(&port(0))?;
     let since = Instant::now();

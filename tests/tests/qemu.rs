@@ -96,6 +96,7 @@ fn start(
             log_dir: dir.to_owned(),
             packed,
             reconnect_secs: None,
+            host_mtu: None,
         })
         .collect();
     match mode {
@@ -182,6 +183,8 @@ fn run_ping_rings(kind: VhostKind, mode: SocketMode, packed: bool) -> Result<()>
         interval_ms: 200,
         probes: 60,
         linger: Duration::from_secs(120),
+        size: None,
+        oversize: None,
     };
     let t_start = Instant::now();
     let (switch, mut guests) = start(
@@ -299,6 +302,8 @@ fn guest_on_another_vlan_gets_no_answer() -> Result<()> {
         interval_ms: 200,
         probes: 3,
         linger: Duration::from_secs(60),
+        size: None,
+        oversize: None,
     };
     let idle = GuestRole::Idle {
         time: Duration::from_secs(120),
@@ -388,6 +393,7 @@ fn native_vhost_server_ports_come_back_after_kill9_and_qemu_reconnects() -> Resu
             mode: heddle_api::PortMode::Access { vlan: VLAN },
             mac: Some((*mac).to_owned()),
             queues: None,
+            mtu: None,
         })?;
     }
     // vm-a pings vm-b ten times a second for long enough to cover the restart.
@@ -398,6 +404,8 @@ fn native_vhost_server_ports_come_back_after_kill9_and_qemu_reconnects() -> Resu
             interval_ms: 100,
             probes: 60,
             linger: Duration::from_secs(5),
+            size: None,
+            oversize: None,
         },
         GuestRole::Idle {
             time: Duration::from_secs(240),
@@ -420,6 +428,7 @@ fn native_vhost_server_ports_come_back_after_kill9_and_qemu_reconnects() -> Resu
                     memory_mib: 192,
                     log_dir: dir.path().to_owned(),
                     reconnect_secs: Some(1),
+                    host_mtu: None,
                     packed: false,
                 },
             )
@@ -479,6 +488,147 @@ fn native_vhost_server_ports_come_back_after_kill9_and_qemu_reconnects() -> Resu
         "pings flow again {resumed:.1?} after the kill (QEMU reconnect=1); whole test {:.1?}",
         t0.elapsed()
     );
+    drop(guests);
+    Ok(())
+}
+
+/// Jumbo frames between two Linux guests on native ports. vm-b's NIC has `host_mtu=9000`
+/// on a switch port of mtu 9000 (its eth0 starts at MTU 9000; QEMU tells the switch with
+/// `VHOST_USER_NET_SET_MTU`). vm-a's NIC has `host_mtu=9216` on a port of mtu 9216, so it
+/// can send more than vm-b's port takes. vm-a pings vm-b with 8972-byte payloads (IP
+/// packets of 9000 bytes, frames of 9014): every one is answered, whole, through the
+/// switch. Then with 8973-byte payloads (IP packets of 9001 bytes, one above vm-b's MTU):
+/// none is answered, and each is counted as an MTU drop on vm-b's port.
+#[test]
+fn jumbo_guests_ping_with_9000_byte_packets_and_a_9001_byte_one_is_an_mtu_drop() -> Result<()> {
+    require_root()?;
+    require_hugepages(300)?;
+    require_qemu()?;
+    let _cpus = exclusive_cpus();
+    let t0 = Instant::now();
+    let dir = socket_dir()?;
+    let image = GuestImage::get()?;
+    let socks = [dir.path().join("a.sock"), dir.path().join("b.sock")];
+    let mtus: [u16; 2] = [9216, 9000];
+    let mut ports = String::new();
+    for (i, ((name, mac, _), sock)) in GUESTS.iter().zip(&socks).enumerate() {
+        ports += &format!(
+            "  - {{name: {name}, devargs: \"{}\", mode: access, vlan: {VLAN}, mac: \"{mac}\", mtu: {}}}\n",
+            VhostKind::Native.devargs(i as u32, sock, SocketMode::SwitchServer),
+            mtus[i]
+        );
+    }
+    let switch = SwitchProcess::start_with_ports(dir.path(), &ports)?;
+    for s in &socks {
+        wait_for_socket(s, Duration::from_secs(10))
+            .with_context(|| format!("switch log:\n{}", tail(&switch.log(), 40)))?;
+    }
+    let roles = [
+        GuestRole::Ping {
+            peer: GUESTS[1].2.to_owned(),
+            count: COUNT,
+            interval_ms: 200,
+            probes: 60,
+            linger: Duration::from_secs(30),
+            size: Some(8972),
+            oversize: Some(8973),
+        },
+        GuestRole::Idle {
+            time: Duration::from_secs(240),
+        },
+    ];
+    let mut guests = GUESTS
+        .iter()
+        .zip(&socks)
+        .zip(roles)
+        .enumerate()
+        .map(|(i, (((name, mac, ip), sock), role))| {
+            Guest::spawn(
+                image,
+                &GuestConfig {
+                    name: (*name).to_owned(),
+                    socket: sock.clone(),
+                    mode: SocketMode::SwitchServer,
+                    mac: (*mac).to_owned(),
+                    ip: format!("{ip}/24"),
+                    role,
+                    memory_mib: 192,
+                    log_dir: dir.path().to_owned(),
+                    reconnect_secs: None,
+                    host_mtu: Some(mtus[i]),
+                    packed: false,
+                },
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let got = guests[0]
+        .wait_for(MARK_UP, VERDICT_TIMEOUT)
+        .and_then(|_| guests[0].wait_for_any(&[MARK_PING_PASS, MARK_PING_FAIL], VERDICT_TIMEOUT));
+    let (which, line) = match got {
+        Ok(v) => v,
+        Err(e) => bail!("{e:#}\n{}", context(&guests, Some(0), &switch)),
+    };
+    ensure!(
+        which == 0,
+        "8972-byte pings from vm-a to vm-b were lost: {line}\n{}",
+        context(&guests, None, &switch)
+    );
+    eprintln!("vm-a, 8972-byte payloads: {line}");
+    let mid = port_stats(&switch)?;
+    let big = match guests[0].wait_for(heddle_tests::MARK_BIG_PING, Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(e) => bail!("{e:#}\n{}", context(&guests, Some(0), &switch)),
+    };
+    eprintln!("vm-a, 8973-byte payloads: {big}");
+    ensure!(
+        big.contains("100% packet loss"),
+        "9001-byte IP packets reached vm-b through a port of mtu 9000: {big}\n{}",
+        context(&guests, None, &switch)
+    );
+    let end = port_stats(&switch)?;
+    let console_b = guests[1].console();
+    for (name, mtu) in ["vm-a", "vm-b"].iter().zip(mtus) {
+        let p = &end[*name];
+        let v = p.vhost.context("native ports report vhost stats")?;
+        eprintln!(
+            "switch port {name}: rx {} / {} B, tx {} / {} B, drops {:?}, frontend mtu {}",
+            p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.drops, v.frontend_mtu
+        );
+        ensure!(
+            v.frontend_mtu == mtu,
+            "QEMU's host_mtu={mtu} did not reach {name} (NET_SET_MTU): {v:?}"
+        );
+        ensure!(
+            v.bad_chains == 0 && v.oversize == 0 && v.protocol_errors == 0,
+            "{name}: {v:?}"
+        );
+    }
+    // The 9014-byte frames went both ways whole: the switch sent each guest at least COUNT
+    // frames' worth of 9014 bytes (requests to vm-b, replies to vm-a) before the 9001-byte
+    // run.
+    let (a, b) = (&mid["vm-a"], &mid["vm-b"]);
+    ensure!(
+        a.tx_bytes >= u64::from(COUNT) * 9014 && b.tx_bytes >= u64::from(COUNT) * 9014,
+        "the switch did not carry 9014-byte frames both ways: to vm-a {} B, to vm-b {} B",
+        a.tx_bytes,
+        b.tx_bytes
+    );
+    ensure!(
+        console_b.contains("eth0 mtu 9000"),
+        "vm-b's eth0 is not at MTU 9000:\n{console_b}"
+    );
+    // Each 9001-byte packet was dropped at vm-b's port, counted as an MTU drop there (and
+    // nothing else was: no MTU drop on vm-a, none before the 9001-byte run).
+    let mtu_drops = |s: &BTreeMap<String, heddle_api::PortStats>, port: &str| {
+        s[port].drops.get("mtu").copied().unwrap_or(0)
+    };
+    ensure!(
+        mtu_drops(&end, "vm-b") == u64::from(COUNT) && mtu_drops(&end, "vm-a") == 0,
+        "MTU drops {:?} on vm-b and {:?} on vm-a for {COUNT} 9001-byte packets to vm-b",
+        end["vm-b"].drops,
+        end["vm-a"].drops
+    );
+    eprintln!("jumbo test: {:.1?}", t0.elapsed());
     drop(guests);
     Ok(())
 }

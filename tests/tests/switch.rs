@@ -347,6 +347,7 @@ fn ports_added_through_the_api_survive_a_restart() -> Result<()> {
         mode: PortMode::Access { vlan: 42 },
         mac: Some("02:00:00:00:00:42".into()),
         queues: None,
+        mtu: None,
     };
     let trunk = PortSpec {
         name: "api-trunk".into(),
@@ -357,6 +358,7 @@ fn ports_added_through_the_api_survive_a_restart() -> Result<()> {
         },
         mac: None,
         queues: None,
+        mtu: None,
     };
     let first = client.add_port(&spec)?;
     client.add_port(&trunk)?;

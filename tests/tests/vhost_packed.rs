@@ -26,6 +26,7 @@ fn native_port(name: &str, sock: &Path, extra: &str, mac: &str) -> PortSpec {
         mode: PortMode::Access { vlan: 100 },
         mac: Some(mac.into()),
         queues: None,
+        mtu: None,
     }
 }
 

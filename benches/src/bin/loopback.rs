@@ -944,6 +944,7 @@ fn port_churn(n: usize, kind: Kind) -> Result<(f64, f64)> {
                 mode: heddle_api::PortMode::Access { vlan: 100 },
                 mac: Some(mac(i)),
                 queues: None,
+                mtu: None,
             }
         })
         .collect();

@@ -103,6 +103,16 @@ pub(crate) mod tests {
             s.path.display().to_string()
         );
         assert_eq!(p.mac[0] & 3, 2, "locally administered unicast");
+        assert_eq!(port.mtu, None, "no mtu in the config: the switch's default");
+    }
+
+    #[test]
+    fn the_config_mtu_is_the_switch_port_mtu_for_every_switch_kind() {
+        for kind in ["vhost-user", "memif", "kernel"] {
+            let c = conf(&format!(r#","kind":"{kind}","mtu":9000"#));
+            let p = plan(&c, &inv("abc", "net1"), None).unwrap();
+            assert_eq!(p.port.unwrap().mtu, Some(9000), "{kind}");
+        }
     }
 
     #[test]

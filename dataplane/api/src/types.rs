@@ -87,6 +87,10 @@ pub struct PortSpec {
     pub mac: Option<String>,
     /// RX queues to poll (spread across PMD workers); default 1.
     pub queues: Option<u16>,
+    /// Largest frame the port takes and sends, without its Ethernet header and 802.1Q tag
+    /// (an IP MTU); default 1500, at most 9216. Frames above it are dropped and counted
+    /// (`drops.mtu`).
+    pub mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +117,8 @@ struct WirePortSpec {
     mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     queues: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtu: Option<u16>,
 }
 
 impl TryFrom<WirePortSpec> for PortSpec {
@@ -154,6 +160,7 @@ impl TryFrom<WirePortSpec> for PortSpec {
             mode,
             mac: w.mac,
             queues: w.queues,
+            mtu: w.mtu,
         })
     }
 }
@@ -175,6 +182,7 @@ impl From<PortSpec> for WirePortSpec {
             native_vlan,
             mac: p.mac,
             queues: p.queues,
+            mtu: p.mtu,
         }
     }
 }
@@ -270,6 +278,10 @@ pub struct VhostStats {
     /// its vrings run in that layout; false for split rings or when nothing runs.
     #[serde(default)]
     pub packed: bool,
+    /// The MTU the frontend set with `VHOST_USER_NET_SET_MTU` (QEMU's `host_mtu`), 0 when
+    /// it did not.
+    #[serde(default)]
+    pub frontend_mtu: u16,
 }
 
 /// `rte_eth_stats` of a port.

@@ -154,6 +154,15 @@ pub struct Mbufs {
     pub rx_ring: u16,
     /// TX descriptors per queue.
     pub tx_ring: u16,
+    /// Jumbo mbufs (about 9.5 KiB each) in a second pool, for frames that do not fit the
+    /// first pool's 2 KiB buffers: guest TX and flood copies of such frames, and RX of
+    /// ethdev ports whose mtu is above 1902.
+    #[serde(default = "default_jumbo_count")]
+    pub jumbo_count: u32,
+}
+
+fn default_jumbo_count() -> u32 {
+    2048
 }
 
 impl Default for Mbufs {
@@ -163,6 +172,7 @@ impl Default for Mbufs {
             cache: 256,
             rx_ring: 1024,
             tx_ring: 1024,
+            jumbo_count: default_jumbo_count(),
         }
     }
 }
@@ -343,6 +353,21 @@ pub fn validate_port(p: &PortSpec) -> Result<(), String> {
             "port {:?} has empty devargs: name a PCI address or a vdev such as net_vhost0,iface=/run/heddle/a.sock",
             p.name
         ));
+    }
+    if let Some(mtu) = p.mtu {
+        use heddle_core::switch::config::{MAX_MTU, MIN_MTU};
+        if mtu > MAX_MTU {
+            return Err(format!(
+                "port {:?}: mtu {mtu} is above the switch's maximum of {MAX_MTU} (frames of {MAX_MTU} bytes after the Ethernet header): set mtu to {MAX_MTU} or less",
+                p.name
+            ));
+        }
+        if mtu < MIN_MTU {
+            return Err(format!(
+                "port {:?}: mtu {mtu} is below IPv4's minimum of {MIN_MTU}: set mtu between {MIN_MTU} and {MAX_MTU} (or leave it out for 1500)",
+                p.name
+            ));
+        }
     }
     let check = |what: &str, v: u16| {
         if (1..=4094).contains(&v) {
@@ -526,6 +551,8 @@ mod tests {
             ("  - {name: a, devargs: net_null0, mode: access, vlan: 5}\n  - {name: a, devargs: net_null1, mode: access, vlan: 5}", "duplicate port \"a\""),
             ("  - {name: a, devargs: net_null0, mode: access, vlan: 5}\n  - {name: b, devargs: net_null0, mode: access, vlan: 5}", "duplicate port device"),
             ("  - {name: a, devargs: net_null0, mode: access, vlan: 5, color: red}", "unknown field"),
+            ("  - {name: a, devargs: net_null0, mode: access, vlan: 5, mtu: 9217}", "mtu 9217 is above the switch's maximum of 9216 (frames of 9216 bytes after the Ethernet header): set mtu to 9216 or less"),
+            ("  - {name: a, devargs: net_null0, mode: access, vlan: 5, mtu: 67}", "mtu 67 is below IPv4's minimum of 68"),
         ];
         for (ports, want) in cases {
             let err = DaemonConfig::parse(&format!("{base}{ports}"), "t")

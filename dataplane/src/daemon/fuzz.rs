@@ -68,6 +68,7 @@ pub fn fuzz_api_body(data: &[u8]) {
             },
             mac: None,
             queues: None,
+            mtu: None,
         };
         check_spec(&spec);
     }

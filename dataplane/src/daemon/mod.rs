@@ -33,6 +33,10 @@ use crate::dpdk::{Eal, Mempool};
 /// Mbuf data room: DPDK's default (2048 bytes + headroom), enough for a 1518-byte frame plus
 /// a VLAN tag in one segment.
 const MBUF_DATA_ROOM: u16 = 2048 + 128;
+/// Data room of the jumbo pool's mbufs: DPDK's headroom plus the largest frame
+/// (`MAX_FRAME`, 9234 bytes), rounded up to a multiple of 128.
+const JUMBO_DATA_ROOM: u16 =
+    (128 + heddle_core::switch::config::MAX_FRAME as u16).div_ceil(128) * 128;
 
 /// Fails when another daemon already answers on `socket`; removes a stale socket file.
 fn claim_socket(socket: &Path) -> anyhow::Result<()> {
@@ -117,6 +121,13 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         MBUF_DATA_ROOM,
         None,
     )?);
+    let jumbo = Arc::new(Mempool::create(
+        "heddle_jumbo",
+        cfg.mbufs.jumbo_count.max(64),
+        32,
+        JUMBO_DATA_ROOM,
+        None,
+    )?);
 
     let nworkers = places.len();
     let shared = Arc::new(Shared::new(
@@ -128,6 +139,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         shared.clone(),
         eal,
         pool.clone(),
+        jumbo.clone(),
         places.clone(),
         store,
         (cfg.mbufs.rx_ring, cfg.mbufs.tx_ring),
@@ -141,8 +153,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     });
     let worker_lcores: Vec<u32> = places.iter().map(|p| p.lcore).collect();
     for (w, place) in places.iter().enumerate() {
-        let (shared, pool) = (shared.clone(), pool.clone());
-        eal.launch(place.lcore, move || worker::run(w, shared, pool))?;
+        let (shared, pool, jumbo) = (shared.clone(), pool.clone(), jumbo.clone());
+        eal.launch(place.lcore, move || worker::run(w, shared, pool, jumbo))?;
         tracing::info!(
             worker = w,
             lcore = place.lcore,

@@ -88,6 +88,7 @@ mod tests {
             mode: PortMode::Access { vlan: 7 },
             mac: None,
             queues: None,
+            mtu: None,
         };
         store.save(std::slice::from_ref(&spec)).unwrap();
         assert_eq!(store.load().unwrap(), vec![spec]);

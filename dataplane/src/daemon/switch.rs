@@ -15,7 +15,9 @@ use super::state::PortStore;
 use super::worker::{Dataplane, Shared};
 use crate::dpdk::io::{empty_paths, PortPath};
 use crate::dpdk::{DpdkError, Eal, EthPort, Mempool, PortInfo, QueueConfig};
-use heddle_core::switch::config::{PortMode, Snapshot, SwitchPort};
+use heddle_core::switch::config::{
+    PortMode, Snapshot, SwitchPort, DEFAULT_MTU, ETH_HLEN, VLAN_HLEN,
+};
 use heddle_core::switch::counters::PortTotals;
 use heddle_core::switch::io::{PortIndex, TxLock, MAX_PORTS};
 use heddle_core::switch::vlan::{Vlan, VlanSet};
@@ -116,6 +118,8 @@ pub struct SwitchCtl {
     shared: Arc<Shared>,
     eal: &'static Eal,
     pool: Arc<Mempool>,
+    /// Jumbo buffers: RX of ethdev ports whose frames do not fit `pool`'s.
+    jumbo: Arc<Mempool>,
     workers: Vec<WorkerPlace>,
     ports: BTreeMap<String, PortEntry>,
     /// Removed ports (and FDB flushes) a stalled worker may still hold up, oldest first.
@@ -214,6 +218,7 @@ fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
         broken_rings: get(&r.broken_rings),
         queue_pair_mismatches: get(&l.queue_pair_mismatches),
         packed: v.rings().packed.load(Ordering::Relaxed),
+        frontend_mtu: l.frontend_mtu.load(Ordering::Relaxed),
     }
 }
 
@@ -223,6 +228,7 @@ impl SwitchCtl {
         shared: Arc<Shared>,
         eal: &'static Eal,
         pool: Arc<Mempool>,
+        jumbo: Arc<Mempool>,
         workers: Vec<WorkerPlace>,
         store: PortStore,
         rings: (u16, u16),
@@ -232,6 +238,7 @@ impl SwitchCtl {
             shared,
             eal,
             pool,
+            jumbo,
             workers,
             ports: BTreeMap::new(),
             retired: Vec::new(),
@@ -346,7 +353,8 @@ impl SwitchCtl {
             })?;
         let unreachable = Arc::new(AtomicBool::new(false));
         let device = if VhostConfig::is_native(&spec.devargs) {
-            let config = VhostConfig::parse(&spec.devargs, spec.queues)?;
+            let mut config = VhostConfig::parse(&spec.devargs, spec.queues)?;
+            config.mtu = spec.mtu.unwrap_or(DEFAULT_MTU);
             let shared = self.shared.clone();
             let unreachable = unreachable.clone();
             let port = VhostPort::start(
@@ -422,7 +430,27 @@ impl SwitchCtl {
             rx_ring: self.rings.0,
             tx_ring: self.rings.1,
         };
-        eth.start(queues, &self.pool)?;
+        let mtu = spec.mtu.unwrap_or(DEFAULT_MTU);
+        if mtu > info.max_mtu {
+            return Err(PortError::Invalid(format!(
+                "port {:?}: device {} (driver {}) takes an MTU of at most {}: set mtu to {} or less",
+                spec.name,
+                eth.name(),
+                info.driver,
+                info.max_mtu,
+                info.max_mtu
+            )));
+        }
+        // Frames stay in one buffer (no scattered RX, no multi-segment TX): when the MTU's
+        // frames do not fit the main pool's buffers, the port receives into jumbo buffers.
+        let frame = usize::from(mtu) + ETH_HLEN + VLAN_HLEN;
+        let room = usize::from(self.pool.data_room()) - dpdk_sys::RTE_PKTMBUF_HEADROOM as usize;
+        let rx_pool = if frame > room {
+            &self.jumbo
+        } else {
+            &self.pool
+        };
+        eth.start(queues, rx_pool, mtu)?;
         let tx_lock = (queues.tx_queues < nworkers).then(|| Arc::new(TxLock::default()));
         Ok(Device::Eth {
             info,
@@ -622,6 +650,7 @@ impl SwitchCtl {
                 index: p.index,
                 name: p.spec.name.clone(),
                 mode: switch_mode(&p.spec).expect("validated when the port was added"),
+                mtu: p.spec.mtu.unwrap_or(DEFAULT_MTU),
             });
             for (w, table) in paths.iter_mut().enumerate() {
                 table[p.index as usize] = Some(match &p.device {
@@ -822,10 +851,12 @@ impl SwitchCtl {
 
     /// The process's resources (mbufs, fds, threads, memory).
     fn resources(&self) -> heddle_api::ResourceStats {
-        let total = u64::from(self.pool.size());
+        // Both pools: a jumbo buffer leaked counts as much as a small one.
+        let total = u64::from(self.pool.size()) + u64::from(self.jumbo.size());
+        let free = u64::from(self.pool.available()) + u64::from(self.jumbo.available());
         let mut r = super::resources::read_self();
         r.mbufs_total = total;
-        r.mbufs_in_use = total.saturating_sub(u64::from(self.pool.available()));
+        r.mbufs_in_use = total.saturating_sub(free);
         r
     }
 

@@ -193,11 +193,11 @@ impl Shared {
 }
 
 /// Runs one PMD worker until `shared.stop` is set. Returns 0 (the lcore's exit code).
-pub fn run(worker: usize, shared: Arc<Shared>, pool: Arc<Mempool>) -> i32 {
+pub fn run(worker: usize, shared: Arc<Shared>, pool: Arc<Mempool>, jumbo: Arc<Mempool>) -> i32 {
     let counters = shared.counters[worker].clone();
     let mut state: Box<WorkerState<Mbuf>> = Box::new(WorkerState::new(counters.clone()));
     let mut dp = shared.current.load_full();
-    let mut io = DpdkIo::new(dp.paths[worker].clone(), pool);
+    let mut io = DpdkIo::with_jumbo(dp.paths[worker].clone(), pool, jumbo);
     let mut seen = u64::MAX;
     let mut burst: Burst<Mbuf> = Burst::new();
     let pmd = &counters.pmd;

@@ -29,6 +29,10 @@ pub struct PortInfo {
     pub socket: Option<u32>,
     /// The port's MAC address.
     pub mac: [u8; 6],
+    /// Largest MTU the device takes: its `max_mtu`, and no more than its largest received
+    /// frame (`max_rx_pktlen`) leaves room for after the Ethernet overhead, as
+    /// `rte_eth_dev_configure` checks.
+    pub max_mtu: u16,
 }
 
 /// Link state.
@@ -89,6 +93,19 @@ fn port_by_name(name: &str) -> Option<u16> {
     // SAFETY: `c` is a valid C string and `id` a valid out pointer for the call's duration.
     let rc = unsafe { dpdk_sys::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id) };
     (rc == 0).then_some(id)
+}
+
+/// The MTU limit `rte_eth_dev_configure` applies: `max_mtu`, and `max_rx_pktlen` minus the
+/// device's overhead (`max_rx_pktlen - max_mtu` when the driver sets both, else Ethernet
+/// header and CRC, 18 bytes).
+fn max_mtu(max_mtu: u16, max_rx_pktlen: u32) -> u16 {
+    let overhead = if max_mtu != u16::MAX && max_rx_pktlen > u32::from(max_mtu) {
+        max_rx_pktlen - u32::from(max_mtu)
+    } else {
+        18
+    };
+    let by_len = max_rx_pktlen.saturating_sub(overhead);
+    u16::try_from(by_len.min(u32::from(max_mtu))).unwrap_or(u16::MAX)
 }
 
 impl EthPort {
@@ -183,13 +200,17 @@ impl EthPort {
             max_tx_queues: info.max_tx_queues,
             socket: u32::try_from(socket).ok(),
             mac: mac.addr_bytes,
+            max_mtu: max_mtu(info.max_mtu, info.max_rx_pktlen),
         })
     }
 
-    /// Configures queues with buffers from `pool`, enables promiscuous mode (a switch port
-    /// must see every MAC) and starts the port.
-    pub fn start(&mut self, q: QueueConfig, pool: &Mempool) -> Result<(), DpdkError> {
-        let conf = dpdk_sys::rte_eth_conf::default();
+    /// Configures queues with buffers from `pool` and the device's MTU (frames up to `mtu`
+    /// bytes after the Ethernet header, which must fit one buffer of `pool`: the switch
+    /// neither asks for scattered RX nor sends multi-segment frames), enables promiscuous
+    /// mode (a switch port must see every MAC) and starts the port.
+    pub fn start(&mut self, q: QueueConfig, pool: &Mempool, mtu: u16) -> Result<(), DpdkError> {
+        let mut conf = dpdk_sys::rte_eth_conf::default();
+        conf.rxmode.mtu = u32::from(mtu);
         // SAFETY: valid port id; `conf` is a zeroed default configuration DPDK only reads.
         let rc =
             unsafe { dpdk_sys::rte_eth_dev_configure(self.id, q.rx_queues, q.tx_queues, &conf) };

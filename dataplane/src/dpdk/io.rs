@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::rxpool::MbufPool;
 use super::{Mbuf, Mempool};
-use heddle_core::switch::io::{Burst, PacketIo, PortIndex, TxLock, MAX_PORTS};
+use heddle_core::switch::io::{Burst, Packet, PacketIo, PortIndex, TxLock, MAX_PORTS};
 use heddle_core::vhost::ring::PortRings;
 
 /// How one worker reaches one port.
@@ -48,16 +48,33 @@ pub struct DpdkIo {
     pool: Arc<Mempool>,
     /// Buffers for frames copied out of native vhost-user guests.
     rx_pool: MbufPool,
+    /// Jumbo buffers for flood copies of frames that do not fit `pool`'s, and the largest
+    /// frame `pool`'s buffers take.
+    jumbo: Option<Arc<Mempool>>,
+    small_max: usize,
 }
 
 impl DpdkIo {
     /// An I/O for a worker with this path table and buffer pool (for flood copies).
     pub fn new(paths: Arc<PortPaths>, pool: Arc<Mempool>) -> DpdkIo {
+        let small_max =
+            usize::from(pool.data_room()).saturating_sub(dpdk_sys::RTE_PKTMBUF_HEADROOM as usize);
         DpdkIo {
             paths,
             rx_pool: MbufPool::new(pool.clone()),
             pool,
+            jumbo: None,
+            small_max,
         }
+    }
+
+    /// As [`DpdkIo::new`], with `jumbo` buffers for frames larger than `pool`'s (guest TX
+    /// from native vhost-user ports and flood copies of such frames).
+    pub fn with_jumbo(paths: Arc<PortPaths>, pool: Arc<Mempool>, jumbo: Arc<Mempool>) -> DpdkIo {
+        let mut io = DpdkIo::new(paths, pool.clone());
+        io.rx_pool = MbufPool::with_jumbo(pool, jumbo.clone());
+        io.jumbo = Some(jumbo);
+        io
     }
 
     /// Switches to the path table of a new configuration snapshot.
@@ -145,6 +162,11 @@ impl PacketIo for DpdkIo {
 
     #[inline]
     fn copy(&mut self, pkt: &Mbuf) -> Option<Mbuf> {
+        if pkt.len() > self.small_max {
+            // A copy into smaller buffers would be a chain, which the pipeline does not
+            // carry: jumbo buffers, or none (counted as `no_buffer`).
+            return pkt.copy(self.jumbo.as_ref()?);
+        }
         pkt.copy(&self.pool)
     }
 }

@@ -1,5 +1,8 @@
 //! Packets for frames copied in from outside DPDK's drivers (native vhost-user guest TX):
-//! an [`RxPool`] over a [`Mempool`] with a small per-worker cache filled in bulk.
+//! an [`RxPool`] over a [`Mempool`] with a small per-worker cache filled in bulk, and a
+//! second pool of jumbo buffers for frames larger than the first pool's (up to
+//! [`MAX_FRAME`]): every frame stays in one buffer, so the pipeline's single-segment view
+//! holds and the common small frame pays one comparison more than before.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -7,6 +10,7 @@ use std::sync::Arc;
 use super::mbuf::Mbuf;
 use super::mempool::Mempool;
 use heddle_core::prefetch;
+use heddle_core::switch::config::MAX_FRAME;
 use heddle_core::switch::io::BURST;
 use heddle_core::vhost::virtq::RxPool;
 
@@ -17,6 +21,8 @@ pub struct MbufPool {
     cache: [*mut dpdk_sys::rte_mbuf; BURST],
     cached: usize,
     max_len: usize,
+    /// Buffers for frames above `max_len`, and the largest frame they take.
+    jumbo: Option<(Arc<Mempool>, usize)>,
 }
 
 // SAFETY: the cached mbufs are owned by this value alone (taken from the pool, not yet
@@ -26,14 +32,39 @@ unsafe impl Send for MbufPool {}
 impl MbufPool {
     /// A pool drawing from `pool`; frames up to the data room minus DPDK's headroom fit.
     pub fn new(pool: Arc<Mempool>) -> MbufPool {
-        let room = usize::from(pool.data_room());
-        let max_len = room.saturating_sub(dpdk_sys::RTE_PKTMBUF_HEADROOM as usize);
+        let max_len = room_for_frames(&pool);
         MbufPool {
             pool,
             cache: [std::ptr::null_mut(); BURST],
             cached: 0,
             max_len,
+            jumbo: None,
         }
+    }
+
+    /// A pool drawing from `pool`, and from `jumbo` for frames that do not fit `pool`'s
+    /// buffers (up to [`MAX_FRAME`] bytes, or `jumbo`'s room if smaller).
+    pub fn with_jumbo(pool: Arc<Mempool>, jumbo: Arc<Mempool>) -> MbufPool {
+        let mut p = MbufPool::new(pool);
+        let max = room_for_frames(&jumbo).min(MAX_FRAME);
+        if max > p.max_len {
+            p.jumbo = Some((jumbo, max));
+        }
+        p
+    }
+
+    /// A frame of `len` bytes from the jumbo pool: the rare path, kept out of `alloc`.
+    #[cold]
+    #[inline(never)]
+    fn alloc_jumbo(&mut self, len: usize) -> Option<Mbuf> {
+        let (pool, max) = self.jumbo.as_ref()?;
+        if len > *max {
+            return None;
+        }
+        let m = Mbuf::alloc(pool)?;
+        // SAFETY: a fresh mbuf we own (one segment, lengths 0); the tailroom check keeps
+        // the frame inside its buffer.
+        unsafe { set_len(m.into_raw(), len) }
     }
 
     /// Mbufs taken from the mempool and not yet handed out.
@@ -84,29 +115,46 @@ impl RxPool for MbufPool {
     #[inline]
     fn alloc(&mut self, len: usize) -> Option<Mbuf> {
         if len > self.max_len {
-            return None;
+            return self.alloc_jumbo(len);
         }
         let raw = self.take()?;
         // SAFETY: `raw` is a fresh, reset mbuf we own (data_off at the headroom, one
-        // segment, lengths 0); `Mbuf` takes that ownership.
-        let m = unsafe { Mbuf::from_raw(raw) };
-        // SAFETY: the mbuf is ours and not shared. Setting the lengths is what
-        // rte_pktmbuf_append does for a fresh mbuf; the tailroom check keeps the frame
-        // inside the buffer even if the pool's data room differs from what `new` assumed.
-        unsafe {
-            let r = &mut *raw.as_ptr();
-            if usize::from(r.data_off) + len > usize::from(r.buf_len) {
-                return None; // `m` is freed on drop
-            }
-            r.data_len = len as u16;
-            r.pkt_len = len as u32;
-        }
-        Some(m)
+        // segment, lengths 0).
+        unsafe { set_len(raw, len) }
     }
 
     fn max_len(&self) -> usize {
-        self.max_len
+        self.jumbo.as_ref().map_or(self.max_len, |(_, max)| *max)
     }
+}
+
+/// Frame bytes one buffer of `pool` takes after DPDK's headroom.
+fn room_for_frames(pool: &Mempool) -> usize {
+    usize::from(pool.data_room()).saturating_sub(dpdk_sys::RTE_PKTMBUF_HEADROOM as usize)
+}
+
+/// Takes ownership of `raw` and makes its frame `len` bytes long, or frees it (`None`) when
+/// `len` does not fit its buffer.
+///
+/// # Safety
+/// `raw` must be a fresh, reset mbuf (one segment, lengths 0) that the caller owns and
+/// hands over.
+#[inline(always)]
+unsafe fn set_len(raw: NonNull<dpdk_sys::rte_mbuf>, len: usize) -> Option<Mbuf> {
+    // SAFETY: the caller hands over ownership of a valid mbuf.
+    let m = unsafe { Mbuf::from_raw(raw) };
+    // SAFETY: the mbuf is ours and not shared. Setting the lengths is what
+    // rte_pktmbuf_append does for a fresh mbuf; the tailroom check keeps the frame inside the
+    // buffer even if the pool's data room differs from what the caller assumed.
+    unsafe {
+        let r = &mut *raw.as_ptr();
+        if usize::from(r.data_off) + len > usize::from(r.buf_len) {
+            return None; // `m` is freed on drop
+        }
+        r.data_len = len as u16;
+        r.pkt_len = len as u32;
+    }
+    Some(m)
 }
 
 impl Drop for MbufPool {

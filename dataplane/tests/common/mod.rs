@@ -166,7 +166,8 @@ impl Worker {
                 }
             }
             let _gone = Gone(it.clone());
-            let mut pool = VecPool::new(2048, 64);
+            // Frames up to the switch's largest, as its jumbo buffers take.
+            let mut pool = VecPool::new(heddle_dataplane::switch::config::MAX_FRAME, 64);
             let mut burst: Burst<VecPacket> = Burst::new();
             while !s.load(Ordering::Relaxed) {
                 for (rings, count) in ports.iter().zip(&r) {

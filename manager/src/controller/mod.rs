@@ -116,12 +116,14 @@ pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
 /// `resource` it names it (`resourceName`: heddle-cni asks the kubelet for the pod's devices
 /// when no deviceID comes) and declares the `deviceID` and `CNIDeviceInfoFile` capabilities,
 /// so the runtime passes the device the kubelet chose and where the NPWG device-info goes.
+/// The provider network's `mtu`, when it has one, becomes the config's `mtu`.
 pub fn cni_config(
     name: &str,
     network_key: &str,
     spec: &NetworkSpec,
     vlan: u16,
     resource: Option<&str>,
+    mtu: Option<u32>,
 ) -> serde_json::Value {
     let mut config = json!({
         "cniVersion": "1.1.0",
@@ -131,6 +133,11 @@ pub fn cni_config(
         "kind": spec.kind.as_str(),
         "vlan": vlan,
     });
+    if let Some(m) = mtu {
+        // The provider network's MTU is every network's on it: the pods' interfaces and
+        // their switch ports get it (heddle-cni's `mtu`).
+        config["mtu"] = json!(m);
+    }
     if let Some(r) = resource {
         config["resourceName"] = json!(r);
         config["capabilities"] = json!({"deviceID": true, "CNIDeviceInfoFile": true});
@@ -328,7 +335,12 @@ where
         };
         let subnets = valid.subnets();
         if let Some(m) = mine.as_ref().filter(|m| m.subnets == subnets) {
-            claimed = Some((m.vlan, valid, provider.spec.vf_pool.clone()));
+            claimed = Some((
+                m.vlan,
+                valid,
+                provider.spec.vf_pool.clone(),
+                provider.spec.mtu,
+            ));
             break;
         }
         let mut pool = VlanPool::new(t.spec.provider.clone(), provider.spec.vlan_pool.clone());
@@ -364,14 +376,19 @@ where
             .await
         {
             Ok(_) => {
-                claimed = Some((vlan, valid, provider.spec.vf_pool.clone()));
+                claimed = Some((
+                    vlan,
+                    valid,
+                    provider.spec.vf_pool.clone(),
+                    provider.spec.mtu,
+                ));
                 break;
             }
             Err(e) if is_conflict(&e) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    let Some((vlan, _valid, vf_pool)) = claimed else {
+    let Some((vlan, _valid, vf_pool, mtu)) = claimed else {
         return Err(ControllerError::Contention(format!(
             "provider network {}",
             t.spec.provider
@@ -413,7 +430,7 @@ where
     let nads: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &nad_ns, &nad_resource());
     let resource = t.spec.device_resource(vf_pool.as_deref());
-    let config = cni_config(&t.name, &key, &t.spec, vlan, resource.as_deref());
+    let config = cni_config(&t.name, &key, &t.spec, vlan, resource.as_deref(), mtu);
     let nad = nad(&t.name, &nad_ns, &t.owner, &config, resource.as_deref());
     nads.patch(
         &t.name,

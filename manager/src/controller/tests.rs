@@ -912,11 +912,17 @@ fn heddle_cni_accepts_every_generated_config() {
         s.kind = kind;
         let resource = s.device_resource(Some("heddle.dev/sriov_n3"));
         for (name, key) in [("n3", "ns1/n3"), ("core", "core")] {
-            let config = cni_config(name, key, &s, 150, resource.as_deref());
+            let config = cni_config(name, key, &s, 150, resource.as_deref(), None);
             let c = heddle_cni::config::NetConf::parse(config.to_string().as_bytes(), true)
                 .unwrap_or_else(|e| panic!("{config}: {e}"));
             assert_eq!((c.network.as_str(), c.kind.name()), (key, kind.as_str()));
             assert_eq!(c.resource_name, resource);
+            assert_eq!(c.mtu, None);
+            // A provider network's MTU reaches the pods' config, which heddle-cni takes.
+            let config = cni_config(name, key, &s, 150, resource.as_deref(), Some(9000));
+            let c = heddle_cni::config::NetConf::parse(config.to_string().as_bytes(), true)
+                .unwrap_or_else(|e| panic!("{config}: {e}"));
+            assert_eq!(c.mtu, Some(9000));
         }
     }
 }

@@ -49,6 +49,10 @@ enum Cmd {
         /// RX queues.
         #[arg(long)]
         queues: Option<u16>,
+        /// MTU: largest frame without its Ethernet header and VLAN tag (default 1500, at
+        /// most 9216).
+        #[arg(long)]
+        mtu: Option<u16>,
     },
     /// Replace the VLANs a trunk port carries.
     SetTrunk {
@@ -149,6 +153,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             native_vlan,
             mac,
             queues,
+            mtu,
         } => {
             let mode = match vlan {
                 Some(vlan) => PortMode::Access { vlan: *vlan },
@@ -170,6 +175,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                 mode,
                 mac: mac.clone(),
                 queues: *queues,
+                mtu: *mtu,
             };
             let st = client.add_port(&spec)?;
             if cli.json {

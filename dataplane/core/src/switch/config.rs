@@ -44,7 +44,25 @@ pub struct SwitchPort {
     pub name: String,
     /// VLAN handling.
     pub mode: PortMode,
+    /// Largest frame the port takes or sends, counted without the Ethernet header and
+    /// 802.1Q tag (an IP MTU, as on a Linux interface): frames above it are dropped and
+    /// counted ([`super::counters::DropReason::Mtu`]).
+    pub mtu: u16,
 }
+
+/// The MTU of a port that does not name one.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The largest MTU a port takes: frames of up to 9216 bytes after the Ethernet header.
+pub const MAX_MTU: u16 = 9216;
+/// The smallest MTU a port takes (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
+/// Bytes of Ethernet header outside the MTU.
+pub const ETH_HLEN: usize = 14;
+/// Bytes of an 802.1Q tag.
+pub const VLAN_HLEN: usize = 4;
+/// The longest frame, Ethernet header and one 802.1Q tag included, a port of MTU
+/// [`MAX_MTU`] passes.
+pub const MAX_FRAME: usize = MAX_MTU as usize + ETH_HLEN + VLAN_HLEN;
 
 /// Ports and per-VLAN flood lists, immutable once built. Workers read it through a
 /// shared reference; the control plane builds a new one on every change and swaps it in.
@@ -174,11 +192,13 @@ mod tests {
         allowed.insert_range(100, 101);
         let snap = Snapshot::build([
             SwitchPort {
+                mtu: DEFAULT_MTU,
                 index: 0,
                 name: "a".into(),
                 mode: PortMode::Access { vlan: v(100) },
             },
             SwitchPort {
+                mtu: DEFAULT_MTU,
                 index: 3,
                 name: "t".into(),
                 mode: PortMode::Trunk {
@@ -187,6 +207,7 @@ mod tests {
                 },
             },
             SwitchPort {
+                mtu: DEFAULT_MTU,
                 index: 5,
                 name: "c".into(),
                 mode: PortMode::Access { vlan: v(200) },
@@ -209,6 +230,7 @@ mod tests {
         let mut allowed = VlanSet::new();
         allowed.insert(v(10));
         let port = |index, mode| SwitchPort {
+            mtu: DEFAULT_MTU,
             index,
             name: format!("p{index}"),
             mode,
@@ -246,6 +268,7 @@ mod tests {
         let mut all = VlanSet::new();
         all.insert_range(1, 4094);
         let snap = Snapshot::build((0..3).map(|i| SwitchPort {
+            mtu: DEFAULT_MTU,
             index: i * 100,
             name: String::new(),
             mode: PortMode::Trunk {

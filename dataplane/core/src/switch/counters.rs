@@ -29,11 +29,18 @@ pub enum DropReason {
     Headroom,
     /// The learned destination port is gone. Ingress.
     PortDown,
+    /// Larger than the ingress port's MTU (counted on the ingress port) or the destination
+    /// port's (counted on the destination): the frame without its Ethernet header and 802.1Q
+    /// tag is longer than the port's `mtu`.
+    Mtu,
+    /// A frame in several buffers (a device that scatters received frames): the switch
+    /// carries frames in one buffer. Ingress.
+    MultiSegment,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
     /// Every reason, in index order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -44,6 +51,8 @@ impl DropReason {
         DropReason::NoBuffer,
         DropReason::Headroom,
         DropReason::PortDown,
+        DropReason::Mtu,
+        DropReason::MultiSegment,
     ];
 
     /// Stable snake_case name (API, metrics).
@@ -57,6 +66,8 @@ impl DropReason {
             DropReason::NoBuffer => "no_buffer",
             DropReason::Headroom => "headroom",
             DropReason::PortDown => "port_down",
+            DropReason::Mtu => "mtu",
+            DropReason::MultiSegment => "multi_segment",
         }
     }
 }
@@ -374,7 +385,9 @@ mod tests {
                 "tx_full",
                 "no_buffer",
                 "headroom",
-                "port_down"
+                "port_down",
+                "mtu",
+                "multi_segment"
             ]
         );
         for (i, r) in DropReason::ALL.iter().enumerate() {

@@ -39,6 +39,14 @@ pub trait Packet {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// True when the frame spans several buffers: `data()` is then only its first part, and
+    /// `len()` (the whole frame) is longer. The pipeline drops such frames; packets built by
+    /// the switch never are. Both lengths are read by the parse anyway, so this costs no
+    /// memory access.
+    #[inline(always)]
+    fn segmented(&self) -> bool {
+        self.len() != self.data().len()
+    }
     /// Asks the CPU to start loading the frame's first cache line (its Ethernet header),
     /// which the pipeline reads soon. Only a hint.
     #[inline(always)]

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::config::{PortMode, Snapshot};
+use super::config::{PortMode, Snapshot, ETH_HLEN, VLAN_HLEN};
 use super::counters::{DropReason, WorkerCounters};
 use super::fdb::Fdb;
 use super::io::{Burst, Packet, PacketIo, PortIndex, BURST, MAX_PORTS};
@@ -147,6 +147,14 @@ impl<P: Packet> WorkerState<P> {
                 p.action = Action::Drop(DropReason::Malformed);
                 continue;
             };
+            if pkt.segmented() {
+                p.action = Action::Drop(DropReason::MultiSegment);
+                continue;
+            }
+            if l3_len(pkt.len(), h.tci) > usize::from(ingress.mtu) {
+                p.action = Action::Drop(DropReason::Mtu);
+                continue;
+            }
             match classify(&ingress.mode, h.vid()) {
                 Ok(v) => {
                     *p = Parsed {
@@ -216,6 +224,18 @@ impl<P: Packet> WorkerState<P> {
     }
 }
 
+/// A frame's length without its Ethernet header and 802.1Q tag (`tci`): what a port's MTU
+/// bounds. Frames reach this only after parsing, so they hold their headers.
+#[inline(always)]
+fn l3_len(frame_len: usize, tci: Option<u16>) -> usize {
+    let hdr = if tci.is_some() {
+        ETH_HLEN + VLAN_HLEN
+    } else {
+        ETH_HLEN
+    };
+    frame_len.saturating_sub(hdr)
+}
+
 /// True for a source address worth learning: unicast and not all-zero.
 #[inline(always)]
 fn learnable(src: &[u8; 6]) -> bool {
@@ -278,6 +298,10 @@ impl<P: Packet> Batches<P> {
             counters.port(out).drop(DropReason::PortDown, 1);
             return;
         };
+        if l3_len(pkt.len(), tci) > usize::from(egress.mtu) {
+            counters.port(out).drop(DropReason::Mtu, 1);
+            return;
+        }
         let Some(tagged_out) = egress.mode.egress_tagged(vlan) else {
             // A learned port that no longer carries the VLAN.
             counters.port(out).drop(DropReason::VlanNotAllowed, 1);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::config::{PortMode, Snapshot, SwitchPort};
+use super::config::{PortMode, Snapshot, SwitchPort, DEFAULT_MTU};
 use super::counters::{sum_port, DropReason, WorkerCounters};
 use super::fdb::{Fdb, PROBE};
 use super::io::{Burst, PacketIo, PortIndex, BURST, MAX_PORTS};
@@ -20,6 +20,7 @@ fn vlan(n: u16) -> Vlan {
 
 fn access(index: PortIndex, v: u16) -> SwitchPort {
     SwitchPort {
+        mtu: DEFAULT_MTU,
         index,
         name: format!("p{index}"),
         mode: PortMode::Access { vlan: vlan(v) },
@@ -32,6 +33,7 @@ fn trunk(index: PortIndex, vlans: &[u16], native: Option<u16>) -> SwitchPort {
         allowed.insert(vlan(*v));
     }
     SwitchPort {
+        mtu: DEFAULT_MTU,
         index,
         name: format!("t{index}"),
         mode: PortMode::Trunk {
@@ -589,4 +591,132 @@ proptest! {
         drop(r);
         prop_assert_eq!(live_packets(), live_before, "packets leaked or freed twice");
     }
+}
+
+fn with_mtu(mut p: SwitchPort, mtu: u16) -> SwitchPort {
+    p.mtu = mtu;
+    p
+}
+
+#[test]
+fn frames_above_the_ingress_or_egress_mtu_are_counted_mtu_drops_and_the_bound_is_inclusive() {
+    use super::config::{MAX_FRAME, MAX_MTU};
+    // Port 0 and 2 take jumbo frames, port 1 only 1500; a trunk (3) at 9000.
+    let mut r = Rig::new(vec![
+        with_mtu(access(0, 100), MAX_MTU),
+        access(1, 100),
+        with_mtu(access(2, 100), 9000),
+        with_mtu(trunk(3, &[100], None), 9000),
+    ]);
+    // Learn every destination first (small frames flood everywhere).
+    for p in 1..4u16 {
+        r.send(
+            p,
+            &frame(
+                mac(0),
+                mac(u32::from(p)),
+                if p == 3 { Some(100) } else { None },
+                64,
+            ),
+        );
+    }
+    for p in 0..4 {
+        r.io.take_sent(p);
+    }
+    // Exactly 9000 bytes after the Ethernet header reaches port 2 and the trunk (tagged:
+    // 9000 + 18 bytes on the wire), whole.
+    r.send(0, &frame(mac(2), mac(0), None, 9000 + 14));
+    let got = r.io.take_sent(2);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0], frame(mac(2), mac(0), None, 9014));
+    r.send(0, &frame(mac(3), mac(0), None, 9000 + 14));
+    let got = r.io.take_sent(3);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].len(), 9018);
+    assert_eq!(L2Header::parse(&got[0]).unwrap().vid(), Some(100));
+    assert_eq!(&got[0][18..], &frame(mac(3), mac(0), None, 9014)[14..]);
+    // One byte more: dropped at the egress (counted on the destination), not sent.
+    r.send(0, &frame(mac(2), mac(0), None, 9001 + 14));
+    assert!(r.io.take_sent(2).is_empty());
+    assert_eq!(r.totals(2).dropped(DropReason::Mtu), 1);
+    // 1501 to the 1500 port: dropped there.
+    r.send(0, &frame(mac(1), mac(0), None, 1501 + 14));
+    assert!(r.io.take_sent(1).is_empty());
+    assert_eq!(r.totals(1).dropped(DropReason::Mtu), 1);
+    // A flood of a 1600-byte frame: the 1500 port drops its copy, the others get theirs.
+    r.send(0, &frame(BCAST, mac(0), None, 1600 + 14));
+    assert!(r.io.take_sent(1).is_empty());
+    assert_eq!(r.io.take_sent(2).len(), 1);
+    assert_eq!(r.io.take_sent(3).len(), 1);
+    assert_eq!(r.totals(1).dropped(DropReason::Mtu), 2);
+    // Ingress: above the source port's own MTU, counted on it. A tagged frame's tag is not
+    // part of the MTU: 9000 bytes + tag on the trunk pass, 9001 do not.
+    r.send(3, &frame(mac(2), mac(3), Some(100), 9000 + 18));
+    assert_eq!(r.io.take_sent(2).len(), 1);
+    r.send(3, &frame(mac(2), mac(3), Some(100), 9001 + 18));
+    assert!(r.io.take_sent(2).is_empty());
+    assert_eq!(r.totals(3).dropped(DropReason::Mtu), 1);
+    r.send(1, &frame(mac(0), mac(1), None, 1501 + 14));
+    assert!(r.io.take_sent(0).is_empty());
+    assert_eq!(r.totals(1).dropped(DropReason::Mtu), 3);
+    // The largest frame a MAX_MTU port carries passes.
+    r.send(2, &frame(mac(0), mac(2), None, 64));
+    let mut r2 = Rig::new(vec![
+        with_mtu(access(0, 100), MAX_MTU),
+        with_mtu(trunk(1, &[100], None), MAX_MTU),
+    ]);
+    r2.send(1, &frame(BCAST, mac(1), Some(100), MAX_FRAME));
+    let got = r2.io.take_sent(0);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].len(), MAX_FRAME - 4);
+    assert_eq!(r.outcomes() + r2.outcomes(), {
+        let t = |r: &Rig| {
+            (0..4)
+                .map(|p| r.totals(p).rx_packets + r.totals(p).copies)
+                .sum::<u64>()
+        };
+        t(&r) + t(&r2)
+    });
+    drop((r, r2));
+    assert_eq!(live_packets(), 0);
+}
+
+#[test]
+fn vlan_push_pop_and_rewrite_keep_a_jumbo_frame_whole() {
+    let mut r = Rig::new(vec![
+        with_mtu(access(0, 100), 9000),
+        with_mtu(trunk(1, &[100, 200], None), 9000),
+        with_mtu(trunk(2, &[100], Some(100)), 9000),
+    ]);
+    let body = frame(mac(9), mac(1), None, 9014);
+    // Untagged in, tagged out (push) on the trunk, untagged on the native trunk.
+    r.send(0, &body);
+    let pushed = r.io.take_sent(1);
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].len(), 9018);
+    assert_eq!(&pushed[0][..12], &body[..12]);
+    assert_eq!(&pushed[0][12..16], &[0x81, 0x00, 0x00, 100]);
+    assert_eq!(&pushed[0][16..], &body[12..]);
+    assert_eq!(r.io.take_sent(2), vec![body.clone()]);
+    // Tagged in, popped for the access port: the same bytes as the original.
+    r.send(1, &frame(BCAST, mac(2), Some(100), 9018));
+    let tagged = frame(BCAST, mac(2), Some(100), 9018);
+    let popped = r.io.take_sent(0);
+    assert_eq!(popped.len(), 1);
+    assert_eq!(popped[0].len(), 9014);
+    assert_eq!(&popped[0][..12], &tagged[..12]);
+    assert_eq!(&popped[0][12..], &tagged[16..]);
+    // A priority tag (VID 0, PCP 5) on the native trunk is rewritten to VLAN 100 on the
+    // tagged trunk, PCP kept, payload untouched.
+    let prio = frame(BCAST, mac(3), Some(5 << 13), 9018);
+    r.send(2, &prio);
+    let rewritten = r.io.take_sent(1);
+    assert_eq!(rewritten.len(), 1);
+    assert_eq!(&rewritten[0][14..16], &((5u16 << 13) | 100).to_be_bytes());
+    assert_eq!(&rewritten[0][16..], &prio[16..]);
+    for p in 0..3 {
+        r.io.take_sent(p);
+    }
+    drop(r);
+    assert_eq!(live_packets(), 0);
 }

@@ -34,6 +34,7 @@ pub const MAX_PAIRS: u16 = 64;
 /// Virtio features offered to the frontend (plus `RING_PACKED` on ports with `packed=1`,
 /// see [`VhostDevice::offer_packed`]).
 pub const VIRTIO_FEATURES: u64 = feature::VERSION_1
+    | VIRTIO_NET_F_MTU
     | feature::MRG_RXBUF
     | feature::INDIRECT_DESC
     | feature::EVENT_IDX
@@ -41,6 +42,9 @@ pub const VIRTIO_FEATURES: u64 = feature::VERSION_1
     | VIRTIO_NET_F_MQ
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
+/// `VIRTIO_NET_F_MTU`: the device config's `mtu` is the largest frame (without its
+/// Ethernet header) the port takes; the driver keeps its MTU at or below it.
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// `VIRTIO_NET_F_MQ`: several queue pairs.
 const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
@@ -88,6 +92,30 @@ pub struct VhostDevice {
     /// The in-flight region the frontend shared (`SET_INFLIGHT_FD`), or the one this
     /// connection allocated (`GET_INFLIGHT_FD`).
     inflight: Option<Arc<InflightRegion>>,
+    /// The port's MTU: in the config space (`VIRTIO_NET_F_MTU`) and the most
+    /// `VHOST_USER_NET_SET_MTU` accepts.
+    mtu: u16,
+}
+
+/// Why `VHOST_USER_NET_SET_MTU` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MtuRefused {
+    /// Above the port's MTU: the switch would drop the guest's largest frames.
+    #[error(
+        "the frontend set MTU {asked}, above the port's mtu {port}: set mtu: {asked} (at most 9216) on the port (heddlectl add-port --mtu, the CNI config's mtu) or lower the frontend's (QEMU host_mtu=)"
+    )]
+    AbovePort {
+        /// The MTU the frontend sent.
+        asked: u64,
+        /// The port's.
+        port: u16,
+    },
+    /// Below virtio's minimum of 68.
+    #[error("the frontend set MTU {asked}, below the minimum of 68")]
+    TooSmall {
+        /// The MTU the frontend sent.
+        asked: u64,
+    },
 }
 
 /// Why a frontend could not use the port: it wants more queue pairs than offered.
@@ -161,7 +189,39 @@ impl VhostDevice {
             pairs_wanted: 0,
             offered: VIRTIO_FEATURES,
             inflight: None,
+            mtu: crate::switch::config::DEFAULT_MTU,
         }
+    }
+
+    /// Sets the MTU the device offers (`VIRTIO_NET_F_MTU`'s config field); the port's MTU.
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.mtu = mtu;
+    }
+
+    /// `VHOST_USER_NET_SET_MTU`: the frontend tells the MTU it gives the guest. Accepted up
+    /// to the port's MTU (frames the guest then sends fit); refused above it, so a frontend
+    /// that waits for the answer (QEMU) fails to start the device instead of losing its
+    /// large frames unseen.
+    pub fn set_frontend_mtu(&self, mtu: u64) -> std::result::Result<u16, MtuRefused> {
+        if mtu < 68 {
+            return Err(MtuRefused::TooSmall { asked: mtu });
+        }
+        if mtu > u64::from(self.mtu) {
+            return Err(MtuRefused::AbovePort {
+                asked: mtu,
+                port: self.mtu,
+            });
+        }
+        Ok(mtu as u16)
+    }
+
+    /// The virtio-net device config space (`struct virtio_net_config` up to `mtu`): no MAC
+    /// (`VIRTIO_NET_F_MAC` is not offered), status 0, the queue pairs offered, the MTU.
+    fn net_config(&self) -> [u8; 12] {
+        let mut c = [0u8; 12];
+        c[8..10].copy_from_slice(&self.rings.pairs().to_le_bytes());
+        c[10..12].copy_from_slice(&self.mtu.to_le_bytes());
+        c
     }
 
     /// Offer packed virtqueues (`VIRTIO_F_RING_PACKED`) to frontends, or not (the default).
@@ -571,7 +631,9 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
         Ok(VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MTU)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
@@ -591,11 +653,16 @@ impl VhostUserBackendReqHandlerMut for VhostDevice {
 
     fn get_config(
         &mut self,
-        _offset: u32,
-        _size: u32,
+        offset: u32,
+        size: u32,
         _flags: VhostUserConfigFlags,
     ) -> Result<Vec<u8>> {
-        Err(Error::InactiveOperation(VhostUserProtocolFeatures::CONFIG))
+        // The crate checked `offset + size` against the message's limit; bytes past the
+        // fields the switch knows read as zero, as an absent feature's fields do.
+        let config = self.net_config();
+        Ok((offset..offset.saturating_add(size))
+            .map(|i| config.get(i as usize).copied().unwrap_or(0))
+            .collect())
     }
 
     fn set_config(

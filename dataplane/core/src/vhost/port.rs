@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -152,6 +152,9 @@ pub struct VhostConfig {
     /// Offer packed virtqueues (`VIRTIO_F_RING_PACKED`) to the frontend (`packed=1`). Off by
     /// default until packed rings are measured as fast as split ones (docs/vhost-user.md).
     pub packed: bool,
+    /// The port's MTU (from the port spec, not the devargs): offered in the device config
+    /// (`VIRTIO_NET_F_MTU`) and the most `NET_SET_MTU` accepts.
+    pub mtu: u16,
 }
 
 impl VhostConfig {
@@ -174,6 +177,7 @@ impl VhostConfig {
             group: None,
             perm: None,
             packed: false,
+            mtu: crate::switch::config::DEFAULT_MTU,
         };
         let num = |k: &str, v: &str| -> Result<u32, VhostError> {
             v.trim().parse::<u32>().map_err(|_| VhostError::NotANumber {
@@ -247,6 +251,8 @@ pub struct LinkCounters {
     pub queue_pair_mismatches: AtomicU64,
     /// A frontend is connected now.
     pub connected: AtomicBool,
+    /// The MTU the frontend last set (`VHOST_USER_NET_SET_MTU`), 0 when it did not.
+    pub frontend_mtu: AtomicU16,
 }
 
 /// Connection log lines a port writes per `LOG_WINDOW` before it only counts them.
@@ -400,6 +406,8 @@ pub(crate) fn ends_connection(e: &VuError) -> bool {
 
 /// `VHOST_USER_SET_VRING_ENABLE`'s request code.
 const SET_VRING_ENABLE: u32 = FrontendReq::SET_VRING_ENABLE as u32;
+/// `VHOST_USER_NET_SET_MTU`'s request code.
+const NET_SET_MTU: u32 = FrontendReq::NET_SET_MTU as u32;
 /// Version 1 of the protocol, in the header's version bits (`VhostUserHeaderFlag::VERSION`
 /// is the mask of those bits, not a version).
 const PROTOCOL_VERSION_1: u32 = 0x1;
@@ -457,7 +465,7 @@ impl Worker {
     /// wording allows), which would leave QEMU's rings disabled for good; DPDK's vhost
     /// library accepts it, and so does Heddle: the message is read and applied here.
     fn early_vring_enable(&self, hdr: &Header) -> std::io::Result<()> {
-        use std::io::{Read, Write};
+        use std::io::Read;
         let mut conn = {
             let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
             match guard.as_ref() {
@@ -477,18 +485,63 @@ impl Worker {
             self.link.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(port = %self.name, error = %e, index, num, "SET_VRING_ENABLE refused");
         }
+        self.ack(&mut conn, hdr, SET_VRING_ENABLE, res.is_ok())
+    }
+
+    /// Answers a request the handler did not see, when the frontend asked for an answer
+    /// (`NEED_REPLY` with `REPLY_ACK` negotiated): 0 for success, 1 for failure.
+    fn ack(
+        &self,
+        conn: &mut UnixStream,
+        hdr: &Header,
+        request: u32,
+        ok: bool,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
         if hdr.flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 && self.lock_device().reply_ack()
         {
             let mut reply = Vec::with_capacity(20);
-            reply.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+            reply.extend_from_slice(&request.to_le_bytes());
             reply.extend_from_slice(
                 &(PROTOCOL_VERSION_1 | VhostUserHeaderFlag::REPLY.bits()).to_le_bytes(),
             );
             reply.extend_from_slice(&8u32.to_le_bytes());
-            reply.extend_from_slice(&u64::from(res.is_err()).to_le_bytes());
+            reply.extend_from_slice(&u64::from(!ok).to_le_bytes());
             conn.write_all(&reply)?;
         }
         Ok(())
+    }
+
+    /// `VHOST_USER_NET_SET_MTU` (protocol feature `NET_MTU`), which the `vhost` crate does
+    /// not dispatch (it would end the connection): read and answered here. An MTU above the
+    /// port's is refused (failure in the reply, counted in `protocol_errors`, logged with the
+    /// fix); an accepted one is shown in the port's stats (`frontend_mtu`).
+    fn net_set_mtu(&self, hdr: &Header) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut conn = {
+            let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_ref() {
+                Some(c) => c.try_clone()?,
+                None => return Err(std::io::ErrorKind::NotConnected.into()),
+            }
+        };
+        let mut msg = [0u8; 20];
+        conn.read_exact(&mut msg)?;
+        let mut value = [0u8; 8];
+        value.copy_from_slice(&msg[12..20]);
+        let mtu = u64::from_le_bytes(value);
+        let res = self.lock_device().set_frontend_mtu(mtu);
+        match res {
+            Ok(m) => {
+                self.link.frontend_mtu.store(m, Ordering::Relaxed);
+                tracing::info!(port = %self.name, mtu = m, "frontend set its MTU");
+            }
+            Err(e) => {
+                self.link.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(port = %self.name, "vhost-user NET_SET_MTU refused: {e}");
+            }
+        }
+        self.ack(&mut conn, hdr, NET_SET_MTU, res.is_ok())
     }
 
     fn log_allowed(&self) -> bool {
@@ -523,6 +576,12 @@ impl Worker {
                     && !self.lock_device().protocol_features_acked()
                 {
                     if self.early_vring_enable(&hdr).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                if hdr.request == NET_SET_MTU && hdr.size == 8 {
+                    if self.net_set_mtu(&hdr).is_err() {
                         break;
                     }
                     continue;
@@ -562,6 +621,7 @@ impl Worker {
             m
         };
         self.link.connected.store(false, Ordering::Relaxed);
+        self.link.frontend_mtu.store(0, Ordering::Relaxed);
         self.link.disconnects.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = mismatch {
             self.link
@@ -667,6 +727,7 @@ impl VhostPort {
             device: Arc::new(Mutex::new({
                 let mut d = VhostDevice::new(name.to_owned(), rings.clone(), quiesce);
                 d.offer_packed(config.packed);
+                d.set_mtu(config.mtu);
                 d
             })),
             link: link.clone(),
