@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::rxpool::MbufPool;
 use super::{Mbuf, Mempool};
 use heddle_core::switch::io::{Burst, PacketIo, PortIndex, TxLock, MAX_PORTS};
+use heddle_core::memif::ring::MemifRings;
 use heddle_core::vhost::ring::PortRings;
 
 /// How one worker reaches one port.
@@ -31,6 +32,13 @@ pub enum PortPath {
         /// This worker's queue pair for transmitting into the guest.
         pair: u16,
     },
+    /// A native memif port: its rings, and the queue this worker transmits on.
+    Memif {
+        /// The port's rings.
+        rings: Arc<MemifRings>,
+        /// This worker's transmit queue.
+        queue: u16,
+    },
 }
 
 /// The per-worker table of port paths, indexed by [`PortIndex`]. Built by the control plane
@@ -46,7 +54,7 @@ pub fn empty_paths() -> PortPaths {
 pub struct DpdkIo {
     paths: Arc<PortPaths>,
     pool: Arc<Mempool>,
-    /// Buffers for frames copied out of native vhost-user guests.
+    /// Buffers for frames copied out of native vhost-user guests and memif peers.
     rx_pool: MbufPool,
 }
 
@@ -74,6 +82,10 @@ impl PacketIo for DpdkIo {
         let eth = match self.paths.get(port as usize) {
             Some(Some(PortPath::Eth { eth, .. })) => *eth,
             Some(Some(PortPath::Vhost { rings, .. })) => {
+                rings.rx_burst(queue, &mut self.rx_pool, out);
+                return;
+            }
+            Some(Some(PortPath::Memif { rings, .. })) => {
                 rings.rx_burst(queue, &mut self.rx_pool, out);
                 return;
             }
@@ -107,6 +119,15 @@ impl PacketIo for DpdkIo {
             Some(Some(PortPath::Vhost { rings, pair })) => {
                 let sent = rings.tx_burst(*pair, burst.as_slice());
                 // Vhost copies into guest buffers: every mbuf is done with.
+                Mbuf::free_bulk(burst.as_mut_slice());
+                // SAFETY: every mbuf of the burst was freed just above; it is emptied
+                // without dropping any.
+                unsafe { burst.set_len(0) };
+                return sent;
+            }
+            Some(Some(PortPath::Memif { rings, queue })) => {
+                let sent = rings.tx_burst(*queue, burst.as_slice());
+                // memif copies into the peer's buffers: every mbuf is done with.
                 Mbuf::free_bulk(burst.as_mut_slice());
                 // SAFETY: every mbuf of the burst was freed just above; it is emptied
                 // without dropping any.
