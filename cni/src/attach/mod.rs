@@ -316,7 +316,10 @@ pub(crate) mod tests {
         )
         .unwrap();
         let d = &pod_server.port.as_ref().unwrap().devargs;
-        assert!(d.starts_with("net_memif_") && d.contains("role=client"), "{d}");
+        assert!(
+            d.starts_with("net_memif_") && d.contains("role=client"),
+            "{d}"
+        );
         let parse = |extra: &str| {
             NetConf::parse(
                 format!(r#"{{"cniVersion":"1.1.0","name":"n3","type":"heddle-cni","vlan":100,"kind":"memif"{extra}}}"#)
@@ -326,7 +329,11 @@ pub(crate) mod tests {
             .unwrap_err()
         };
         let e = parse(r#","memifRole":"server","backend":"native""#);
-        assert!(e.code == 7 && e.msg.contains("backend \"dpdk\""), "{}", e.msg);
+        assert!(
+            e.code == 7 && e.msg.contains("backend \"dpdk\""),
+            "{}",
+            e.msg
+        );
         let e = parse(r#","backend":"vpp""#);
         assert!(e.msg.contains("\"native\""), "{}", e.msg);
         let k = plan(

@@ -34,9 +34,7 @@ impl IntoResponse for PortError {
             PortError::Invalid(_)
             | PortError::Device(_)
             | PortError::Vhost(_)
-            | PortError::Memif(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            | PortError::Memif(_) => StatusCode::BAD_REQUEST,
             PortError::Conflict(_) => StatusCode::CONFLICT,
             PortError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             PortError::NotFound(_) => StatusCode::NOT_FOUND,

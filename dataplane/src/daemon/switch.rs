@@ -15,11 +15,11 @@ use super::state::PortStore;
 use super::worker::{Dataplane, Shared};
 use crate::dpdk::io::{empty_paths, PortPath};
 use crate::dpdk::{DpdkError, Eal, EthPort, Mempool, PortInfo, QueueConfig};
+use heddle_core::memif::port::{MemifConfig, MemifError, MemifPort};
 use heddle_core::switch::config::{PortMode, Snapshot, SwitchPort};
 use heddle_core::switch::counters::PortTotals;
 use heddle_core::switch::io::{PortIndex, TxLock, MAX_PORTS};
 use heddle_core::switch::vlan::{Vlan, VlanSet};
-use heddle_core::memif::port::{MemifConfig, MemifError, MemifPort};
 use heddle_core::vhost::port::{
     clear_stale_socket, VhostConfig, VhostError, VhostPort, MAX_SOCKET_PATH,
 };

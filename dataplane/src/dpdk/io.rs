@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use super::rxpool::MbufPool;
 use super::{Mbuf, Mempool};
-use heddle_core::switch::io::{Burst, PacketIo, PortIndex, TxLock, MAX_PORTS};
 use heddle_core::memif::ring::MemifRings;
+use heddle_core::switch::io::{Burst, PacketIo, PortIndex, TxLock, MAX_PORTS};
 use heddle_core::vhost::ring::PortRings;
 
 /// How one worker reaches one port.

@@ -13,9 +13,9 @@
 use super::protocol::{COOKIE, MSG_SIZE};
 use super::session::{Session, Step};
 use super::testing::memfd;
+use crate::switch::io::Burst;
 use crate::switch::testing::{frame, mac, TestPacket};
 use crate::vhost::testing::VecPool;
-use crate::switch::io::Burst;
 
 /// The most records fed to one session.
 pub const MAX_RECORDS: usize = 64;

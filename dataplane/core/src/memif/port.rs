@@ -58,7 +58,9 @@ pub enum MemifError {
     #[error("native memif ports serve role=server only (the pod connects as client): for a pod that listens, use DPDK's net_memif (memif backend dpdk, devargs net_memif...,role=client)")]
     ClientRole,
     /// `queues` out of range.
-    #[error("memif devargs queues={0} is outside 1-{MAX_PAIRS}: pick a queue-pair count in that range")]
+    #[error(
+        "memif devargs queues={0} is outside 1-{MAX_PAIRS}: pick a queue-pair count in that range"
+    )]
     QueuesOutOfRange(u32),
     /// `rsize` out of range.
     #[error("memif devargs rsize={0} is outside 1-14 (log2 of the ring size)")]
@@ -267,8 +269,7 @@ fn bind(cfg: &MemifConfig) -> Result<UnixListener, MemifError> {
         source,
     };
     if cfg.owner.is_some() || cfg.group.is_some() {
-        std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group)
-            .map_err(|e| undo(perm_err(e)))?;
+        std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group).map_err(|e| undo(perm_err(e)))?;
     }
     if let Some(perm) = cfg.perm {
         std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(perm))
@@ -280,13 +281,7 @@ fn bind(cfg: &MemifConfig) -> Result<UnixListener, MemifError> {
 /// A fresh `SOCK_SEQPACKET` Unix socket (close-on-exec).
 pub fn seqpacket() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -396,7 +391,11 @@ impl Worker {
     fn refuse_busy(&self, listener: &UnixListener) {
         if let Ok((other, _)) = listener.accept() {
             let _ = other.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = send(&other, &Msg::disconnect(1, "interface already connected"), None);
+            let _ = send(
+                &other,
+                &Msg::disconnect(1, "interface already connected"),
+                None,
+            );
             self.link.busy_refusals.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -468,7 +467,11 @@ impl Worker {
         }
     }
 
-    fn install(&self, rx: Vec<Box<super::ring::ActiveQueue>>, tx: Vec<Box<super::ring::ActiveQueue>>) {
+    fn install(
+        &self,
+        rx: Vec<Box<super::ring::ActiveQueue>>,
+        tx: Vec<Box<super::ring::ActiveQueue>>,
+    ) {
         let pairs = rx.len().min(tx.len());
         for (q, a) in rx.into_iter().enumerate() {
             if let Some(slot) = self.rings.rx_slot(q) {

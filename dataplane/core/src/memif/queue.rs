@@ -620,11 +620,7 @@ impl MemifQueue {
                 // SAFETY: `dst` has `room` bytes inside a region (checked by `buffer`),
                 // `data[at..at + room]` is in bounds (`room <= data.len() - at`).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        data.as_ptr().add(at),
-                        dst,
-                        room as usize,
-                    );
+                    std::ptr::copy_nonoverlapping(data.as_ptr().add(at), dst, room as usize);
                 }
                 at += room as usize;
                 used += 1;
@@ -632,8 +628,11 @@ impl MemifQueue {
                 // SAFETY: as above: this slot's descriptor, owned by the switch until `tail`.
                 unsafe {
                     std::ptr::addr_of_mut!((*p).length).write_volatile(room);
-                    std::ptr::addr_of_mut!((*p).flags)
-                        .write_volatile(if more { DESC_FLAG_NEXT } else { 0 });
+                    std::ptr::addr_of_mut!((*p).flags).write_volatile(if more {
+                        DESC_FLAG_NEXT
+                    } else {
+                        0
+                    });
                 }
                 slot = slot.wrapping_add(1);
                 if !more {

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use super::port::{connect, recv, send};
-use super::protocol::{AddRegion, AddRing, Init, Msg, COOKIE, MODE_ETHERNET, RING_FLAG_S2M, VERSION};
+use super::protocol::{
+    AddRegion, AddRing, Init, Msg, COOKIE, MODE_ETHERNET, RING_FLAG_S2M, VERSION,
+};
 use super::queue::{
     ring_bytes, Desc, Direction, DESC_FLAG_NEXT, DESC_SIZE, HEAD_OFFSET, RING_HEADER, TAIL_OFFSET,
 };
@@ -244,6 +246,20 @@ impl SlaveMemory {
         true
     }
 
+    /// Publishes `d` as the next slot of S2M ring `q`, as is (a hostile peer's descriptor).
+    pub fn push_desc(&mut self, q: u16, d: Desc) {
+        let qi = usize::from(q);
+        let slot = self.s2m_head[qi];
+        self.set_desc(Direction::S2m, q, slot, d);
+        self.s2m_head[qi] = slot.wrapping_add(1);
+        self.set_head(Direction::S2m, q, self.s2m_head[qi]);
+    }
+
+    /// The slave's own `head` of S2M ring `q`.
+    pub fn s2m_head(&self, q: u16) -> u16 {
+        self.s2m_head[usize::from(q)]
+    }
+
     /// Posts every free M2S slot of ring `q` as an empty `buf_size` buffer.
     pub fn post_rx(&mut self, q: u16) {
         let qi = usize::from(q);
@@ -348,7 +364,9 @@ impl Slave {
             return Err(std::io::Error::other(format!("{hello:?} instead of HELLO")));
         };
         if h.max_s2m_ring + 1 < mem.pairs || h.max_log2_ring_size < mem.log2 {
-            return Err(std::io::Error::other(format!("master limits too small: {h:?}")));
+            return Err(std::io::Error::other(format!(
+                "master limits too small: {h:?}"
+            )));
         }
         let init = Msg::Init(Init {
             version: VERSION,
@@ -374,7 +392,11 @@ impl Slave {
                 send(
                     &conn,
                     &Msg::AddRing(AddRing {
-                        flags: if dir == Direction::S2m { RING_FLAG_S2M } else { 0 },
+                        flags: if dir == Direction::S2m {
+                            RING_FLAG_S2M
+                        } else {
+                            0
+                        },
                         index: q,
                         region: 0,
                         offset: mem.ring_offset(dir, q),
@@ -398,7 +420,9 @@ impl Slave {
                 mem,
                 _interrupts: interrupts,
             }),
-            other => Err(std::io::Error::other(format!("{other:?} instead of CONNECTED"))),
+            other => Err(std::io::Error::other(format!(
+                "{other:?} instead of CONNECTED"
+            ))),
         }
     }
 }

@@ -31,8 +31,14 @@ fn queues(m: &SlaveMemory) -> (MemifQueue, MemifQueue) {
         m.log2,
     )
     .unwrap();
-    let tx = MemifQueue::new(mem, Direction::M2s, 0, m.ring_offset(Direction::M2s, 0), m.log2)
-        .unwrap();
+    let tx = MemifQueue::new(
+        mem,
+        Direction::M2s,
+        0,
+        m.ring_offset(Direction::M2s, 0),
+        m.log2,
+    )
+    .unwrap();
     (rx, tx)
 }
 
@@ -40,7 +46,11 @@ fn queues(m: &SlaveMemory) -> (MemifQueue, MemifQueue) {
 fn frames_cross_both_ways_byte_identical_with_chains() {
     let mut m = SlaveMemory::new(1, 6, 1024);
     let (mut rx, mut tx) = queues(&m);
-    assert_ne!(m.flags(Direction::S2m, 0) & RING_FLAG_MASK_INT, 0, "the switch polls");
+    assert_ne!(
+        m.flags(Direction::S2m, 0) & RING_FLAG_MASK_INT,
+        0,
+        "the switch polls"
+    );
     let frames: Vec<Vec<u8>> = [60, 1024, 1500, 3000]
         .iter()
         .map(|n| frame(mac(1), mac(2), Some(7), *n))
@@ -55,7 +65,11 @@ fn frames_cross_both_ways_byte_identical_with_chains() {
     let got: Vec<Vec<u8>> = out.as_slice().iter().map(|p| p.data().to_vec()).collect();
     assert_eq!(got, frames);
     assert_eq!(st.packets, 4);
-    assert_eq!(m.tail(Direction::S2m, 0), 1 + 1 + 2 + 3, "slots handed back");
+    assert_eq!(
+        m.tail(Direction::S2m, 0),
+        1 + 1 + 2 + 3,
+        "slots handed back"
+    );
     let pkts: Vec<TestPacket> = frames.iter().map(|f| TestPacket::new(f)).collect();
     assert_eq!(tx.enqueue(&pkts, &mut st), 4);
     assert_eq!(m.recv(0), frames);
@@ -72,7 +86,11 @@ fn a_full_peer_ring_drops_counts_and_resumes() {
     let mut st = BurstStats::default();
     assert_eq!(tx.enqueue(&pkts, &mut st), 4);
     assert_eq!(st.no_peer_buffers, 2);
-    assert_eq!(tx.enqueue(&pkts, &mut st), 0, "nothing posted: nothing taken");
+    assert_eq!(
+        tx.enqueue(&pkts, &mut st),
+        0,
+        "nothing posted: nothing taken"
+    );
     assert_eq!(m.recv(0).len(), 4);
     assert_eq!(tx.enqueue(&pkts[..1], &mut st), 1, "posted again: taken");
 }
@@ -92,9 +110,27 @@ fn head_lies_break_the_ring_and_bad_descriptors_cost_one_frame() {
     }
     // Overwrite the first three descriptors with the bad ones.
     let bads = [
-        Desc { flags: 0, region: 0, length: 64, offset: m.size as u32 - 10, metadata: 0 },
-        Desc { flags: 0, region: 3, length: 64, offset: 0, metadata: 0 },
-        Desc { flags: 0, region: 0, length: u32::MAX, offset: 0, metadata: 0 },
+        Desc {
+            flags: 0,
+            region: 0,
+            length: 64,
+            offset: m.size as u32 - 10,
+            metadata: 0,
+        },
+        Desc {
+            flags: 0,
+            region: 3,
+            length: 64,
+            offset: 0,
+            metadata: 0,
+        },
+        Desc {
+            flags: 0,
+            region: 0,
+            length: u32::MAX,
+            offset: 0,
+            metadata: 0,
+        },
     ];
     for (s, d) in bads.iter().enumerate() {
         m.set_desc(Direction::S2m, 0, s as u16, *d);
@@ -123,14 +159,24 @@ fn a_transmit_buffer_outside_its_region_is_handed_back_empty() {
         Direction::M2s,
         0,
         0,
-        Desc { flags: 0, region: 0, length: 2048, offset: m.size as u32 - 100, metadata: 0 },
+        Desc {
+            flags: 0,
+            region: 0,
+            length: 2048,
+            offset: m.size as u32 - 100,
+            metadata: 0,
+        },
     );
     let f = frame(mac(1), mac(2), None, 200);
     let mut st = BurstStats::default();
     assert_eq!(tx.enqueue(&[TestPacket::new(&f)], &mut st), 1);
     assert_eq!(st.bad_descs, 1);
     let got = m.recv(0);
-    assert_eq!(got, vec![Vec::new(), f], "the bad slot comes back with length 0");
+    assert_eq!(
+        got,
+        vec![Vec::new(), f],
+        "the bad slot comes back with length 0"
+    );
 }
 
 #[test]
@@ -141,8 +187,14 @@ fn rings_that_do_not_fit_or_are_not_initialised_are_refused() {
     assert!(e(MemifQueue::new(mem.clone(), Direction::S2m, 1, 0, 4)).contains("region 1"));
     assert!(e(MemifQueue::new(mem.clone(), Direction::S2m, 0, 4, 4)).contains("multiple of 8"));
     assert!(e(MemifQueue::new(mem.clone(), Direction::S2m, 0, 0, 15)).contains("1-14"));
-    assert!(e(MemifQueue::new(mem.clone(), Direction::S2m, 0, m.size as u32 - 64, 4))
-        .contains("does not fit"));
+    assert!(e(MemifQueue::new(
+        mem.clone(),
+        Direction::S2m,
+        0,
+        m.size as u32 - 64,
+        4
+    ))
+    .contains("does not fit"));
     // Offset 8 is inside ring 0's header: no cookie there.
     assert!(e(MemifQueue::new(mem, Direction::S2m, 0, 8, 4)).contains("cookie"));
 }
@@ -176,7 +228,10 @@ fn start(dir: &std::path::Path, workers: usize) -> MemifPort {
 fn wait_up(port: &MemifPort, up: bool) {
     let began = Instant::now();
     while port.is_up() != up {
-        assert!(began.elapsed() < Duration::from_secs(5), "port up={up} not reached");
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "port up={up} not reached"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -204,9 +259,17 @@ fn a_slave_connects_over_the_socket_and_frames_flow() {
     assert!(e.contains("already connected"), "{e}");
     drop(slave);
     wait_up(&port, false);
-    assert_eq!(port.link().disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        port.link()
+            .disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     drop(port);
-    assert!(!dir.path().join("m.sock").exists(), "socket removed with the port");
+    assert!(
+        !dir.path().join("m.sock").exists(),
+        "socket removed with the port"
+    );
 }
 
 #[test]
@@ -215,18 +278,57 @@ fn wrong_id_and_out_of_order_messages_are_refused_with_a_reason() {
     let port = start(dir.path(), 1);
     let path = dir.path().join("m.sock");
     let init = |id| {
-        Msg::Init(Init { version: VERSION, id, mode: MODE_ETHERNET, secret: [0; 24] })
+        Msg::Init(Init {
+            version: VERSION,
+            id,
+            mode: MODE_ETHERNET,
+            secret: [0; 24],
+        })
     };
     let cases: Vec<(Vec<(Msg, bool)>, &str)> = vec![
         (vec![(init(4), false)], "use id=3"),
-        (vec![(Msg::Connect([0; 32]), false)], "not allowed before INIT"),
-        (vec![(init(3), false), (init(3), false)], "not allowed before CONNECT"),
-        (vec![(init(3), false), (Msg::AddRegion(AddRegion { index: 0, size: 4096 }), false)], "without the region's file"),
         (
-            vec![(init(3), false), (Msg::AddRing(AddRing { flags: RING_FLAG_S2M, index: 1, region: 0, offset: 0, log2_ring_size: 4, private_hdr_size: 0 }), false)],
+            vec![(Msg::Connect([0; 32]), false)],
+            "not allowed before INIT",
+        ),
+        (
+            vec![(init(3), false), (init(3), false)],
+            "not allowed before CONNECT",
+        ),
+        (
+            vec![
+                (init(3), false),
+                (
+                    Msg::AddRegion(AddRegion {
+                        index: 0,
+                        size: 4096,
+                    }),
+                    false,
+                ),
+            ],
+            "without the region's file",
+        ),
+        (
+            vec![
+                (init(3), false),
+                (
+                    Msg::AddRing(AddRing {
+                        flags: RING_FLAG_S2M,
+                        index: 1,
+                        region: 0,
+                        offset: 0,
+                        log2_ring_size: 4,
+                        private_hdr_size: 0,
+                    }),
+                    false,
+                ),
+            ],
             "over this port's 1 queue",
         ),
-        (vec![(init(3), false), (Msg::Connect([0; 32]), false)], "send rings 0..n"),
+        (
+            vec![(init(3), false), (Msg::Connect([0; 32]), false)],
+            "send rings 0..n",
+        ),
     ];
     for (i, (msgs, needle)) in cases.iter().enumerate() {
         let conn = Slave::open(&path).unwrap();
@@ -253,8 +355,14 @@ fn wrong_id_and_out_of_order_messages_are_refused_with_a_reason() {
     let e = expect(&conn, "reply").unwrap_err().to_string();
     assert!(e.contains("3 bytes"), "{e}");
     let mut buf = [0u8; 256];
-    assert!(recv(&conn, &mut buf).unwrap().is_none(), "closed after the refusal");
-    let errors = port.link().protocol_errors.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        recv(&conn, &mut buf).unwrap().is_none(),
+        "closed after the refusal"
+    );
+    let errors = port
+        .link()
+        .protocol_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(errors, cases.len() as u64 + 1);
     assert!(!port.is_up());
 }
@@ -266,7 +374,10 @@ fn devargs_parse_and_refuse_with_the_fix() {
         None,
     )
     .unwrap();
-    assert_eq!((c.device.as_str(), c.id, c.pairs, c.perm), ("memif7", 2, 2, Some(0o660)));
+    assert_eq!(
+        (c.device.as_str(), c.id, c.pairs, c.perm),
+        ("memif7", 2, 2, Some(0o660))
+    );
     assert!(MemifConfig::is_native("memif7,socket=/a"));
     assert!(!MemifConfig::is_native("net_memif0,socket=/a"));
     for (d, needle) in [
@@ -288,14 +399,35 @@ fn devargs_parse_and_refuse_with_the_fix() {
 fn the_protocol_fuzzer_takes_a_whole_handshake_and_empty_input() {
     super::fuzz::fuzz_protocol(&[]);
     let mut rec = vec![0u8];
-    rec.extend(Msg::Init(Init { version: VERSION, id: 0, mode: 0, secret: [0; 24] }).encode(b"f"));
+    rec.extend(
+        Msg::Init(Init {
+            version: VERSION,
+            id: 0,
+            mode: 0,
+            secret: [0; 24],
+        })
+        .encode(b"f"),
+    );
     rec.push(1 | (1 << 1));
-    rec.extend(Msg::AddRegion(AddRegion { index: 0, size: 8192 }).encode(b""));
+    rec.extend(
+        Msg::AddRegion(AddRegion {
+            index: 0,
+            size: 8192,
+        })
+        .encode(b""),
+    );
     for flags in [RING_FLAG_S2M, 0] {
         rec.push(0);
         rec.extend(
-            Msg::AddRing(AddRing { flags, index: 0, region: 0, offset: if flags == 0 { 1024 } else { 0 }, log2_ring_size: 4, private_hdr_size: 0 })
-                .encode(b""),
+            Msg::AddRing(AddRing {
+                flags,
+                index: 0,
+                region: 0,
+                offset: if flags == 0 { 1024 } else { 0 },
+                log2_ring_size: 4,
+                private_hdr_size: 0,
+            })
+            .encode(b""),
         );
     }
     rec.push(0);
