@@ -469,18 +469,18 @@ impl Worker {
 
     fn install(
         &self,
-        rx: Vec<Box<super::ring::ActiveQueue>>,
-        tx: Vec<Box<super::ring::ActiveQueue>>,
+        rx: Vec<super::ring::ActiveQueue>,
+        tx: Vec<super::ring::ActiveQueue>,
     ) {
         let pairs = rx.len().min(tx.len());
         for (q, a) in rx.into_iter().enumerate() {
             if let Some(slot) = self.rings.rx_slot(q) {
-                drop(slot.install(a)); // slots are empty between connections
+                drop(slot.install(Box::new(a))); // slots are empty between connections
             }
         }
         for (q, a) in tx.into_iter().enumerate() {
             if let Some(slot) = self.rings.tx_slot(q) {
-                drop(slot.install(a));
+                drop(slot.install(Box::new(a)));
             }
         }
         self.rings

@@ -13,7 +13,7 @@ pub const MSG_SIZE: usize = 128;
 /// Protocol version 2.0 as `major << 8 | minor`.
 pub const VERSION: u16 = 0x0200;
 /// The value a ring's `cookie` field holds once the slave initialised it.
-pub const COOKIE: u32 = 0x3E31_F20;
+pub const COOKIE: u32 = 0x03E3_1F20;
 /// Longest name (`HELLO`, `INIT`, `CONNECT`, `CONNECTED`), NUL padded.
 pub const NAME_LEN: usize = 32;
 /// Secret length in `INIT`.

@@ -365,7 +365,7 @@ impl MemifQueue {
         if log2 == 0 || log2 > MAX_LOG2_RING {
             return Err(RingError::Size(log2));
         }
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(RingError::Unaligned(offset));
         }
         let bytes = ring_bytes(log2);

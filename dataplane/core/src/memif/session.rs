@@ -110,9 +110,9 @@ pub enum Step {
         /// The reply.
         reply: Msg,
         /// Slave-to-master rings, queue 0 first.
-        rx: Vec<Box<ActiveQueue>>,
+        rx: Vec<ActiveQueue>,
         /// Master-to-slave rings, queue 0 first.
-        tx: Vec<Box<ActiveQueue>>,
+        tx: Vec<ActiveQueue>,
     },
     /// The peer said `DISCONNECT`: close without reply.
     Disconnect(String),
@@ -302,7 +302,7 @@ impl Session {
     }
 
     #[allow(clippy::type_complexity)]
-    fn connect(&mut self) -> Result<(Vec<Box<ActiveQueue>>, Vec<Box<ActiveQueue>>), SessionError> {
+    fn connect(&mut self) -> Result<(Vec<ActiveQueue>, Vec<ActiveQueue>), SessionError> {
         let count = |s2m: bool| {
             self.rings
                 .iter()
@@ -322,8 +322,8 @@ impl Session {
             return Err(SessionError::MissingRings { s2m, m2s });
         }
         let mem: Arc<MemifMemory> = Arc::new(std::mem::take(&mut self.regions).build());
-        let mut rx: Vec<Option<Box<ActiveQueue>>> = (0..s2m).map(|_| None).collect();
-        let mut tx: Vec<Option<Box<ActiveQueue>>> = (0..m2s).map(|_| None).collect();
+        let mut rx: Vec<Option<ActiveQueue>> = (0..s2m).map(|_| None).collect();
+        let mut tx: Vec<Option<ActiveQueue>> = (0..m2s).map(|_| None).collect();
         for p in self.rings.drain(..) {
             let s = p.spec;
             let dir = if s.flags & RING_FLAG_S2M != 0 {
@@ -332,10 +332,10 @@ impl Session {
                 Direction::M2s
             };
             let queue = MemifQueue::new(mem.clone(), dir, s.region, s.offset, s.log2_ring_size)?;
-            let active = Box::new(ActiveQueue {
+            let active = ActiveQueue {
                 queue,
                 interrupt: p.interrupt,
-            });
+            };
             let table = if dir == Direction::S2m {
                 &mut rx
             } else {
