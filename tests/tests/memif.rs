@@ -373,6 +373,12 @@ fn a_hostile_memif_peer_has_its_ring_broken_and_counted_while_other_ports_forwar
     ensure!(h.broken_rings == 1 && h.bad_descs == 2, "{h:?}");
     // The peer reconnecting gets fresh rings: the port is not broken for good.
     drop(slave);
+    wait_until(
+        "the switch to see the hostile peer gone",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || Ok((!memif_of(&client.stats()?, "hostile")?.connected).then_some(())),
+    )?;
     let mut again = Slave::connect(&sh, 0, SlaveMemory::new(1, 6, 2048))?;
     let rx0 = rx_tx(&client.stats()?, "hostile").0;
     ensure!(again.mem.send(0, &[0xffu8; 64]));

@@ -415,10 +415,12 @@ impl Worker {
             while !self.stop.load(Ordering::Relaxed) {
                 let [conn_ready, listener_ready, _] =
                     poll_fds([fd, listener.as_raw_fd(), self.wake.as_raw_fd()], 1000);
-                if listener_ready {
-                    self.refuse_busy(listener);
-                }
                 if !conn_ready {
+                    // Only while this connection is live: a peer that left and came back
+                    // at once has its end-of-file read first (below), then is accepted.
+                    if listener_ready {
+                        self.refuse_busy(listener);
+                    }
                     continue;
                 }
                 let (n, file) = match recv(&stream, &mut buf) {
