@@ -469,11 +469,7 @@ impl Worker {
         }
     }
 
-    fn install(
-        &self,
-        rx: Vec<super::ring::ActiveQueue>,
-        tx: Vec<super::ring::ActiveQueue>,
-    ) {
+    fn install(&self, rx: Vec<super::ring::ActiveQueue>, tx: Vec<super::ring::ActiveQueue>) {
         let pairs = rx.len().min(tx.len());
         for (q, a) in rx.into_iter().enumerate() {
             if let Some(slot) = self.rings.rx_slot(q) {
