@@ -24,6 +24,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/heddle/cni";
 /// vhost-user backend when the config names none: heddle-switch's own (Rust) backend.
 /// `backend: dpdk` selects DPDK's `net_vhost` instead.
 pub const DEFAULT_VHOST_BACKEND: VhostBackend = VhostBackend::Native;
+/// memif backend when the config names none: heddle-switch's own (Rust) memif, for the
+/// switch-as-server role; `backend: dpdk` selects DPDK's `net_memif` (and a pod that is the
+/// memif server, `memifRole: server`, gets `net_memif` unless the config says otherwise).
+pub const DEFAULT_MEMIF_BACKEND: MemifBackend = MemifBackend::Native;
 /// Default host directory of the device plugin's devices ([`crate::devices`]).
 pub const DEFAULT_DEVICE_ROOT: &str = crate::devices::DEFAULT_DEVICE_ROOT;
 /// Default kubelet PodResources socket, asked which devices a pod holds.
@@ -67,6 +71,16 @@ pub enum VhostBackend {
 /// The largest MTU a switch port takes (the switch's `MAX_MTU`).
 pub const SWITCH_MAX_MTU: u32 = 9216;
 
+/// Which heddle-switch port kind serves a memif socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemifBackend {
+    /// DPDK's `net_memif` (socket owner and mode set by heddle-cni after the port is added).
+    Dpdk,
+    /// heddle-switch's own memif port (`memif-<id>`, owner and mode in devargs; the switch
+    /// is the memif server).
+    Native,
+}
+
 /// What kind of interface the pod gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 
@@ -87,6 +101,8 @@ pub enum Kind {
         switch_is_server: bool,
         /// Ring size (a power of two, 2..=16384).
         ring_size: u32,
+        /// The switch port kind behind the socket.
+        backend: MemifBackend,
     },
     /// A veth pair: the pod end in the pod's netns, the host end an AF_PACKET switch port.
     Kernel,
@@ -424,9 +440,27 @@ impl NetConf {
                         format!("got {ring_size}"),
                     ));
                 }
+                let backend = match (c.backend.as_deref(), switch_is_server) {
+                    (None, true) => DEFAULT_MEMIF_BACKEND,
+                    (None, false) | (Some("dpdk"), _) => MemifBackend::Dpdk,
+                    (Some("native"), true) => MemifBackend::Native,
+                    (Some("native"), false) => {
+                        return Err(CniError::config(
+                            "backend \"native\" serves memif as the server only: use memifRole \"client\" (the pod connects) or backend \"dpdk\" for a pod that is the memif server",
+                            "got backend \"native\" with memifRole \"server\"".to_owned(),
+                        ))
+                    }
+                    (Some(other), _) => {
+                        return Err(CniError::config(
+                            "backend must be \"native\" (heddle-switch's own memif, the default) or \"dpdk\" (DPDK net_memif)",
+                            format!("got {other:?}"),
+                        ))
+                    }
+                };
                 Kind::Memif {
                     switch_is_server,
                     ring_size,
+                    backend,
                 }
             }
             Some("kernel") => Kind::Kernel,

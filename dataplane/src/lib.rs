@@ -7,4 +7,4 @@ pub mod dpdk;
 
 /// The switching core ([`heddle_core`]), re-exported so `heddle_dataplane::switch` and
 /// `heddle_dataplane::vhost` keep naming it.
-pub use heddle_core::{switch, vhost};
+pub use heddle_core::{memif, switch, vhost};

@@ -22,6 +22,10 @@ const TARGETS: &[(&str, Target)] = &[
     ),
     ("api_body", heddle_dataplane::daemon::fuzz::fuzz_api_body),
     ("config", heddle_dataplane::daemon::fuzz::fuzz_config),
+    (
+        "memif_protocol",
+        heddle_dataplane::memif::fuzz::fuzz_protocol,
+    ),
 ];
 
 fn fuzz_dir() -> PathBuf {

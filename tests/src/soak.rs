@@ -60,7 +60,8 @@ pub struct SoakConfig {
     /// instead of two vhost-user pods). DPDK 22.11's `net_memif` unmaps a memif port's
     /// shared memory in its interrupt thread when the peer goes away, while the PMD worker
     /// may be reading the ring: the switch dies with SIGSEGV in `librte_net_memif` (seen
-    /// after about 115 such crashes). Off by default until memif ports are native.
+    /// after about 115 such crashes). heddle-cni's memif ports are native now (they unmap
+    /// only after the workers let go); off by default until a full soak has run with it.
     pub crash_memif: bool,
 }
 

@@ -300,10 +300,52 @@ pub(crate) mod tests {
         .unwrap();
         let d = &p.port.as_ref().unwrap().devargs;
         assert!(
-            d.contains("role=server") && d.contains("rsize=11") && d.contains("socket-abstract=no"),
-            "{d}"
+            d.starts_with("memif-") && d.contains("role=server") && d.contains("perm=0660"),
+            "the native memif port by default: {d}"
         );
         assert_eq!(p.socket.unwrap().device_info["memif"]["role"], "slave");
+        let dpdk = plan(
+            &conf(r#","kind":"memif","ringSize":2048,"backend":"dpdk""#),
+            &inv("abc", "m0"),
+            None,
+        )
+        .unwrap();
+        let d = &dpdk.port.as_ref().unwrap().devargs;
+        assert!(
+            d.starts_with("net_memif_")
+                && d.contains("role=server")
+                && d.contains("rsize=11")
+                && d.contains("socket-abstract=no"),
+            "{d}"
+        );
+        // A pod that is the memif server gets net_memif (the native port serves only).
+        let pod_server = plan(
+            &conf(r#","kind":"memif","memifRole":"server""#),
+            &inv("abc", "m0"),
+            None,
+        )
+        .unwrap();
+        let d = &pod_server.port.as_ref().unwrap().devargs;
+        assert!(
+            d.starts_with("net_memif_") && d.contains("role=client"),
+            "{d}"
+        );
+        let parse = |extra: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.1.0","name":"n3","type":"heddle-cni","vlan":100,"kind":"memif"{extra}}}"#)
+                    .as_bytes(),
+                true,
+            )
+            .unwrap_err()
+        };
+        let e = parse(r#","memifRole":"server","backend":"native""#);
+        assert!(
+            e.code == 7 && e.msg.contains("backend \"dpdk\""),
+            "{}",
+            e.msg
+        );
+        let e = parse(r#","backend":"vpp""#);
+        assert!(e.msg.contains("\"native\""), "{}", e.msg);
         let k = plan(
             &conf(r#","kind":"kernel","mac":"02:11:22:33:44:55""#),
             &inv("abc", "eth0"),

@@ -240,6 +240,40 @@ pub struct PortStats {
     /// Native vhost-user ports: the connection and the rings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhost: Option<VhostStats>,
+    /// Native memif ports: the connection and the rings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memif: Option<MemifStats>,
+}
+
+/// What a native memif port saw of its peer (the pod's memif client).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemifStats {
+    /// A peer is connected and its rings run.
+    pub connected: bool,
+    /// Queue pairs running.
+    pub queue_pairs: u16,
+    /// Queue pairs the port offers.
+    pub queue_pairs_offered: u16,
+    /// Connections accepted.
+    pub connects: u64,
+    /// Connections ended.
+    pub disconnects: u64,
+    /// Connections refused or ended for a malformed or out-of-order message, or a region
+    /// or ring the port does not accept.
+    pub protocol_errors: u64,
+    /// Connections refused because a peer was already connected.
+    pub busy_refusals: u64,
+    /// Descriptors naming memory outside their region (their frame dropped).
+    pub bad_descs: u64,
+    /// Peer frames larger than a switch buffer (dropped).
+    pub oversize: u64,
+    /// Times receiving stopped because the buffer pool was empty.
+    pub no_mbufs: u64,
+    /// Frames the peer had no buffers for.
+    pub no_peer_buffers: u64,
+    /// Rings the switch stopped using because the peer broke them (a `head` more than the
+    /// ring size ahead).
+    pub broken_rings: u64,
 }
 
 /// What a native vhost-user port saw of its frontend.

@@ -30,9 +30,11 @@ impl IntoResponse for PortError {
     fn into_response(self) -> Response {
         let status = match self {
             PortError::Vhost(ref e) if e.is_conflict() => StatusCode::CONFLICT,
-            PortError::Invalid(_) | PortError::Device(_) | PortError::Vhost(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            PortError::Memif(ref e) if e.is_conflict() => StatusCode::CONFLICT,
+            PortError::Invalid(_)
+            | PortError::Device(_)
+            | PortError::Vhost(_)
+            | PortError::Memif(_) => StatusCode::BAD_REQUEST,
             PortError::Conflict(_) => StatusCode::CONFLICT,
             PortError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             PortError::NotFound(_) => StatusCode::NOT_FOUND,

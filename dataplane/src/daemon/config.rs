@@ -419,6 +419,10 @@ pub fn validate_port(p: &PortSpec) -> Result<(), String> {
         heddle_core::vhost::port::VhostConfig::parse(&p.devargs, p.queues)
             .map_err(|e| format!("port {:?}: {e}", p.name))?;
     }
+    if heddle_core::memif::port::MemifConfig::is_native(&p.devargs) {
+        heddle_core::memif::port::MemifConfig::parse(&p.devargs, p.queues)
+            .map_err(|e| format!("port {:?}: {e}", p.name))?;
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use super::state::PortStore;
 use super::worker::{Dataplane, Shared};
 use crate::dpdk::io::{empty_paths, PortPath};
 use crate::dpdk::{DpdkError, Eal, EthPort, Mempool, PortInfo, QueueConfig};
+use heddle_core::memif::port::{MemifConfig, MemifError, MemifPort};
 use heddle_core::switch::config::{
     PortMode, Snapshot, SwitchPort, DEFAULT_MTU, ETH_HLEN, VLAN_HLEN,
 };
@@ -40,6 +41,9 @@ pub enum PortError {
     /// A native vhost-user port's devargs were refused, or its socket could not be set up.
     #[error(transparent)]
     Vhost(#[from] VhostError),
+    /// A native memif port's devargs were refused, or its socket could not be set up.
+    #[error(transparent)]
+    Memif(#[from] MemifError),
     /// No port by that name.
     #[error("{0}")]
     NotFound(String),
@@ -62,6 +66,8 @@ enum Device {
     },
     /// A native vhost-user port (not an ethdev).
     Vhost(VhostPort),
+    /// A native memif port (not an ethdev).
+    Memif(MemifPort),
 }
 
 impl Device {
@@ -69,6 +75,7 @@ impl Device {
         match self {
             Device::Eth { queues, .. } => queues.rx_queues,
             Device::Vhost(v) => v.config().pairs,
+            Device::Memif(m) => m.config().pairs,
         }
     }
 
@@ -197,6 +204,26 @@ fn clear_stale_vhost_socket(devargs: &str) -> Result<(), PortError> {
         )));
     }
     Ok(clear_stale_socket(&path)?)
+}
+
+fn memif_stats(m: &MemifPort) -> heddle_api::MemifStats {
+    let r = &m.rings().counters;
+    let l = m.link();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    heddle_api::MemifStats {
+        connected: m.is_up(),
+        queue_pairs: m.rings().pairs_in_use.load(Ordering::Relaxed),
+        queue_pairs_offered: m.config().pairs,
+        connects: get(&l.connects),
+        disconnects: get(&l.disconnects),
+        protocol_errors: get(&l.protocol_errors),
+        busy_refusals: get(&l.busy_refusals),
+        bad_descs: get(&r.bad_descs),
+        oversize: get(&r.oversize),
+        no_mbufs: get(&r.no_mbufs),
+        no_peer_buffers: get(&r.no_peer_buffers),
+        broken_rings: get(&r.broken_rings),
+    }
 }
 
 fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
@@ -364,6 +391,17 @@ impl SwitchCtl {
                 Arc::new(move || shared.synchronize_unless(&unreachable)),
             )?;
             Device::Vhost(port)
+        } else if MemifConfig::is_native(&spec.devargs) {
+            let config = MemifConfig::parse(&spec.devargs, spec.queues)?;
+            let shared = self.shared.clone();
+            let unreachable = unreachable.clone();
+            let port = MemifPort::start(
+                &spec.name,
+                config,
+                self.workers.len(),
+                Arc::new(move || shared.synchronize_unless(&unreachable)),
+            )?;
+            Device::Memif(port)
         } else {
             self.start_ethdev(&spec)?
         };
@@ -668,6 +706,10 @@ impl SwitchCtl {
                         rings: v.rings().clone(),
                         pair: (w as u16) % v.config().pairs,
                     },
+                    Device::Memif(m) => PortPath::Memif {
+                        rings: m.rings().clone(),
+                        queue: (w as u16) % m.config().pairs,
+                    },
                 });
             }
             for &(w, q) in &p.rx_assign {
@@ -707,6 +749,16 @@ impl SwitchCtl {
                 tx_queues: v.config().pairs,
                 origin: p.origin,
             },
+            Device::Memif(m) => PortStatus {
+                spec: p.spec.clone(),
+                index: p.index,
+                dpdk_port: None,
+                driver: "memif".to_owned(),
+                link_up: m.is_up(),
+                rx_queues: m.config().pairs,
+                tx_queues: m.config().pairs,
+                origin: p.origin,
+            },
         }
     }
 
@@ -733,6 +785,7 @@ impl SwitchCtl {
         let mut ports = Vec::new();
         for p in self.ports.values() {
             let sum = heddle_core::switch::counters::sum_port(&self.shared.counters, p.index);
+            let mut memif = None;
             let (device, vhost) = match &p.device {
                 Device::Eth { eth, .. } => {
                     let dev = eth.stats().unwrap_or_default();
@@ -762,6 +815,21 @@ impl SwitchCtl {
                         Some(st),
                     )
                 }
+                Device::Memif(m) => {
+                    let st = memif_stats(m);
+                    memif = Some(st);
+                    (
+                        heddle_api::DeviceStats {
+                            ipackets: sum.rx_packets,
+                            opackets: sum.tx_packets,
+                            imissed: st.no_mbufs,
+                            ierrors: st.bad_descs + st.oversize,
+                            oerrors: st.no_peer_buffers,
+                            rx_nombuf: st.no_mbufs,
+                        },
+                        None,
+                    )
+                }
             };
             ports.push(PortStats {
                 name: p.spec.name.clone(),
@@ -775,6 +843,7 @@ impl SwitchCtl {
                     .collect(),
                 device,
                 vhost,
+                memif,
             });
         }
         let pmd = self

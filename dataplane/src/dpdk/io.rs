@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::rxpool::MbufPool;
 use super::{Mbuf, Mempool};
+use heddle_core::memif::ring::MemifRings;
 use heddle_core::switch::io::{Burst, Packet, PacketIo, PortIndex, TxLock, MAX_PORTS};
 use heddle_core::vhost::ring::PortRings;
 
@@ -31,6 +32,13 @@ pub enum PortPath {
         /// This worker's queue pair for transmitting into the guest.
         pair: u16,
     },
+    /// A native memif port: its rings, and the queue this worker transmits on.
+    Memif {
+        /// The port's rings.
+        rings: Arc<MemifRings>,
+        /// This worker's transmit queue.
+        queue: u16,
+    },
 }
 
 /// The per-worker table of port paths, indexed by [`PortIndex`]. Built by the control plane
@@ -46,7 +54,7 @@ pub fn empty_paths() -> PortPaths {
 pub struct DpdkIo {
     paths: Arc<PortPaths>,
     pool: Arc<Mempool>,
-    /// Buffers for frames copied out of native vhost-user guests.
+    /// Buffers for frames copied out of native vhost-user guests and memif peers.
     rx_pool: MbufPool,
     /// Jumbo buffers for flood copies of frames that do not fit `pool`'s, and the largest
     /// frame `pool`'s buffers take.
@@ -94,6 +102,10 @@ impl PacketIo for DpdkIo {
                 rings.rx_burst(queue, &mut self.rx_pool, out);
                 return;
             }
+            Some(Some(PortPath::Memif { rings, .. })) => {
+                rings.rx_burst(queue, &mut self.rx_pool, out);
+                return;
+            }
             _ => return,
         };
         let room = out.room() as u16;
@@ -124,6 +136,15 @@ impl PacketIo for DpdkIo {
             Some(Some(PortPath::Vhost { rings, pair })) => {
                 let sent = rings.tx_burst(*pair, burst.as_slice());
                 // Vhost copies into guest buffers: every mbuf is done with.
+                Mbuf::free_bulk(burst.as_mut_slice());
+                // SAFETY: every mbuf of the burst was freed just above; it is emptied
+                // without dropping any.
+                unsafe { burst.set_len(0) };
+                return sent;
+            }
+            Some(Some(PortPath::Memif { rings, queue })) => {
+                let sent = rings.tx_burst(*queue, burst.as_slice());
+                // memif copies into the peer's buffers: every mbuf is done with.
                 Mbuf::free_bulk(burst.as_mut_slice());
                 // SAFETY: every mbuf of the burst was freed just above; it is emptied
                 // without dropping any.

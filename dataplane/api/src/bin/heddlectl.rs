@@ -441,6 +441,20 @@ fn print_stats(s: &StatsReply, prev: Option<(&StatsReply, f64)>) {
         s.fdb.entries, s.fdb.capacity, s.fdb.learned, s.fdb.moves, s.fdb.full, s.fdb.aged
     );
     for p in &s.ports {
+        if let Some(m) = &p.memif {
+            println!(
+                "{}: memif {}, {} of {} queue pair(s), connects {}, protocol errors {}, bad descriptors {}, broken rings {}, no peer buffers {}",
+                p.name,
+                if m.connected { "connected" } else { "waiting for its peer" },
+                m.queue_pairs,
+                m.queue_pairs_offered,
+                m.connects,
+                m.protocol_errors,
+                m.bad_descs,
+                m.broken_rings,
+                m.no_peer_buffers
+            );
+        }
         if let Some(v) = &p.vhost {
             if v.queue_pair_mismatches > 0 {
                 println!(

@@ -395,6 +395,12 @@ impl GuestMemory {
             .find_map(|r| inside(r.spec.user_addr, r.spec.size, r.host, uva, len))
     }
 
+    /// Host address and size of region `index` (in the order given), if there is one.
+    /// The `size` bytes from the address stay mapped for as long as `self` lives.
+    pub fn region_host(&self, index: usize) -> Option<(NonNull<u8>, u64)> {
+        self.regions.get(index).map(|r| (r.host, r.spec.size))
+    }
+
     /// The regions, in the order the frontend sent them.
     pub fn regions(&self) -> impl Iterator<Item = &RegionSpec> {
         self.regions.iter().map(|r| &r.spec)
