@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use heddle_dataplane::dpdk::io::{empty_paths, DpdkIo, PortPath};
 use heddle_dataplane::dpdk::{Eal, EthPort, Mbuf, Mempool, QueueConfig};
+use heddle_dataplane::switch::config::DEFAULT_MTU;
 use heddle_dataplane::switch::io::{Burst, PacketIo, BURST};
 use heddle_dataplane::switch::testing::{frame, mac};
 
@@ -54,13 +55,13 @@ fn rig() -> Rig {
         sock.display()
     ))
     .expect("memif server");
-    server.start(q, &pool).expect("start server");
+    server.start(q, &pool, DEFAULT_MTU).expect("start server");
     let mut client = EthPort::probe(&format!(
         "net_memif1,role=client,socket={},socket-abstract=no,id=0",
         sock.display()
     ))
     .expect("memif client");
-    client.start(q, &pool).expect("start client");
+    client.start(q, &pool, DEFAULT_MTU).expect("start client");
     let t = Instant::now();
     while !(server.link().up && client.link().up) {
         assert!(

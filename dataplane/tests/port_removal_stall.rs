@@ -63,8 +63,7 @@ fn removing_a_port_under_a_stalled_worker_returns_and_frees_only_after_the_worke
     let mut ctl = SwitchCtl::new(
         shared.clone(),
         eal,
-        pool,
-        jumbo,
+        (pool, jumbo),
         vec![WorkerPlace { lcore: 0, cpu: 0 }],
         PortStore::open(&dir.path().join("state")).unwrap(),
         (256, 256),

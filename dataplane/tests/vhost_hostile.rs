@@ -523,7 +523,8 @@ fn hostile_inflight_regions_are_refused_or_break_only_their_ring() {
     // Region states no switch writes (offsets: split queue region, 16-byte header, 16-byte
     // entries with `inflight` at 0, `next` at 6, `counter` at 8): the ring is refused and
     // counted, the good port forwards on.
-    let corrupt: Vec<(&str, Box<dyn Fn(&TrackedGuest)>)> = vec![
+    type Corruption<'a> = (&'a str, Box<dyn Fn(&TrackedGuest)>);
+    let corrupt: Vec<Corruption> = vec![
         ("an inflight flag of 7", Box::new(|g| g.poke(16, 7u8))),
         (
             "two descriptors in flight with one counter",

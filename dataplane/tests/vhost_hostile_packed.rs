@@ -18,8 +18,8 @@ use common::{
     guest_memory, negotiate, quiesce, send_mem_table, set_up_tx_ring, start_port, wait, Worker,
     BUFS, DESC, HDR, SIZE,
 };
-use heddle_dataplane::vhost::packed::{DESC_F_AVAIL, DESC_F_USED};
 use heddle_dataplane::switch::config::MAX_FRAME;
+use heddle_dataplane::vhost::packed::{DESC_F_AVAIL, DESC_F_USED};
 use heddle_dataplane::vhost::port::VhostPort;
 use heddle_dataplane::vhost::virtq::feature;
 use vhost::vhost_user::Frontend;
@@ -251,7 +251,11 @@ fn a_hostile_packed_guest_is_contained_while_a_good_one_keeps_forwarding() {
             Box::new(move |g| {
                 let last = (HDR + MAX_FRAME + 1 - 8000) as u32;
                 g.post(
-                    &[(buf, 4000, F_NEXT), (buf + 4000, 4000, F_NEXT), (buf + 8000, last, 0)],
+                    &[
+                        (buf, 4000, F_NEXT),
+                        (buf + 4000, 4000, F_NEXT),
+                        (buf + 8000, last, 0),
+                    ],
                     8,
                     None,
                 )
@@ -263,7 +267,11 @@ fn a_hostile_packed_guest_is_contained_while_a_good_one_keeps_forwarding() {
         let b0 = bad_rx.load(Ordering::Relaxed);
         let last = (HDR + MAX_FRAME - 8000) as u32;
         bad.post(
-            &[(buf, 4000, F_NEXT), (buf + 4000, 4000, F_NEXT), (buf + 8000, last, 0)],
+            &[
+                (buf, 4000, F_NEXT),
+                (buf + 4000, 4000, F_NEXT),
+                (buf + 8000, last, 0),
+            ],
             9,
             None,
         );

@@ -372,7 +372,7 @@ fn mtu_is_in_the_config_space_and_net_set_mtu_is_bounded_by_the_port_mtu() {
         body.extend_from_slice(&offset.to_le_bytes());
         body.extend_from_slice(&size.to_le_bytes());
         body.extend_from_slice(&0u32.to_le_bytes());
-        body.extend(std::iter::repeat(0u8).take(size as usize));
+        body.extend(std::iter::repeat_n(0u8, size as usize));
         let r = request(s, GET_CONFIG, 0, &body, true);
         assert_eq!(u32::from_le_bytes(r[4..8].try_into().unwrap()), size);
         r[12..].to_vec()

@@ -201,6 +201,7 @@ fn memif_ports_added_and_removed_with_a_peer_connected_leave_no_descriptor() -> 
         mode: PortMode::Access { vlan: 10 },
         mac: None,
         queues: None,
+        mtu: None,
     };
     let cycle = |peer_leaves_first: bool| -> Result<()> {
         client.add_port(&spec)?;

@@ -138,8 +138,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut ctl = SwitchCtl::new(
         shared.clone(),
         eal,
-        pool.clone(),
-        jumbo.clone(),
+        (pool.clone(), jumbo.clone()),
         places.clone(),
         store,
         (cfg.mbufs.rx_ring, cfg.mbufs.tx_ring),

@@ -250,12 +250,12 @@ fn vhost_stats(v: &VhostPort) -> heddle_api::VhostStats {
 }
 
 impl SwitchCtl {
-    /// A switch with no ports, whose workers are not yet launched.
+    /// A switch with no ports, whose workers are not yet launched. `pools` are the main
+    /// mbuf pool and the jumbo pool (frames above 2 KiB).
     pub fn new(
         shared: Arc<Shared>,
         eal: &'static Eal,
-        pool: Arc<Mempool>,
-        jumbo: Arc<Mempool>,
+        (pool, jumbo): (Arc<Mempool>, Arc<Mempool>),
         workers: Vec<WorkerPlace>,
         store: PortStore,
         rings: (u16, u16),

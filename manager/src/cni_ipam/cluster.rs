@@ -160,9 +160,7 @@ pub fn run(req: &Request, inv: &Invocation) -> Result<Option<Value>, CniError> {
                 e.to_string(),
             )
         })?;
-    rt.block_on(async {
-        run_with(client(kubeconfig.as_deref()).await?, req, inv).await
-    })
+    rt.block_on(async { run_with(client(kubeconfig.as_deref()).await?, req, inv).await })
 }
 
 /// Whether `n` can be a Kubernetes node name (an RFC 1123 subdomain).
@@ -208,8 +206,13 @@ pub fn node_name(
         };
         let Some((n, path)) = from_kubeconfig else {
             let where_kc = match kubeconfig {
-                Some(k) => format!("the {NODE_EXTENSION} extension of {}'s current context", k.display()),
-                None => format!("an ipam.kubeconfig whose current context has the {NODE_EXTENSION} extension"),
+                Some(k) => format!(
+                    "the {NODE_EXTENSION} extension of {}'s current context",
+                    k.display()
+                ),
+                None => format!(
+                    "an ipam.kubeconfig whose current context has the {NODE_EXTENSION} extension"
+                ),
             };
             return Err(CniError::config(
                 format!("heddle-ipam cluster mode cannot tell which Kubernetes node this is: set ipam.node, or the NODE_NAME environment variable, or {where_kc} (extension: {{nodeName: <node>}}; the chart's install-cni init container writes it from the pod's spec.nodeName)"),
@@ -290,14 +293,13 @@ pub async fn run_on(
             "is heddle-manager running?",
         )
     };
-    let node =
-        node_name(node.as_deref(), env_node, kubeconfig.as_deref()).map_err(|e| {
-            match inv.command {
-                // STATUS reports "not available" (50) whatever the cause.
-                Command::Status => CniError::new(code::NOT_AVAILABLE, e.msg, e.details),
-                _ => e,
-            }
-        })?;
+    let node = node_name(node.as_deref(), env_node, kubeconfig.as_deref()).map_err(|e| {
+        match inv.command {
+            // STATUS reports "not available" (50) whatever the cause.
+            Command::Status => CniError::new(code::NOT_AVAILABLE, e.msg, e.details),
+            _ => e,
+        }
+    })?;
     let allocator = BlockAllocator::new(
         Api::<NetworkAddressBlock>::namespaced(client, &alloc_ns),
         &alloc_name,
@@ -404,8 +406,6 @@ mod node_tests {
         (out.status, err, kubeconfig)
     }
 
-
-
     #[tokio::test]
     async fn the_kubeconfig_install_cni_writes_names_the_node_and_is_a_usable_kubeconfig() {
         let dir = tempfile::tempdir().unwrap();
@@ -435,8 +435,14 @@ mod node_tests {
             node_name(None, None, Some(&path)).unwrap(),
             "worker-7.example.com"
         );
-        assert_eq!(node_name(Some("node-a"), None, Some(&path)).unwrap(), "node-a");
-        assert_eq!(node_name(None, Some("node-b"), Some(&path)).unwrap(), "node-b");
+        assert_eq!(
+            node_name(Some("node-a"), None, Some(&path)).unwrap(),
+            "node-a"
+        );
+        assert_eq!(
+            node_name(None, Some("node-b"), Some(&path)).unwrap(),
+            "node-b"
+        );
     }
 
     #[test]

@@ -431,7 +431,9 @@ async fn cluster_static_request_and_gc_touches_nothing() {
 /// chart's install-cni writes it (`None`: no extension).
 fn kubeconfig_naming(path: &std::path::Path, node: Option<&str>) {
     let ext = node.map_or(String::new(), |n| {
-        format!("\n    extensions:\n    - name: heddle.dev/node\n      extension: {{nodeName: {n}}}")
+        format!(
+            "\n    extensions:\n    - name: heddle.dev/node\n      extension: {{nodeName: {n}}}"
+        )
     });
     std::fs::write(
         path,
