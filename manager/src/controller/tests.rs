@@ -190,8 +190,9 @@ async fn new_network_gets_a_vlan_an_allocation_object_a_nad_and_status() {
     let config: Value = serde_json::from_str(nad["spec"]["config"].as_str().unwrap()).unwrap();
     assert_eq!(
         config,
+        // The provider network's mtu (9000) is the pods' and their ports'.
         json!({"cniVersion": "1.1.0", "type": "heddle-cni", "name": "n3", "network": "ns1/n3", "kind": "vhost-user", "vlan": 101,
-               "resourceName": "heddle.dev/vhost-user",
+               "mtu": 9000, "resourceName": "heddle.dev/vhost-user",
                "capabilities": {"deviceID": true, "CNIDeviceInfoFile": true}})
     );
     let reply = serde_json::to_value(&net).unwrap();
