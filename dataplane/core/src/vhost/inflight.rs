@@ -57,7 +57,7 @@ use std::sync::Arc;
 
 use vhost::vhost_user::message::{DescStatePacked, DescStateSplit, QueueRegionSplit};
 
-use super::virtq::MAX_QUEUE_SIZE;
+use super::layout::MAX_QUEUE_SIZE;
 
 /// Bytes of a split queue region's header (`desc` starts here).
 pub const SPLIT_HEADER: usize = 16;
@@ -446,7 +446,7 @@ pub fn attach(
             region: n,
         });
     }
-    let packed = features & super::virtq::feature::RING_PACKED != 0;
+    let packed = features & super::layout::feature::RING_PACKED != 0;
     let corrupt = |what| InflightError::Corrupt { vring, what };
     let (version, desc_num, rec_features) = if packed {
         (
@@ -461,7 +461,7 @@ pub fn attach(
             q.u64_at(S_FEATURES),
         )
     };
-    let same_layout = (rec_features & super::virtq::feature::RING_PACKED != 0) == packed;
+    let same_layout = (rec_features & super::layout::feature::RING_PACKED != 0) == packed;
     if version == 0 || !same_layout {
         let t = if packed {
             Tracker::Packed(PackedTrack::fresh(
@@ -1084,7 +1084,7 @@ pub struct GuestRing<'a> {
     /// The memory table.
     pub mem: &'a super::memory::GuestMemory,
     /// The ring's addresses.
-    pub addrs: super::virtq::RingAddrs,
+    pub addrs: super::layout::RingAddrs,
 }
 
 impl GuestRing<'_> {

@@ -21,6 +21,7 @@ pub mod device;
 #[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod inflight;
+pub mod layout;
 pub mod memory;
 pub mod packed;
 #[cfg(any(test, feature = "testing"))]
