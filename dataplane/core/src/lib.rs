@@ -13,6 +13,7 @@
 //! `heddle-dataplane` puts these over DPDK mbufs and ethdevs and runs them in the
 //! `heddle-switch` daemon; it re-exports both modules under its own name.
 
+pub mod handover;
 pub mod memif;
 pub mod prefetch;
 pub mod switch;

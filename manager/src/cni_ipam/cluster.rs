@@ -112,16 +112,21 @@ pub fn kubeconfig_node(kc: &Kubeconfig) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The kubeconfig at `path`, or a config error naming it.
+fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, CniError> {
+    Kubeconfig::read_from(path).map_err(|e| {
+        CniError::config(
+            format!("ipam.kubeconfig {} cannot be read", path.display()),
+            e.to_string(),
+        )
+    })
+}
+
 /// A client from the kubeconfig file, or the in-cluster configuration without one.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, CniError> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| {
-                CniError::config(
-                    format!("ipam.kubeconfig {} cannot be read", path.display()),
-                    e.to_string(),
-                )
-            })?;
+            let kc = read_kubeconfig(path)?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| {
@@ -194,12 +199,7 @@ pub fn node_name(
     } else {
         let from_kubeconfig = match kubeconfig {
             Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| {
-                    CniError::config(
-                        format!("ipam.kubeconfig {} cannot be read", path.display()),
-                        e.to_string(),
-                    )
-                })?;
+                let kc = read_kubeconfig(path)?;
                 kubeconfig_node(&kc).map(|n| (n, path))
             }
             None => None,

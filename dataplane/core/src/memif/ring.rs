@@ -12,12 +12,12 @@
 //! by every worker that sends to the port, under the slot's [`TxLock`] when the switch has
 //! more than one worker.
 
-use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64};
 
 use super::queue::{BurstStats, MemifQueue};
-use crate::switch::io::{Burst, Packet, TxLock};
-use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::handover::HandoverSlot;
+use crate::switch::io::{Burst, Packet};
+use crate::sync::atomic::Ordering;
 use crate::vhost::virtq::RxPool;
 
 /// A ring the workers may use.
@@ -34,44 +34,8 @@ pub struct ActiveQueue {
     pub interrupt: Option<std::fs::File>,
 }
 
-/// One ring's hand-over point, alone on its cache line.
-#[repr(align(64))]
-#[derive(Debug, Default)]
-pub struct QueueSlot {
-    active: AtomicPtr<ActiveQueue>,
-    lock: TxLock,
-}
-
-impl QueueSlot {
-    /// Control side: makes `q` visible to the workers; returns what was installed before
-    /// (to be dropped only after a quiescent state).
-    pub fn install(&self, q: Box<ActiveQueue>) -> Option<Box<ActiveQueue>> {
-        let old = self.active.swap(Box::into_raw(q), Ordering::AcqRel);
-        // SAFETY: every non-null pointer in `active` came from `Box::into_raw` above and
-        // leaves the slot exactly once (this swap or `take`).
-        (!old.is_null()).then(|| unsafe { Box::from_raw(old) })
-    }
-
-    /// Control side: withdraws the ring. The caller waits for a quiescent state of every
-    /// worker before dropping it.
-    pub fn take(&self) -> Option<Box<ActiveQueue>> {
-        let old = self.active.swap(ptr::null_mut(), Ordering::AcqRel);
-        // SAFETY: as in `install`: the pointer came from `Box::into_raw` and is out of the
-        // slot now, so this is its only owner.
-        (!old.is_null()).then(|| unsafe { Box::from_raw(old) })
-    }
-
-    /// True when a ring is installed.
-    pub fn is_active(&self) -> bool {
-        !self.active.load(Ordering::Acquire).is_null()
-    }
-}
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        drop(self.take());
-    }
-}
+/// One queue's hand-over point (see [`crate::handover`]).
+pub type QueueSlot = HandoverSlot<ActiveQueue>;
 
 /// What only the memif path sees, per port. Workers add to these only when something went
 /// wrong so the common path touches none.
@@ -152,7 +116,7 @@ impl MemifRings {
         let Some(slot) = self.rx.get(usize::from(queue)) else {
             return;
         };
-        let p = slot.active.load(Ordering::Acquire);
+        let p = slot.load();
         if p.is_null() {
             return;
         }
@@ -186,9 +150,9 @@ impl MemifRings {
             return 0;
         };
         if self.shared_tx {
-            slot.lock.lock();
+            slot.lock().lock();
         }
-        let p = slot.active.load(Ordering::Acquire);
+        let p = slot.load();
         let sent = if p.is_null() {
             0
         } else {
@@ -208,7 +172,7 @@ impl MemifRings {
             }
         };
         if self.shared_tx {
-            slot.lock.unlock();
+            slot.lock().unlock();
         }
         sent
     }

@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64};
 use std::sync::Arc;
 
@@ -28,8 +27,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::memory::GuestMemory;
 use super::queue::Virtqueue;
 use super::virtq::{QueueStats, RxPool};
-use crate::switch::io::{Burst, Packet, TxLock};
-use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::handover::HandoverSlot;
+use crate::switch::io::{Burst, Packet};
+use crate::sync::atomic::Ordering;
 use crate::sync::Access;
 
 /// A virtqueue the workers may use: the queue, the memory it was translated against, and
@@ -80,44 +80,8 @@ impl ActiveRing {
     }
 }
 
-/// One vring's handover point, alone on its cache line.
-#[repr(align(64))]
-#[derive(Debug, Default)]
-pub struct RingSlot {
-    active: AtomicPtr<ActiveRing>,
-    lock: TxLock,
-}
-
-impl RingSlot {
-    /// Control side: makes `ring` visible to the workers. Returns the ring that was installed
-    /// before, which the caller must not touch or free before a quiescent state.
-    pub fn install(&self, ring: Box<ActiveRing>) -> Option<Box<ActiveRing>> {
-        let old = self.active.swap(Box::into_raw(ring), Ordering::AcqRel);
-        // SAFETY: every non-null pointer stored in `active` came from `Box::into_raw` above
-        // and is taken out of the slot exactly once (this swap or `take`).
-        (!old.is_null()).then(|| unsafe { Box::from_raw(old) })
-    }
-
-    /// Control side: withdraws the ring. The caller must wait for a quiescent state of every
-    /// worker before reading or dropping it.
-    pub fn take(&self) -> Option<Box<ActiveRing>> {
-        let old = self.active.swap(ptr::null_mut(), Ordering::AcqRel);
-        // SAFETY: as in `install`: the pointer came from `Box::into_raw` and is now out of
-        // the slot, so this is its only owner.
-        (!old.is_null()).then(|| unsafe { Box::from_raw(old) })
-    }
-
-    /// True when a ring is installed.
-    pub fn is_active(&self) -> bool {
-        !self.active.load(Ordering::Acquire).is_null()
-    }
-}
-
-impl Drop for RingSlot {
-    fn drop(&mut self) {
-        drop(self.take());
-    }
-}
+/// One vring's hand-over point (see [`crate::handover`]).
+pub type RingSlot = HandoverSlot<ActiveRing>;
 
 /// Per-port counters of what only the vhost-user path sees. Workers add to them only when
 /// something went wrong (or an interrupt was sent), so the common path touches none.
@@ -200,7 +164,7 @@ impl PortRings {
         let Some(slot) = self.slots.get(2 * usize::from(pair) + 1) else {
             return;
         };
-        let p = slot.active.load(Ordering::Acquire);
+        let p = slot.load();
         if p.is_null() {
             return;
         }
@@ -239,9 +203,9 @@ impl PortRings {
             return 0;
         };
         if self.shared_tx {
-            slot.lock.lock();
+            slot.lock().lock();
         }
-        let p = slot.active.load(Ordering::Acquire);
+        let p = slot.load();
         let sent = if p.is_null() {
             0
         } else {
@@ -266,7 +230,7 @@ impl PortRings {
             }
         };
         if self.shared_tx {
-            slot.lock.unlock();
+            slot.lock().unlock();
         }
         sent
     }
