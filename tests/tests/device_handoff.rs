@@ -137,6 +137,37 @@ fn pod_testpmd(
     Ok(tp)
 }
 
+/// Starts `b`, then `a` with a first burst, waits until each received more than 1,000
+/// frames from the other through the switch, and shuts both down.
+fn pass_traffic(mut a: Testpmd, mut b: Testpmd, what: &str, switch: &SwitchProcess) -> Result<()> {
+    b.start()?;
+    a.start_tx_first()?;
+    let min_rx = 1_000;
+    wait_until(
+        &format!("traffic both ways between the {what} through the switch"),
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let (ra, rb) = (
+                a.port_stats()?[&0].rx_packets,
+                b.port_stats()?[&0].rx_packets,
+            );
+            Ok((ra > min_rx && rb > min_rx).then_some((ra, rb)))
+        },
+    )
+    .with_context(|| format!("switch log:\n{}", switch.log()))?;
+    a.stop()?;
+    b.stop()?;
+    let (ra, rb) = (
+        a.port_stats()?[&0].rx_packets,
+        b.port_stats()?[&0].rx_packets,
+    );
+    eprintln!("{what}: a received {ra}, b received {rb} through the switch");
+    a.shutdown()?;
+    b.shutdown()?;
+    Ok(())
+}
+
 #[test]
 fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() -> Result<()> {
     require_dpdk_peers(800)?;
@@ -248,7 +279,7 @@ fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() 
     // The pods: each testpmd knows only its container path.
     let mac = |r: &Value| r["interfaces"][0]["mac"].as_str().unwrap_or("").to_owned();
     let (mac_a, mac_b) = (mac(&a), mac(&b1));
-    let mut pod_b = pod_testpmd(
+    let pod_b = pod_testpmd(
         "handoff-b",
         pod_view(&alloc_b, &device_root),
         PodPort::VirtioUser,
@@ -256,7 +287,7 @@ fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() 
         &mac_b,
         &mac_a,
     )?;
-    let mut pod_a = pod_testpmd(
+    let pod_a = pod_testpmd(
         "handoff-a",
         pod_view(&alloc_a, &device_root),
         PodPort::VirtioUser,
@@ -264,31 +295,7 @@ fn pods_reach_each_other_through_the_vhost_user_devices_the_kubelet_allocated() 
         &mac_a,
         &mac_b,
     )?;
-    pod_b.start()?;
-    pod_a.start_tx_first()?;
-    let min_rx = 1_000;
-    wait_until(
-        "traffic both ways between the pods through the switch",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || {
-            let (ra, rb) = (
-                pod_a.port_stats()?[&0].rx_packets,
-                pod_b.port_stats()?[&0].rx_packets,
-            );
-            Ok((ra > min_rx && rb > min_rx).then_some((ra, rb)))
-        },
-    )
-    .with_context(|| format!("switch log:\n{}", switch.log()))?;
-    pod_a.stop()?;
-    pod_b.stop()?;
-    let (ra, rb) = (
-        pod_a.port_stats()?[&0].rx_packets,
-        pod_b.port_stats()?[&0].rx_packets,
-    );
-    eprintln!("pod a received {ra}, pod b received {rb} through the switch");
-    pod_a.shutdown()?;
-    pod_b.shutdown()?;
+    pass_traffic(pod_a, pod_b, "vhost-user pods", &switch)?;
 
     // DEL (twice, the first without a netns) empties the device directories and keeps them
     // for the device plugin; nothing else is left.
@@ -403,7 +410,7 @@ fn pods_reach_each_other_through_the_memif_devices_the_kubelet_allocated() -> Re
     // The pods: each testpmd knows only its container path.
     let mac = |r: &Value| r["interfaces"][0]["mac"].as_str().unwrap_or("").to_owned();
     let (mac_a, mac_b) = (mac(&a), mac(&b));
-    let mut pod_b = pod_testpmd(
+    let pod_b = pod_testpmd(
         "memif-b",
         pod_view(&alloc_b, &device_root),
         PodPort::Memif,
@@ -411,7 +418,7 @@ fn pods_reach_each_other_through_the_memif_devices_the_kubelet_allocated() -> Re
         &mac_b,
         &mac_a,
     )?;
-    let mut pod_a = pod_testpmd(
+    let pod_a = pod_testpmd(
         "memif-a",
         pod_view(&alloc_a, &device_root),
         PodPort::Memif,
@@ -419,31 +426,7 @@ fn pods_reach_each_other_through_the_memif_devices_the_kubelet_allocated() -> Re
         &mac_a,
         &mac_b,
     )?;
-    pod_b.start()?;
-    pod_a.start_tx_first()?;
-    let min_rx = 1_000;
-    wait_until(
-        "traffic both ways between the memif pods through the switch",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || {
-            let (ra, rb) = (
-                pod_a.port_stats()?[&0].rx_packets,
-                pod_b.port_stats()?[&0].rx_packets,
-            );
-            Ok((ra > min_rx && rb > min_rx).then_some((ra, rb)))
-        },
-    )
-    .with_context(|| format!("switch log:\n{}", switch.log()))?;
-    pod_a.stop()?;
-    pod_b.stop()?;
-    let (ra, rb) = (
-        pod_a.port_stats()?[&0].rx_packets,
-        pod_b.port_stats()?[&0].rx_packets,
-    );
-    eprintln!("memif pod a received {ra}, memif pod b received {rb} through the switch");
-    pod_a.shutdown()?;
-    pod_b.shutdown()?;
+    pass_traffic(pod_a, pod_b, "memif pods", &switch)?;
 
     for _ in 0..2 {
         cni_a.ok("DEL", "sandbox-a", "net1", "", &conf_a)?;
